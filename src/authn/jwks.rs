@@ -1,0 +1,365 @@
+//! Verification keys per issuer: JWKS from a file or URL, or an HMAC secret.
+//!
+//! Keys are loaded at start, refreshed on an interval, and refetched when a token
+//! names an unknown `kid` (at most once per `refetch_min_interval`, so a flood of
+//! made-up `kid`s cannot turn into a flood of fetches). A failed fetch keeps the last
+//! good set: a JWKS endpoint outage must not lock every caller out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::Mutex;
+
+use crate::config::KeySource;
+
+/// JWKS documents larger than this are refused; real ones are a few KiB.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+/// How long one JWKS fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One verification key and the algorithms it may verify.
+pub struct VerifyKey {
+    /// The key, ready for `jsonwebtoken::crypto::verify`.
+    pub key: DecodingKey,
+    /// Algorithms this key may be used with: its family, narrowed by the JWK's own
+    /// `alg` and, for EC keys, by the curve (RFC 7518 3.4: ES256 is P-256 only).
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// A loaded key set.
+#[derive(Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    all: Vec<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys that are not for signatures, of unsupported types,
+    /// or symmetric (`oct`: a JWKS never carries HMAC secrets for us) are skipped; a
+    /// document with no usable key is an error.
+    pub fn from_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc =
+            serde_json::from_slice(bytes).map_err(|e| JwksError::Parse(e.to_string()))?;
+        let mut set = KeySet::default();
+        for value in doc.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            let Some(key) = verify_key(&jwk) else {
+                continue;
+            };
+            let key = Arc::new(key);
+            if let Some(kid) = &jwk.common.key_id {
+                set.by_kid.insert(kid.clone(), key.clone());
+            }
+            set.all.push(key);
+        }
+        if set.all.is_empty() {
+            return Err(JwksError::NoUsableKeys);
+        }
+        Ok(set)
+    }
+
+    /// A set holding one HMAC secret.
+    pub fn from_secret(secret: &[u8]) -> Result<KeySet, JwksError> {
+        // RFC 7518 3.2: the HMAC key must be at least as long as the hash output.
+        if secret.len() < 32 {
+            return Err(JwksError::Parse("HMAC secret shorter than 32 bytes".into()));
+        }
+        let key = Arc::new(VerifyKey {
+            key: DecodingKey::from_secret(secret),
+            algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        });
+        Ok(KeySet {
+            by_kid: HashMap::new(),
+            all: vec![key],
+        })
+    }
+
+    /// The key for a token header: by `kid`, or the only key usable for `alg` when
+    /// the token names none.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Arc<VerifyKey>> {
+        match kid {
+            Some(kid) if !self.by_kid.is_empty() => self.by_kid.get(kid),
+            _ => {
+                let mut usable = self.all.iter().filter(|k| k.algorithms.contains(&alg));
+                let first = usable.next();
+                // Several candidates and no kid: refuse rather than try each key.
+                if usable.next().is_some() {
+                    None
+                } else {
+                    first
+                }
+            }
+        }
+    }
+
+    /// Number of usable keys.
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+}
+
+fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return None;
+    }
+    let family: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            vec![Algorithm::EdDSA]
+        }
+        _ => return None,
+    };
+    let algorithms = match &jwk.common.key_algorithm {
+        None => family,
+        Some(ka) => {
+            let alg: Algorithm = format!("{ka:?}").parse().ok()?;
+            if !family.contains(&alg) {
+                return None;
+            }
+            vec![alg]
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyKey { key, algorithms })
+}
+
+/// Why keys could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JwksError {
+    /// Reading the file failed.
+    #[error("reading {path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The HTTP fetch failed.
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The document is not a JWKS.
+    #[error("invalid JWKS: {0}")]
+    Parse(String),
+    /// The JWKS has no key we can verify with.
+    #[error("JWKS has no usable signing key")]
+    NoUsableKeys,
+}
+
+/// Why no key was found for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookupError {
+    /// The issuer's keys have never been loaded: a server fault, not the caller's.
+    Unavailable,
+    /// No key matches the token's `kid` (or there are several and it names none).
+    UnknownKey,
+}
+
+/// The keys of one issuer, with their refresh state.
+pub struct IssuerKeys {
+    source: KeySource,
+    current: ArcSwapOption<KeySet>,
+    refetch_min_interval: Duration,
+    last_fetch: Mutex<Option<Instant>>,
+    http: reqwest::Client,
+}
+
+impl IssuerKeys {
+    /// Keys for `source`, not loaded yet.
+    pub fn new(source: KeySource, refetch_min_interval: Duration, http: reqwest::Client) -> Self {
+        IssuerKeys {
+            source,
+            current: ArcSwapOption::empty(),
+            refetch_min_interval,
+            last_fetch: Mutex::new(None),
+            http,
+        }
+    }
+
+    /// Whether a key set has ever been loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Loads the keys now; on failure the last good set stays.
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
+        *self.last_fetch.lock().await = Some(Instant::now());
+        let set = self.fetch().await?;
+        let n = set.len();
+        self.current.store(Some(Arc::new(set)));
+        Ok(n)
+    }
+
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        match &self.source {
+            KeySource::File(path) => KeySet::from_jwks(&read(path).await?),
+            KeySource::Secret(path) => {
+                let bytes = read(path).await?;
+                // A trailing newline from `echo` or an editor is not part of the secret.
+                let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                KeySet::from_secret(trimmed)
+            }
+            KeySource::Url(url) => {
+                let fail = |message: String| JwksError::Fetch {
+                    url: url.clone(),
+                    message,
+                };
+                let mut resp = self
+                    .http
+                    .get(url)
+                    .timeout(FETCH_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                if !resp.status().is_success() {
+                    return Err(fail(format!("status {}", resp.status())));
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_JWKS_BYTES {
+                        return Err(fail("document larger than 1 MiB".into()));
+                    }
+                }
+                KeySet::from_jwks(&body)
+            }
+        }
+    }
+
+    /// The key for a token, refetching once (rate-limited) when the `kid` is unknown.
+    pub async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyKey>, KeyLookupError> {
+        if let Some(set) = self.current.load_full() {
+            if let Some(key) = set.find(kid, alg) {
+                return Ok(key.clone());
+            }
+        }
+        // Unknown kid (or never loaded): refetch, unless another check did so recently.
+        // Holding the lock while fetching makes concurrent misses share one fetch.
+        {
+            let mut last = self.last_fetch.lock().await;
+            let due = last.is_none_or(|t| t.elapsed() >= self.refetch_min_interval);
+            if due {
+                *last = Some(Instant::now());
+                match self.fetch().await {
+                    Ok(set) => self.current.store(Some(Arc::new(set))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS refetch failed; keeping last good keys")
+                    }
+                }
+            }
+        }
+        match self.current.load_full() {
+            None => Err(KeyLookupError::Unavailable),
+            Some(set) => set
+                .find(kid, alg)
+                .cloned()
+                .ok_or(KeyLookupError::UnknownKey),
+        }
+    }
+}
+
+async fn read(path: &PathBuf) -> Result<Vec<u8>, JwksError> {
+    let bytes = tokio::fs::read(path).await.map_err(|e| JwksError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if bytes.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::Read {
+            path: path.display().to_string(),
+            message: "file larger than 1 MiB".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_N: &str = "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw";
+
+    fn jwks(keys: &str) -> Vec<u8> {
+        format!(r#"{{"keys":[{keys}]}}"#).into_bytes()
+    }
+
+    #[test]
+    fn parses_and_filters_keys() {
+        let rsa = format!(
+            r#"{{"kty":"RSA","kid":"r1","use":"sig","alg":"RS256","n":"{RSA_N}","e":"AQAB"}}"#
+        );
+        let enc = format!(r#"{{"kty":"RSA","kid":"r2","use":"enc","n":"{RSA_N}","e":"AQAB"}}"#);
+        let oct = r#"{"kty":"oct","kid":"h1","k":"c2VjcmV0"}"#;
+        let junk = r#"{"kty":"XYZ","kid":"j"}"#;
+        let set = KeySet::from_jwks(&jwks(&format!("{rsa},{enc},{oct},{junk}"))).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.find(Some("r1"), Algorithm::RS256).is_some());
+        assert!(set.find(Some("r2"), Algorithm::RS256).is_none());
+        assert!(set.find(Some("h1"), Algorithm::HS256).is_none());
+        let key = set.find(None, Algorithm::RS256).unwrap();
+        assert_eq!(key.algorithms, vec![Algorithm::RS256]);
+        assert!(set.find(None, Algorithm::PS256).is_none());
+    }
+
+    #[test]
+    fn rejects_useless_documents() {
+        assert!(matches!(KeySet::from_jwks(b"{}"), Err(JwksError::Parse(_))));
+        assert!(matches!(
+            KeySet::from_jwks(b"not json"),
+            Err(JwksError::Parse(_))
+        ));
+        assert!(matches!(
+            KeySet::from_jwks(&jwks(r#"{"kty":"oct","k":"c2VjcmV0"}"#)),
+            Err(JwksError::NoUsableKeys)
+        ));
+        assert!(KeySet::from_secret(b"short").is_err());
+    }
+
+    #[test]
+    fn no_kid_with_several_candidates_is_refused() {
+        let a = format!(r#"{{"kty":"RSA","kid":"a","n":"{RSA_N}","e":"AQAB"}}"#);
+        let b = format!(r#"{{"kty":"RSA","kid":"b","n":"{RSA_N}","e":"AQAB"}}"#);
+        let set = KeySet::from_jwks(&jwks(&format!("{a},{b}"))).unwrap();
+        assert!(set.find(None, Algorithm::RS256).is_none());
+        assert!(set.find(Some("b"), Algorithm::RS256).is_some());
+        assert!(set.find(Some("c"), Algorithm::RS256).is_none());
+    }
+}

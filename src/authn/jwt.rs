@@ -1,0 +1,449 @@
+//! Bearer JWT verification (RFC 7519, with RFC 8725's best current practices).
+//!
+//! The header and payload are decoded here, once; `jsonwebtoken` checks only the
+//! signature. Doing the claim checks ourselves keeps every rejection a named reason
+//! and keeps time handling (leeway, maximum lifetime) in one readable place.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use super::jwks::{IssuerKeys, KeyLookupError};
+use crate::config::Issuer;
+use crate::principal::{Claims, Principal, PrincipalKind, SpiffeId};
+
+/// Tokens longer than this are refused before any decoding; Envoy's default header
+/// limit is 60 KiB, and no sane access token comes near 16 KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why a bearer token was rejected. All of these are the caller's fault and answer
+/// 401, except [`TokenError::KeysUnavailable`], which is ours (gRPC UNAVAILABLE).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts of JSON, too long, or a required claim has the wrong type.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header has `crit`, which we do not implement (RFC 7515 4.1.11).
+    #[error("token header has crit extensions")]
+    CriticalHeader,
+    /// `iss` names no configured issuer.
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    /// `alg` is `none`, unknown, or not in the issuer's allow-list.
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// No key with that `kid`.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` is missing and the issuer requires it.
+    #[error("token has no exp")]
+    MissingExp,
+    /// `exp` has passed (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// `exp - iat` is longer than the issuer's `max_lifetime`, or `iat` is missing.
+    #[error("token lifetime exceeds the issuer maximum")]
+    LifetimeTooLong,
+    /// The principal claim is missing or not a string.
+    #[error("token has no principal claim")]
+    MissingPrincipal,
+    /// The issuer's keys were never loaded.
+    #[error("keys for the issuer are not loaded")]
+    KeysUnavailable,
+}
+
+impl TokenError {
+    /// A short, stable name for the decision log.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(_) => "malformed",
+            TokenError::CriticalHeader => "crit_header",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::MissingExp => "missing_exp",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::MissingPrincipal => "missing_principal",
+            TokenError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// A token whose signature, issuer and times checked out. The audience is checked
+/// per destination service, later, because one token may serve several hops.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    /// The issuer that signed it.
+    pub issuer: String,
+    /// The principal claim's value.
+    pub subject: String,
+    /// The issuer's principal kind.
+    pub kind: PrincipalKind,
+    /// Scopes from `scope` or `scp`.
+    pub scopes: Vec<String>,
+    /// The `aud` values.
+    pub audiences: Vec<String>,
+    /// `exp`, seconds since the epoch.
+    pub exp: Option<u64>,
+    /// The issuer's leeway, so a cached token is held to the same clock.
+    pub leeway: Duration,
+    /// All claims.
+    pub claims: Claims,
+}
+
+impl VerifiedToken {
+    /// Whether `aud` names one of the service's audiences (RFC 7519 4.1.3: a
+    /// recipient that does not identify itself with a value in `aud` must reject).
+    pub fn is_for(&self, audiences: &[String]) -> bool {
+        self.audiences.iter().any(|a| audiences.contains(a))
+    }
+
+    /// Whether the token is still within `exp` (plus leeway) at `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.exp
+            .is_none_or(|exp| now <= exp.saturating_add(self.leeway.as_secs()))
+    }
+
+    /// The principal this token names, with the mTLS peer beside it.
+    pub fn principal(&self, peer: Option<SpiffeId>) -> Principal {
+        Principal {
+            kind: self.kind,
+            id: self.subject.clone(),
+            issuer: Some(self.issuer.clone()),
+            scopes: self.scopes.clone(),
+            claims: self.claims.clone(),
+            peer,
+        }
+    }
+}
+
+struct TrustedIssuer {
+    config: Issuer,
+    keys: Arc<IssuerKeys>,
+}
+
+/// Verifies tokens against the configured issuers.
+pub struct JwtVerifier {
+    issuers: HashMap<String, TrustedIssuer>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    crit: Option<Value>,
+    // `jku`, `x5u`, `jwk`, `x5c` are deliberately not read: keys come from config only
+    // (RFC 8725 3.10).
+}
+
+impl JwtVerifier {
+    /// A verifier over issuers and their key stores.
+    pub fn new(issuers: Vec<(Issuer, Arc<IssuerKeys>)>) -> Self {
+        JwtVerifier {
+            issuers: issuers
+                .into_iter()
+                .map(|(config, keys)| (config.spec.issuer.clone(), TrustedIssuer { config, keys }))
+                .collect(),
+        }
+    }
+
+    /// Every issuer's key store, for refresh tasks and readiness.
+    pub fn key_stores(&self) -> impl Iterator<Item = (&str, &Arc<IssuerKeys>, &Issuer)> {
+        self.issuers
+            .iter()
+            .map(|(name, t)| (name.as_str(), &t.keys, &t.config))
+    }
+
+    /// Verifies a compact JWS token at time `now` (seconds since the epoch).
+    pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed("not a compact JWS"));
+        };
+        let header: RawHeader = decode_part(h64)?;
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
+        // `none` and unknown names fail to parse: there is no unsigned path.
+        let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+        let claims: Map<String, Value> = decode_part(p64)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::UnknownIssuer)?;
+        let trusted = self.issuers.get(iss).ok_or(TokenError::UnknownIssuer)?;
+        if !trusted.config.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let key = trusted
+            .keys
+            .key_for(header.kid.as_deref(), alg)
+            .await
+            .map_err(|e| match e {
+                KeyLookupError::Unavailable => TokenError::KeysUnavailable,
+                KeyLookupError::UnknownKey => TokenError::UnknownKey,
+            })?;
+        if !key.algorithms.contains(&alg) {
+            return Err(TokenError::UnknownKey);
+        }
+        let message_len = h64.len() + 1 + p64.len();
+        let message = &token.as_bytes()[..message_len];
+        let valid = jsonwebtoken::crypto::verify(sig, message, &key.key, alg)
+            .map_err(|_| TokenError::BadSignature)?;
+        if !valid {
+            return Err(TokenError::BadSignature);
+        }
+        check_times(&claims, &trusted.config, now)?;
+        let spec = &trusted.config.spec;
+        let subject = claims
+            .get(&spec.principal_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(TokenError::MissingPrincipal)?
+            .to_string();
+        Ok(VerifiedToken {
+            issuer: iss.to_string(),
+            subject,
+            kind: spec.kind,
+            scopes: scopes(&claims),
+            audiences: string_or_array(claims.get("aud")),
+            exp: claims.get("exp").and_then(Value::as_u64),
+            leeway: spec.leeway,
+            claims: Arc::new(claims),
+        })
+    }
+}
+
+fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed("bad base64url"))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("bad JSON"))
+}
+
+/// RFC 7519 4.1.4/4.1.5/4.1.6 with the issuer's leeway; numeric dates must be numbers.
+fn check_times(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result<(), TokenError> {
+    let spec = &issuer.spec;
+    let leeway = spec.leeway.as_secs();
+    let date = |name: &str| -> Result<Option<u64>, TokenError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .map(Some)
+                .ok_or(TokenError::Malformed("numeric date claim is not a number")),
+        }
+    };
+    let exp = date("exp")?;
+    let nbf = date("nbf")?;
+    let iat = date("iat")?;
+    match exp {
+        None if spec.require_exp => return Err(TokenError::MissingExp),
+        Some(exp) if now > exp.saturating_add(leeway) => return Err(TokenError::Expired),
+        _ => {}
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(TokenError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if let Some(max) = spec.max_lifetime {
+        let (Some(exp), Some(iat)) = (exp, iat) else {
+            return Err(TokenError::LifetimeTooLong);
+        };
+        if exp.saturating_sub(iat) > max.as_secs() {
+            return Err(TokenError::LifetimeTooLong);
+        }
+    }
+    Ok(())
+}
+
+/// Scopes from `scope` (RFC 8693 4.2: space-delimited string; some issuers send an
+/// array) or, failing that, `scp` (array or string, as Azure AD and Okta do).
+pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+    let from = |v: Option<&Value>| -> Option<Vec<String>> {
+        match v? {
+            Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            _ => None,
+        }
+    };
+    from(claims.get("scope"))
+        .or_else(|| from(claims.get("scp")))
+        .unwrap_or_default()
+}
+
+fn string_or_array(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Proves at startup that a crypto backend is compiled in: `jsonwebtoken` without
+/// one compiles fine and panics at the first verification, which in a server would
+/// turn every check into an error. Better to refuse to start.
+pub fn self_test() -> Result<(), String> {
+    let result = std::panic::catch_unwind(|| {
+        let secret = [7u8; 32];
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        let claims = serde_json::json!({"sub": "self-test"});
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .map_err(|e| e.to_string())?;
+        let (message, sig) = token.rsplit_once('.').ok_or("no signature")?;
+        let key = jsonwebtoken::DecodingKey::from_secret(&secret);
+        match jsonwebtoken::crypto::verify(sig, message.as_bytes(), &key, Algorithm::HS256) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("self-signed token did not verify".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match result {
+        Ok(r) => r.map_err(|e| format!("JWT crypto self-test failed: {e}")),
+        Err(_) => Err("JWT crypto self-test panicked: no crypto backend compiled in".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn scope_parsing() {
+        let cases: &[(Value, &[&str])] = &[
+            (json!({"scope": "a b  c"}), &["a", "b", "c"]),
+            (json!({"scope": ["a", "b"]}), &["a", "b"]),
+            (json!({"scp": ["x"]}), &["x"]),
+            (json!({"scp": "x y"}), &["x", "y"]),
+            (json!({"scope": "a", "scp": ["x"]}), &["a"]),
+            (json!({"scope": 5}), &[]),
+            (json!({"scope": ""}), &[]),
+            (json!({}), &[]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(scopes(&claims(input.clone())), *want, "{input}");
+        }
+    }
+
+    fn issuer(leeway: u64, require_exp: bool, max_lifetime: Option<u64>) -> Issuer {
+        let text = format!(
+            "issuers:\n  - issuer: i\n    jwks_file: x\n    leeway: {leeway}s\n    require_exp: {require_exp}\n{}",
+            max_lifetime.map(|m| format!("    max_lifetime: {m}s\n")).unwrap_or_default()
+        );
+        crate::config::Config::from_str(&text, std::path::Path::new("c.yaml"))
+            .unwrap()
+            .issuers
+            .remove(0)
+    }
+
+    #[test]
+    fn time_checks() {
+        let now = 1_000_000;
+        let strict = issuer(0, true, None);
+        let lenient = issuer(30, true, None);
+        let optional = issuer(0, false, None);
+        let bounded = issuer(0, true, Some(3600));
+        let cases: &[(&Issuer, Value, Result<(), TokenError>)] = &[
+            (&strict, json!({"exp": now + 1}), Ok(())),
+            (&strict, json!({"exp": now}), Ok(())),
+            (&strict, json!({"exp": now - 1}), Err(TokenError::Expired)),
+            (&lenient, json!({"exp": now - 30}), Ok(())),
+            (&lenient, json!({"exp": now - 31}), Err(TokenError::Expired)),
+            (&strict, json!({}), Err(TokenError::MissingExp)),
+            (&optional, json!({}), Ok(())),
+            (
+                &strict,
+                json!({"exp": "soon"}),
+                Err(TokenError::Malformed("numeric date claim is not a number")),
+            ),
+            (
+                &strict,
+                json!({"exp": now + 10, "nbf": now + 1}),
+                Err(TokenError::NotYetValid),
+            ),
+            (&lenient, json!({"exp": now + 10, "nbf": now + 30}), Ok(())),
+            (
+                &strict,
+                json!({"exp": now + 10, "iat": now + 5}),
+                Err(TokenError::IssuedInFuture),
+            ),
+            (&bounded, json!({"exp": now + 10, "iat": now}), Ok(())),
+            (
+                &bounded,
+                json!({"exp": now + 3601, "iat": now}),
+                Err(TokenError::LifetimeTooLong),
+            ),
+            (
+                &bounded,
+                json!({"exp": now + 10}),
+                Err(TokenError::LifetimeTooLong),
+            ),
+        ];
+        for (issuer, input, want) in cases {
+            assert_eq!(
+                &check_times(&claims(input.clone()), issuer, now),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_test_passes_with_aws_lc() {
+        assert_eq!(self_test(), Ok(()));
+    }
+}

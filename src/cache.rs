@@ -1,0 +1,212 @@
+//! Bounded caches: verified tokens and decisions (moka).
+//!
+//! Both are keyed by a SHA-256 fingerprint, so an entry costs the same whatever the
+//! token size and no token is kept in memory as a key. Neither cache can change an
+//! answer: the decision key covers every input a rule of the service can read (see
+//! `engine::decision_key`), and no entry outlives the token it was computed from.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+
+use crate::authn::jwt::VerifiedToken;
+use crate::decision::Decision;
+
+/// A SHA-256 digest used as a cache key.
+pub type Fingerprint = [u8; 32];
+
+#[derive(Clone)]
+struct Entry<T> {
+    value: T,
+    /// How long the entry may live, fixed when it was made.
+    lifetime: Duration,
+    /// The token's `exp` (seconds since the epoch), checked again on every read.
+    deadline: Option<u64>,
+}
+
+struct PerEntry;
+
+impl<T> Expiry<Fingerprint, Entry<T>> for PerEntry {
+    fn expire_after_create(
+        &self,
+        _key: &Fingerprint,
+        value: &Entry<T>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+}
+
+/// How long an entry may live: `ttl`, but never past the token's `exp`.
+fn lifetime(ttl: Duration, deadline: Option<u64>, now: u64) -> Option<Duration> {
+    match deadline {
+        None => Some(ttl),
+        Some(exp) if exp > now => Some(ttl.min(Duration::from_secs(exp - now))),
+        Some(_) => None,
+    }
+}
+
+fn build<T: Clone + Send + Sync + 'static>(
+    max_entries: u64,
+) -> Option<Cache<Fingerprint, Entry<T>>> {
+    (max_entries > 0).then(|| {
+        Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(PerEntry)
+            .build()
+    })
+}
+
+fn get<T: Clone + Send + Sync + 'static>(
+    cache: &Option<Cache<Fingerprint, Entry<T>>>,
+    key: &Fingerprint,
+    now: u64,
+) -> Option<T> {
+    let entry = cache.as_ref()?.get(key)?;
+    match entry.deadline {
+        Some(exp) if now >= exp => None,
+        _ => Some(entry.value),
+    }
+}
+
+/// Verified tokens by token fingerprint.
+pub struct TokenCache {
+    inner: Option<Cache<Fingerprint, Entry<Arc<VerifiedToken>>>>,
+    ttl: Duration,
+}
+
+impl TokenCache {
+    /// A cache of at most `max_entries` tokens, each kept at most `ttl` (0 entries: off).
+    pub fn new(max_entries: u64, ttl: Duration) -> Self {
+        TokenCache {
+            inner: build(max_entries),
+            ttl,
+        }
+    }
+
+    /// A verified token, if cached and not past its `exp`.
+    pub fn get(&self, key: &Fingerprint) -> Option<Arc<VerifiedToken>> {
+        get(&self.inner, key, crate::authn::jwt::now_secs())
+    }
+
+    /// Caches a verified token until `min(ttl, exp)`.
+    pub fn insert(&self, key: Fingerprint, token: Arc<VerifiedToken>, now: u64) {
+        let Some(cache) = &self.inner else { return };
+        let deadline = token.exp;
+        if let Some(lifetime) = lifetime(self.ttl, deadline, now) {
+            cache.insert(
+                key,
+                Entry {
+                    value: token,
+                    lifetime,
+                    deadline,
+                },
+            );
+        }
+    }
+}
+
+/// Decisions by request fingerprint.
+pub struct DecisionCache {
+    inner: Option<Cache<Fingerprint, Entry<Arc<Decision>>>>,
+    allow_ttl: Duration,
+    deny_ttl: Duration,
+}
+
+impl DecisionCache {
+    /// A cache of at most `max_entries` decisions (0: off).
+    pub fn new(max_entries: u64, allow_ttl: Duration, deny_ttl: Duration) -> Self {
+        DecisionCache {
+            inner: build(max_entries),
+            allow_ttl,
+            deny_ttl,
+        }
+    }
+
+    /// A cached decision, if present and its token has not expired.
+    pub fn get(&self, key: &Fingerprint, now: u64) -> Option<Arc<Decision>> {
+        get(&self.inner, key, now)
+    }
+
+    /// Caches a decision; `deadline` is the token's `exp`, if the decision rests on one.
+    pub fn insert(
+        &self,
+        key: Fingerprint,
+        decision: Arc<Decision>,
+        deadline: Option<u64>,
+        now: u64,
+    ) {
+        let Some(cache) = &self.inner else { return };
+        let ttl = match *decision {
+            Decision::Allow(_) => self.allow_ttl,
+            Decision::Deny(_) => self.deny_ttl,
+        };
+        if let Some(lifetime) = lifetime(ttl, deadline, now) {
+            cache.insert(
+                key,
+                Entry {
+                    value: decision,
+                    lifetime,
+                    deadline,
+                },
+            );
+        }
+    }
+
+    /// Entries currently held (approximate; for tests and metrics).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::DenyReason;
+
+    #[test]
+    fn lifetimes_never_pass_exp() {
+        let ttl = Duration::from_secs(60);
+        let cases: &[(Option<u64>, u64, Option<u64>)] = &[
+            (None, 100, Some(60)),
+            (Some(1000), 100, Some(60)),
+            (Some(110), 100, Some(10)),
+            (Some(100), 100, None),
+            (Some(90), 100, None),
+        ];
+        for (deadline, now, want) in cases {
+            assert_eq!(
+                lifetime(ttl, *deadline, *now).map(|d| d.as_secs()),
+                *want,
+                "{deadline:?} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_deadline_is_a_miss() {
+        let cache = DecisionCache::new(10, Duration::from_secs(60), Duration::from_secs(5));
+        let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
+        cache.insert([1; 32], d.clone(), Some(200), 100);
+        assert_eq!(cache.get(&[1; 32], 150).as_deref(), Some(&*d));
+        assert_eq!(cache.get(&[1; 32], 200), None);
+        assert_eq!(cache.get(&[2; 32], 150), None);
+    }
+
+    #[test]
+    fn zero_entries_disables() {
+        let cache = DecisionCache::new(0, Duration::from_secs(60), Duration::from_secs(5));
+        cache.insert(
+            [1; 32],
+            Arc::new(Decision::deny(DenyReason::NoPolicy)),
+            None,
+            0,
+        );
+        assert_eq!(cache.get(&[1; 32], 0), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The answer to a check, and how each kind of denial maps to an HTTP status.
+
+use std::sync::Arc;
+
+use crate::principal::PrincipalKind;
+
+/// The outcome of a check: what Envoy is told to do with the request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Let the request through, with identity headers for the upstream.
+    Allow(Allowed),
+    /// Answer the client directly with 401 or 403.
+    Deny(Denied),
+}
+
+/// An allowed request: who called and which rule let them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowed {
+    /// The caller's principal id (token subject or SPIFFE ID); empty for an anonymous
+    /// caller that a rule allowed explicitly.
+    pub principal: String,
+    /// The caller's kind; `None` for an anonymous caller.
+    pub kind: Option<PrincipalKind>,
+    /// The allow rule that matched.
+    pub rule: Arc<str>,
+}
+
+/// A denied request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    /// Why; decides the status, the `www-authenticate` header and the log line.
+    pub reason: DenyReason,
+    /// The deny rule that matched, when one did.
+    pub rule: Option<Arc<str>>,
+    /// The caller, when one was identified.
+    pub principal: Option<String>,
+}
+
+/// Why a request was denied. The variant names are what logs and metrics show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No service could be resolved for the request.
+    UnknownService,
+    /// The service has no policy file: default deny.
+    NoPolicy,
+    /// The path is not canonical or the hop unknown.
+    BadRequest,
+    /// No credential at all, and no rule allows anonymous callers.
+    MissingCredential,
+    /// The bearer token is malformed, unverifiable, expired or for another issuer.
+    InvalidToken(&'static str),
+    /// The token is valid but not for this service (`aud`).
+    WrongAudience,
+    /// An allow rule matched except for these scopes.
+    InsufficientScope(Vec<String>),
+    /// A deny rule matched.
+    DenyRule,
+    /// No allow rule matched: default deny.
+    NoMatchingRule,
+}
+
+/// The HTTP status a denial answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyStatus {
+    /// 401: the caller must present (valid) credentials.
+    Unauthorized,
+    /// 403: the caller is known but not permitted.
+    Forbidden,
+}
+
+impl DenyStatus {
+    /// The numeric HTTP status code.
+    pub fn code(self) -> u16 {
+        match self {
+            DenyStatus::Unauthorized => 401,
+            DenyStatus::Forbidden => 403,
+        }
+    }
+}
+
+impl DenyReason {
+    /// A short, stable name for logs and metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DenyReason::UnknownService => "unknown_service",
+            DenyReason::NoPolicy => "no_policy",
+            DenyReason::BadRequest => "bad_request",
+            DenyReason::MissingCredential => "missing_credential",
+            DenyReason::InvalidToken(_) => "invalid_token",
+            DenyReason::WrongAudience => "wrong_audience",
+            DenyReason::InsufficientScope(_) => "insufficient_scope",
+            DenyReason::DenyRule => "deny_rule",
+            DenyReason::NoMatchingRule => "no_matching_rule",
+        }
+    }
+
+    /// The detail behind the reason, for the decision log only (never sent to the client).
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            DenyReason::InvalidToken(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// 401 for credential problems, 403 for everything the policy refused.
+    pub fn status(&self) -> DenyStatus {
+        match self {
+            DenyReason::MissingCredential
+            | DenyReason::InvalidToken(_)
+            | DenyReason::WrongAudience => DenyStatus::Unauthorized,
+            _ => DenyStatus::Forbidden,
+        }
+    }
+
+    /// The `www-authenticate` challenge (RFC 6750 section 3), when one applies.
+    pub fn www_authenticate(&self) -> Option<String> {
+        match self {
+            DenyReason::MissingCredential
+            | DenyReason::InvalidToken(_)
+            | DenyReason::WrongAudience => Some(r#"Bearer error="invalid_token""#.to_string()),
+            DenyReason::InsufficientScope(scopes) => Some(format!(
+                r#"Bearer error="insufficient_scope", scope="{}""#,
+                scopes.join(" ")
+            )),
+            _ => None,
+        }
+    }
+
+    /// The short JSON body sent to the client: generic on purpose, so a denial never
+    /// reveals policy contents. Details go to the decision log.
+    pub fn body(&self) -> &'static str {
+        match self {
+            DenyReason::MissingCredential
+            | DenyReason::InvalidToken(_)
+            | DenyReason::WrongAudience => {
+                r#"{"error":"unauthenticated","message":"missing or invalid credentials"}"#
+            }
+            DenyReason::InsufficientScope(_) => {
+                r#"{"error":"insufficient_scope","message":"the token lacks a required scope"}"#
+            }
+            DenyReason::BadRequest => r#"{"error":"forbidden","message":"request not allowed"}"#,
+            _ => r#"{"error":"forbidden","message":"access denied"}"#,
+        }
+    }
+}
+
+impl Decision {
+    /// `allow` or `deny`, for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(_) => "deny",
+        }
+    }
+
+    /// The rule that decided, if any.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Decision::Allow(a) => Some(&a.rule),
+            Decision::Deny(d) => d.rule.as_deref(),
+        }
+    }
+
+    /// A denial with no rule and no known caller.
+    pub fn deny(reason: DenyReason) -> Self {
+        Decision::Deny(Denied {
+            reason,
+            rule: None,
+            principal: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_challenges() {
+        let cases: &[(DenyReason, u16, Option<&str>)] = &[
+            (
+                DenyReason::MissingCredential,
+                401,
+                Some(r#"Bearer error="invalid_token""#),
+            ),
+            (
+                DenyReason::InvalidToken("expired"),
+                401,
+                Some(r#"Bearer error="invalid_token""#),
+            ),
+            (
+                DenyReason::WrongAudience,
+                401,
+                Some(r#"Bearer error="invalid_token""#),
+            ),
+            (
+                DenyReason::InsufficientScope(vec!["a.read".into(), "b".into()]),
+                403,
+                Some(r#"Bearer error="insufficient_scope", scope="a.read b""#),
+            ),
+            (DenyReason::DenyRule, 403, None),
+            (DenyReason::NoMatchingRule, 403, None),
+            (DenyReason::NoPolicy, 403, None),
+            (DenyReason::UnknownService, 403, None),
+            (DenyReason::BadRequest, 403, None),
+        ];
+        for (reason, code, challenge) in cases {
+            assert_eq!(reason.status().code(), *code, "{reason:?}");
+            assert_eq!(
+                reason.www_authenticate().as_deref(),
+                *challenge,
+                "{reason:?}"
+            );
+            let body: serde_json::Value = serde_json::from_str(reason.body()).unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
+}

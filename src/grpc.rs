@@ -1,0 +1,47 @@
+//! The gRPC edge: ext_authz `Check` and `grpc.health.v1.Health` on one port.
+
+pub mod check;
+pub mod convert;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::engine::Engine;
+
+/// The service name health checks may ask about, besides the server-wide `""`.
+pub const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// Sets the health status of the server and the Authorization service together.
+pub async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(AUTHZ_SERVICE, status).await;
+}
+
+/// Serves both services on `listener` until `shutdown` completes, then lets
+/// in-flight checks finish.
+pub async fn serve(
+    engine: Arc<Engine>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(AuthorizationServer::new(check::CheckService::new(engine)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,186 @@
+//! Protobuf <-> domain conversions: the only code that sees `envoy_types::pb`.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc;
+
+use crate::decision::{Decision, DenyStatus};
+use crate::engine::Outcome;
+use crate::request::AuthzRequest;
+
+/// Identity headers hopwarden sets on allowed requests.
+pub const PRINCIPAL_HEADER: &str = "x-hopwarden-principal";
+/// The principal's kind.
+pub const KIND_HEADER: &str = "x-hopwarden-principal-kind";
+/// The allow rule's id.
+pub const RULE_HEADER: &str = "x-hopwarden-rule";
+const OWN_PREFIX: &str = "x-hopwarden-";
+
+/// Why a `CheckRequest` could not be read; answered with a clean deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// `attributes.request.http` is missing: not an HTTP check.
+    #[error("check request has no HTTP request attributes")]
+    MissingHttp,
+}
+
+impl TryFrom<&CheckRequest> for AuthzRequest {
+    type Error = ConvertError;
+
+    fn try_from(check: &CheckRequest) -> Result<Self, Self::Error> {
+        let attrs = check.attributes.as_ref().ok_or(ConvertError::MissingHttp)?;
+        let http = attrs
+            .request
+            .as_ref()
+            .and_then(|r| r.http.as_ref())
+            .ok_or(ConvertError::MissingHttp)?;
+        // Envoy sends `header_map` instead of `headers` when the filter sets
+        // `encode_raw_headers: true`; accept both.
+        let headers = match &http.header_map {
+            Some(map) if http.headers.is_empty() => map
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = if h.raw_value.is_empty() {
+                        h.value.clone()
+                    } else {
+                        String::from_utf8_lossy(&h.raw_value).into_owned()
+                    };
+                    (h.key.to_ascii_lowercase(), value)
+                })
+                .collect(),
+            _ => http.headers.clone(),
+        };
+        let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+        Ok(AuthzRequest {
+            service: attrs.context_extensions.get("service").cloned(),
+            hop: attrs.context_extensions.get("hop").cloned(),
+            method: http.method.clone(),
+            path: http.path.clone(),
+            host: http.host.clone(),
+            headers,
+            source_principal: attrs.source.as_ref().and_then(|p| non_empty(&p.principal)),
+            destination_principal: attrs
+                .destination
+                .as_ref()
+                .and_then(|p| non_empty(&p.principal)),
+        })
+    }
+}
+
+/// The `CheckResponse` for a decision.
+pub fn to_check_response(outcome: &Outcome, req: &AuthzRequest) -> CheckResponse {
+    let metadata = Some(metadata(outcome));
+    match &*outcome.decision {
+        Decision::Allow(allowed) => {
+            let kind = allowed.kind.map_or("anonymous", |k| k.as_str());
+            let mut headers = vec![
+                overwrite(KIND_HEADER, kind),
+                overwrite(RULE_HEADER, &allowed.rule),
+            ];
+            if !allowed.principal.is_empty() {
+                headers.push(overwrite(PRINCIPAL_HEADER, &allowed.principal));
+            }
+            // Envoy applies removals after sets, so remove only client-sent
+            // x-hopwarden-* names we do not set ourselves; ours overwrite theirs.
+            let ours: Vec<&str> = headers
+                .iter()
+                .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
+                .collect();
+            let headers_to_remove = req
+                .headers
+                .keys()
+                .filter(|k| k.starts_with(OWN_PREFIX) && !ours.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: tonic::Code::Ok as i32,
+                    ..Default::default()
+                }),
+                dynamic_metadata: metadata,
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers,
+                    headers_to_remove,
+                    ..Default::default()
+                })),
+            }
+        }
+        Decision::Deny(denied) => {
+            let status = denied.reason.status();
+            let mut headers = vec![overwrite("content-type", "application/json")];
+            if let Some(challenge) = denied.reason.www_authenticate() {
+                headers.push(overwrite("www-authenticate", &challenge));
+            }
+            let code = match status {
+                DenyStatus::Unauthorized => tonic::Code::Unauthenticated,
+                DenyStatus::Forbidden => tonic::Code::PermissionDenied,
+            };
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: code as i32,
+                    ..Default::default()
+                }),
+                dynamic_metadata: metadata,
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(status.code()),
+                    }),
+                    headers,
+                    body: denied.reason.body().to_string(),
+                })),
+            }
+        }
+    }
+}
+
+fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// Decision facts for Envoy's dynamic metadata (namespace
+/// `envoy.filters.http.ext_authz`), so access logs can show them.
+fn metadata(outcome: &Outcome) -> Struct {
+    let mut fields = HashMap::new();
+    let mut put = |k: &str, v: &str| {
+        fields.insert(
+            k.to_string(),
+            Value {
+                kind: Some(Kind::StringValue(v.to_string())),
+            },
+        );
+    };
+    put("decision", outcome.decision.as_str());
+    if let Some(service) = &outcome.service {
+        put("service", service);
+    }
+    if let Some(rule) = outcome.decision.rule() {
+        put("rule", rule);
+    }
+    match &*outcome.decision {
+        Decision::Allow(a) => {
+            put("principal", &a.principal);
+            put("principal_kind", a.kind.map_or("anonymous", |k| k.as_str()));
+        }
+        Decision::Deny(d) => {
+            put("reason", d.reason.as_str());
+            if let Some(p) = &d.principal {
+                put("principal", p);
+            }
+        }
+    }
+    Struct { fields }
+}

@@ -1,0 +1,60 @@
+//! `hopwarden`: parse the command line and hand over to the library.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hopwarden::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => cli::validate(&config),
+        Command::Serve { config } => {
+            let config = match cli::load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            hopwarden::telemetry::init(&config.spec.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the policies.
+async fn serve(config: hopwarden::config::Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let server = hopwarden::server::start(config).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading policies");
+                server.reload();
+            }
+        }
+    }
+    tracing::info!("shutting down: draining in-flight checks");
+    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    tracing::info!("stopped");
+    Ok(())
+}

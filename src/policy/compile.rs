@@ -1,0 +1,556 @@
+//! Policy specs -> compiled, validated [`ServicePolicy`]s.
+//!
+//! All validation lives here, and every problem in every file is collected so
+//! that `hopwarden validate` can list them in one run. Semantic errors are
+//! pointed at the offending value in the file with [`crate::yaml`]'s locators.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
+use super::spec::{ClauseSpec, Effect, FromSpec, PolicySpec, RuleSpec, WhenSpec};
+use super::PolicyError;
+use crate::principal::PrincipalKind;
+use crate::request::Hop;
+use crate::yaml::{self, Location};
+
+/// The compiled rules protecting one service.
+#[derive(Debug)]
+pub struct ServicePolicy {
+    pub(super) service: String,
+    pub(super) audiences: Vec<String>,
+    /// Deny rules in file order: any match denies.
+    pub(super) deny: Vec<Rule>,
+    /// Allow rules in file order: the first full match allows.
+    pub(super) allow: Vec<Rule>,
+    pub(super) header_inputs: Vec<String>,
+}
+
+impl ServicePolicy {
+    /// The protected service's name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Token audiences the service accepts (default: its own name).
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// Lowercase header names read by any rule's `when.headers`, sorted; the
+    /// decision cache key must include their values.
+    pub fn header_inputs(&self) -> &[String] {
+        &self.header_inputs
+    }
+
+    /// Deny rules, then allow rules, each in file order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.deny.iter().chain(self.allow.iter())
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub(super) id: Arc<str>,
+    pub(super) description: Option<String>,
+    pub(super) effect: Effect,
+    pub(super) from: FromClause,
+    /// `None`: any action; otherwise any clause must match.
+    pub(super) to: Option<Vec<ActionClause>>,
+    pub(super) scopes: Vec<String>,
+    pub(super) when: When,
+}
+
+impl Rule {
+    /// The rule's id, unique across the policy set.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Allow or deny.
+    pub fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    /// Scopes an allow rule requires (all of them).
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Why the rule exists, if the author said.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+}
+
+/// Who a rule is about.
+#[derive(Debug)]
+pub enum FromClause {
+    /// No `from`: any authenticated caller; a deny rule also matches anonymous callers.
+    Unrestricted,
+    /// `anonymous: true`: only callers with no credential at all.
+    Anonymous,
+    /// An authenticated caller that satisfies every named condition.
+    Authenticated(Callers),
+}
+
+/// The conditions of a `from` block; `None` means "not named".
+#[derive(Debug, Default)]
+pub struct Callers {
+    pub(super) principals: Option<Vec<IdPattern>>,
+    pub(super) peers: Option<Vec<IdPattern>>,
+    pub(super) kinds: Option<Vec<PrincipalKind>>,
+    pub(super) issuers: Option<Vec<String>>,
+}
+
+/// One `to` clause: methods (if named) AND (a path OR a gRPC pattern, if named).
+#[derive(Debug)]
+pub struct ActionClause {
+    /// Uppercase methods; `None` means any method.
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) paths: Vec<PathPattern>,
+    pub(super) grpc: Vec<GrpcPattern>,
+}
+
+/// The `when` conditions; each present one must hold.
+#[derive(Debug, Default)]
+pub struct When {
+    pub(super) hop: Option<Hop>,
+    /// Lowercase header name -> accepted values.
+    pub(super) headers: Vec<(String, Vec<String>)>,
+    /// Claim name -> accepted values.
+    pub(super) claims: Vec<(String, Vec<String>)>,
+}
+
+/// Methods from RFC 9110 section 9 and PATCH (RFC 5789). A misspelt method in a
+/// deny rule would never match, so unknown tokens are refused rather than kept.
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Headers a rule may not read: credentials must not become cache-key inputs or
+/// rule conditions, and `x-hopwarden-*` are headers we set ourselves.
+fn forbidden_header(name: &str) -> bool {
+    matches!(name, "authorization" | "cookie" | "proxy-authorization")
+        || name.starts_with("x-hopwarden-")
+}
+
+/// Compiles every source, collecting all errors across all files.
+pub(super) fn compile_sources(
+    sources: &[(PathBuf, String)],
+) -> Result<BTreeMap<String, Arc<ServicePolicy>>, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut services: BTreeMap<String, Arc<ServicePolicy>> = BTreeMap::new();
+    // Every file's service name, even from files with errors, so a clash is
+    // reported in the same run as the other problems.
+    let mut service_files: HashMap<String, PathBuf> = HashMap::new();
+    let mut rule_ids: HashMap<String, PathBuf> = HashMap::new();
+    for (file, text) in sources {
+        let spec: PolicySpec = match yaml::from_str(text, file) {
+            Ok(spec) => spec,
+            Err(err) => {
+                errors.push(err.into());
+                continue;
+            }
+        };
+        let mut cx = FileContext::new(file, text, &spec.rules);
+        let policy = cx.policy(spec, &mut rule_ids);
+        if let Some(first) = service_files.get(&policy.service) {
+            let at = yaml::find_value(text, "service", &policy.service, 0);
+            let message = format!(
+                "duplicate service {:?} (also defined in {})",
+                policy.service,
+                first.display()
+            );
+            cx.error(at, message);
+        } else {
+            service_files.insert(policy.service.clone(), file.clone());
+        }
+        if cx.errors.is_empty() {
+            services.insert(policy.service.clone(), Arc::new(policy));
+        } else {
+            errors.append(&mut cx.errors);
+        }
+    }
+    if errors.is_empty() {
+        Ok(services)
+    } else {
+        Err(errors)
+    }
+}
+
+/// One file being compiled: its text, for locating values, and its errors.
+struct FileContext<'a> {
+    file: &'a Path,
+    text: &'a str,
+    /// Byte range of each rule, from its `id:` to the next rule's, where found.
+    regions: Vec<(usize, usize)>,
+    errors: Vec<PolicyError>,
+}
+
+impl<'a> FileContext<'a> {
+    fn new(file: &'a Path, text: &'a str, rules: &[RuleSpec]) -> Self {
+        let mut starts = Vec::with_capacity(rules.len());
+        let mut cursor = 0;
+        for rule in rules {
+            let start = yaml::find_value(text, "id", &rule.id, cursor);
+            if let Some(s) = start {
+                cursor = s + rule.id.len();
+            }
+            starts.push(start.unwrap_or(cursor));
+        }
+        let regions = (0..starts.len())
+            .map(|i| (starts[i], starts.get(i + 1).copied().unwrap_or(text.len())))
+            .collect();
+        FileContext {
+            file,
+            text,
+            regions,
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, at: Option<usize>, message: String) {
+        let location = match at {
+            Some(offset) => Location::new(self.file, yaml::position(self.text, offset)),
+            None => Location::file_only(self.file),
+        };
+        self.errors.push(PolicyError {
+            location: Some(location),
+            message,
+        });
+    }
+
+    fn region(&self, rule: usize) -> (usize, usize) {
+        self.regions
+            .get(rule)
+            .copied()
+            .unwrap_or((0, self.text.len()))
+    }
+
+    /// Where `value` is written in rule `rule` (or anywhere in the file).
+    fn value_in(&self, rule: usize, value: &str) -> Option<usize> {
+        let (from, to) = self.region(rule);
+        yaml::find_token(self.text, value, from, to)
+            .next()
+            .or_else(|| yaml::find_token(self.text, value, 0, self.text.len()).next())
+    }
+
+    /// Where `key:` is written in rule `rule`, else the rule's id.
+    fn key_in(&self, rule: usize, key: &str) -> Option<usize> {
+        let (from, to) = self.region(rule);
+        yaml::find_key(self.text, key, from, to).or(Some(from))
+    }
+
+    fn pattern_error(&mut self, rule: usize, err: PatternError) {
+        let at = self.value_in(rule, &err.pattern);
+        self.error(at, err.to_string());
+    }
+
+    fn policy(
+        &mut self,
+        spec: PolicySpec,
+        rule_ids: &mut HashMap<String, PathBuf>,
+    ) -> ServicePolicy {
+        if !is_name(&spec.service, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit()
+        }) {
+            let at = yaml::find_value(self.text, "service", &spec.service, 0);
+            let message = format!(
+                "invalid service name {:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit",
+                spec.service
+            );
+            self.error(at, message);
+        }
+        let audiences = match spec.audiences {
+            None => vec![spec.service.clone()],
+            Some(list) => {
+                if list.is_empty() {
+                    let at = yaml::find_key(self.text, "audiences", 0, self.text.len());
+                    self.error(
+                        at,
+                        "audiences is empty; omit it to accept the service name".into(),
+                    );
+                }
+                for aud in list.iter().filter(|a| a.trim().is_empty()) {
+                    let at = yaml::find_key(self.text, "audiences", 0, self.text.len());
+                    self.error(at, format!("empty audience {aud:?}"));
+                }
+                list
+            }
+        };
+        let mut deny = Vec::new();
+        let mut allow = Vec::new();
+        for (index, rule) in spec.rules.into_iter().enumerate() {
+            let rule = self.rule(index, rule, rule_ids);
+            match rule.effect {
+                Effect::Deny => deny.push(rule),
+                Effect::Allow => allow.push(rule),
+            }
+        }
+        let mut header_inputs: Vec<String> = deny
+            .iter()
+            .chain(allow.iter())
+            .flat_map(|r| r.when.headers.iter().map(|(name, _)| name.clone()))
+            .collect();
+        header_inputs.sort();
+        header_inputs.dedup();
+        ServicePolicy {
+            service: spec.service,
+            audiences,
+            deny,
+            allow,
+            header_inputs,
+        }
+    }
+
+    fn rule(
+        &mut self,
+        index: usize,
+        spec: RuleSpec,
+        rule_ids: &mut HashMap<String, PathBuf>,
+    ) -> Rule {
+        let at_id = Some(self.region(index).0);
+        let id = spec.id;
+        if !is_name(&id, |b| b.is_ascii_alphanumeric()) {
+            let message = format!(
+                "invalid rule id {id:?}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            );
+            self.error(at_id, message);
+        }
+        if let Some(first) = rule_ids.get(&id) {
+            let message = format!(
+                "duplicate rule id {id:?} (first defined in {})",
+                first.display()
+            );
+            self.error(at_id, message);
+        } else {
+            rule_ids.insert(id.clone(), self.file.to_path_buf());
+        }
+        let from = self.from(index, &id, spec.from);
+        let anonymous = matches!(from, FromClause::Anonymous);
+        let to = spec.to.map(|clauses| self.to(index, &id, clauses));
+        let scopes = spec.scopes.unwrap_or_default();
+        if !scopes.is_empty() && spec.effect == Effect::Deny {
+            let at = self.key_in(index, "scopes");
+            let message = format!(
+                "rule {id:?}: a deny rule cannot require scopes (it would stop applying to callers that lack them, which is almost always a mistake)"
+            );
+            self.error(at, message);
+        }
+        if !scopes.is_empty() && anonymous {
+            let at = self.key_in(index, "scopes");
+            self.error(at, format!("rule {id:?}: an anonymous rule cannot require scopes (an anonymous caller has none)"));
+        }
+        for scope in &scopes {
+            // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            let ok = !scope.is_empty()
+                && scope
+                    .bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            if !ok {
+                let at = self.value_in(index, scope).or(self.key_in(index, "scopes"));
+                self.error(at, format!("rule {id:?}: invalid scope {scope:?}"));
+            }
+        }
+        let when = match spec.when {
+            Some(when) => self.when(index, &id, when, anonymous),
+            None => When::default(),
+        };
+        Rule {
+            id: id.into(),
+            description: spec.description,
+            effect: spec.effect,
+            from,
+            to,
+            scopes,
+            when,
+        }
+    }
+
+    /// Reports `field: []`, which would match nothing: for a deny rule a silent hole.
+    fn non_empty<T>(&mut self, index: usize, id: &str, field: &str, list: &Option<Vec<T>>) {
+        if list.as_ref().is_some_and(Vec::is_empty) {
+            let key = field.rsplit('.').next().unwrap_or(field);
+            let at = self.key_in(index, key);
+            self.error(
+                at,
+                format!("rule {id:?}: {field} is empty (it would match nothing); omit it instead"),
+            );
+        }
+    }
+
+    fn from(&mut self, index: usize, id: &str, spec: Option<FromSpec>) -> FromClause {
+        let Some(spec) = spec else {
+            return FromClause::Unrestricted;
+        };
+        if spec.anonymous == Some(true) {
+            if spec.principals.is_some()
+                || spec.peers.is_some()
+                || spec.kinds.is_some()
+                || spec.issuers.is_some()
+            {
+                let at = self.key_in(index, "anonymous");
+                let message = format!(
+                    "rule {id:?}: `anonymous: true` cannot be combined with other `from` fields (an anonymous caller has no principal, peer, kind or issuer)"
+                );
+                self.error(at, message);
+            }
+            return FromClause::Anonymous;
+        }
+        self.non_empty(index, id, "from.principals", &spec.principals);
+        self.non_empty(index, id, "from.peers", &spec.peers);
+        self.non_empty(index, id, "from.kinds", &spec.kinds);
+        self.non_empty(index, id, "from.issuers", &spec.issuers);
+        let principals = spec
+            .principals
+            .map(|list| self.patterns(index, &list, IdPattern::principal));
+        let peers = spec
+            .peers
+            .map(|list| self.patterns(index, &list, IdPattern::peer));
+        for issuer in spec
+            .issuers
+            .iter()
+            .flatten()
+            .filter(|i| i.trim().is_empty())
+        {
+            let at = self.key_in(index, "issuers");
+            self.error(at, format!("rule {id:?}: empty issuer {issuer:?}"));
+        }
+        FromClause::Authenticated(Callers {
+            principals,
+            peers,
+            kinds: spec.kinds,
+            issuers: spec.issuers,
+        })
+    }
+
+    fn patterns<T>(
+        &mut self,
+        index: usize,
+        raw: &[String],
+        parse: impl Fn(&str) -> Result<T, PatternError>,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(raw.len());
+        for r in raw {
+            match parse(r) {
+                Ok(p) => out.push(p),
+                Err(err) => self.pattern_error(index, err),
+            }
+        }
+        out
+    }
+
+    fn to(&mut self, index: usize, id: &str, clauses: Vec<ClauseSpec>) -> Vec<ActionClause> {
+        if clauses.is_empty() {
+            let at = self.key_in(index, "to");
+            self.error(at, format!("rule {id:?}: to is empty (it would match nothing); omit it to match every action"));
+        }
+        let mut out = Vec::with_capacity(clauses.len());
+        for (n, clause) in clauses.into_iter().enumerate() {
+            if clause.methods.is_none() && clause.paths.is_none() && clause.grpc.is_none() {
+                let at = self.key_in(index, "to");
+                self.error(
+                    at,
+                    format!("rule {id:?}: to[{n}] names none of methods, paths or grpc"),
+                );
+            }
+            self.non_empty(index, id, "to.methods", &clause.methods);
+            self.non_empty(index, id, "to.paths", &clause.paths);
+            self.non_empty(index, id, "to.grpc", &clause.grpc);
+            let methods = clause.methods.map(|list| {
+                let mut methods = Vec::with_capacity(list.len());
+                for raw in list {
+                    let upper = raw.to_ascii_uppercase();
+                    if KNOWN_METHODS.contains(&upper.as_str()) {
+                        methods.push(upper);
+                    } else {
+                        let at = self.value_in(index, &raw);
+                        self.error(at, format!("rule {id:?}: unknown method {raw:?}"));
+                    }
+                }
+                methods.sort();
+                methods.dedup();
+                methods
+            });
+            let paths = self.patterns(
+                index,
+                clause.paths.as_deref().unwrap_or_default(),
+                PathPattern::parse,
+            );
+            let grpc = self.patterns(
+                index,
+                clause.grpc.as_deref().unwrap_or_default(),
+                GrpcPattern::parse,
+            );
+            out.push(ActionClause {
+                methods,
+                paths,
+                grpc,
+            });
+        }
+        out
+    }
+
+    fn when(&mut self, index: usize, id: &str, spec: WhenSpec, anonymous: bool) -> When {
+        let mut headers: Vec<(String, Vec<String>)> = Vec::new();
+        for (raw, values) in spec.headers.unwrap_or_default() {
+            let name = raw.to_ascii_lowercase();
+            let at = self.value_in(index, &raw);
+            let token = !name.is_empty()
+                && name
+                    .trim_start_matches(':')
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                self.error(at, format!("rule {id:?}: invalid header name {raw:?}"));
+            } else if forbidden_header(&name) {
+                let message = format!(
+                    "rule {id:?}: when.headers may not read {raw:?} (credentials and x-hopwarden-* headers are off limits)"
+                );
+                self.error(at, message);
+            } else if headers.iter().any(|(n, _)| *n == name) {
+                self.error(at, format!("rule {id:?}: header {raw:?} is named twice"));
+            } else if values.is_empty() {
+                self.error(
+                    at,
+                    format!("rule {id:?}: header {raw:?} has no values (it would match nothing)"),
+                );
+            }
+            headers.push((name, values));
+        }
+        let claims: Vec<(String, Vec<String>)> =
+            spec.claims.unwrap_or_default().into_iter().collect();
+        for (name, values) in &claims {
+            let at = self.value_in(index, name);
+            if name.is_empty() {
+                self.error(at, format!("rule {id:?}: empty claim name"));
+            } else if values.is_empty() {
+                self.error(
+                    at,
+                    format!("rule {id:?}: claim {name:?} has no values (it would match nothing)"),
+                );
+            }
+        }
+        if anonymous && !claims.is_empty() {
+            let at = self.key_in(index, "claims");
+            self.error(at, format!("rule {id:?}: an anonymous rule cannot require claims (an anonymous caller has none)"));
+        }
+        When {
+            hop: spec.hop,
+            headers,
+            claims,
+        }
+    }
+}
+
+/// `[first][first | . _ -]*`, with `first` deciding which letters are allowed.
+fn is_name(s: &str, first: impl Fn(u8) -> bool) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(&first) && bytes.all(|b| first(b) || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests;

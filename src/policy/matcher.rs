@@ -1,0 +1,515 @@
+//! Precompiled patterns: request paths, gRPC methods and principal / SPIFFE globs.
+//!
+//! Everything is parsed and validated at load time; `matches` only compares
+//! slices, so the request path never parses a pattern and never allocates.
+
+use std::fmt;
+
+use crate::principal::SpiffeId;
+
+/// A pattern that cannot be compiled, naming the pattern and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} pattern {pattern:?}: {reason}")]
+pub struct PatternError {
+    /// `path`, `grpc`, `principal` or `peer`.
+    pub kind: &'static str,
+    /// The pattern as written.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn error(kind: &'static str, pattern: &str, reason: impl Into<String>) -> PatternError {
+    PatternError {
+        kind,
+        pattern: pattern.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// One segment of a [`PathPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Matches exactly this text (case-sensitive, like most upstream routers).
+    Literal(Box<str>),
+    /// `*` or `{name}`: exactly one non-empty segment.
+    One,
+    /// `**` (last only): zero or more remaining segments.
+    Rest,
+}
+
+/// A path pattern such as `/transactions/{id}/status` or `/refunds/**`.
+///
+/// Matched against the canonical path (see [`crate::request::canonical_path`]),
+/// so the pattern refuses anything a canonical path cannot contain: it would
+/// never match, and a deny rule that never matches is a silent hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    raw: Box<str>,
+    segments: Box<[Segment]>,
+}
+
+impl PathPattern {
+    /// Compiles `raw`.
+    pub fn parse(raw: &str) -> Result<Self, PatternError> {
+        let fail = |reason: &str| Err(error("path", raw, reason));
+        if raw.is_empty() {
+            return fail("is empty");
+        }
+        if !raw.starts_with('/') {
+            return fail("must start with '/'");
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|c| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control())
+        {
+            // `?`/`#` start a query or fragment, `%` escapes are decoded and `\`
+            // refused before matching: the canonical path never contains them.
+            return fail(&format!("must not contain {c:?}"));
+        }
+        let mut segments = Vec::new();
+        let mut params: Vec<&str> = Vec::new();
+        let body = &raw[1..];
+        let parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let segment = match *part {
+                "" => return fail("has an empty segment"),
+                "." | ".." => return fail("has a dot segment"),
+                "**" if i + 1 == parts.len() => Segment::Rest,
+                "**" => return fail("\"**\" must be the last segment"),
+                "*" => Segment::One,
+                p if p.starts_with('{') && p.ends_with('}') => {
+                    let name = &p[1..p.len() - 1];
+                    if !is_identifier(name) {
+                        return fail(&format!("parameter {p:?} must be {{identifier}}"));
+                    }
+                    if params.contains(&name) {
+                        return fail(&format!("parameter {name:?} appears twice"));
+                    }
+                    params.push(name);
+                    Segment::One
+                }
+                p if p.contains('*') => return fail("\"*\" must be a whole segment"),
+                p if p.contains(['{', '}']) => {
+                    return fail("'{' and '}' must enclose a whole segment")
+                }
+                p => Segment::Literal(p.into()),
+            };
+            segments.push(segment);
+        }
+        Ok(PathPattern {
+            raw: raw.into(),
+            segments: segments.into(),
+        })
+    }
+
+    /// Whether the canonical `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = (!body.is_empty())
+            .then(|| body.split('/'))
+            .into_iter()
+            .flatten();
+        for segment in self.segments.iter() {
+            let part = match segment {
+                Segment::Rest => return true,
+                _ => match parts.next() {
+                    Some(part) => part,
+                    None => return false,
+                },
+            };
+            let ok = match segment {
+                Segment::Literal(lit) => **lit == *part,
+                Segment::One => !part.is_empty(),
+                Segment::Rest => true,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// A gRPC method pattern: `pkg.Service/Method` or `pkg.Service/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcPattern {
+    service: Box<str>,
+    /// `None` for `*`: any method of the service.
+    method: Option<Box<str>>,
+}
+
+impl GrpcPattern {
+    /// Compiles `raw`.
+    pub fn parse(raw: &str) -> Result<Self, PatternError> {
+        let fail = |reason: &str| Err(error("grpc", raw, reason));
+        let Some((service, method)) = raw.split_once('/') else {
+            return fail("must be Service/Method or Service/*");
+        };
+        let service_ok = !service.is_empty()
+            && !service.starts_with('.')
+            && !service.ends_with('.')
+            && !service.contains("..")
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !service_ok {
+            return fail("service must be a dotted name like pkg.v1.Service");
+        }
+        let method = match method {
+            "*" => None,
+            m if is_identifier(m) => Some(m.into()),
+            _ => return fail("method must be an identifier or *"),
+        };
+        Ok(GrpcPattern {
+            service: service.into(),
+            method,
+        })
+    }
+
+    /// Whether `grpc` (`pkg.Service/Method`, as in [`crate::request::Action::grpc`]) matches.
+    pub fn matches(&self, grpc: &str) -> bool {
+        let Some((service, method)) = grpc.split_once('/') else {
+            return false;
+        };
+        *self.service == *service
+            && match &self.method {
+                Some(m) => **m == *method,
+                None => !method.is_empty() && !method.contains('/'),
+            }
+    }
+}
+
+/// A principal id or mTLS peer pattern: exact, a glob where each `*` is one whole
+/// non-empty `/`-free segment, or a lone `*` for anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPattern {
+    raw: Box<str>,
+    kind: IdKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Exact,
+    Glob,
+    Any,
+}
+
+impl IdPattern {
+    /// A `from.principals` entry: any principal id (a token subject such as
+    /// `partner:acme`, or a SPIFFE ID, which is then checked as one).
+    pub fn principal(raw: &str) -> Result<Self, PatternError> {
+        Self::parse("principal", raw, false)
+    }
+
+    /// A `from.peers` entry: an mTLS peer is always a SPIFFE ID.
+    pub fn peer(raw: &str) -> Result<Self, PatternError> {
+        Self::parse("peer", raw, true)
+    }
+
+    fn parse(kind: &'static str, raw: &str, spiffe_only: bool) -> Result<Self, PatternError> {
+        let fail = |reason: &str| Err(error(kind, raw, reason));
+        if raw == "*" {
+            return Ok(IdPattern {
+                raw: raw.into(),
+                kind: IdKind::Any,
+            });
+        }
+        if raw.is_empty() {
+            return fail("is empty");
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return fail("must not contain whitespace");
+        }
+        if raw.split('/').any(|s| s != "*" && s.contains('*')) {
+            return fail("\"*\" must be a whole segment");
+        }
+        if let Some(rest) = raw.strip_prefix("spiffe://") {
+            // The trust domain is the root of trust (SPIFFE spec 2.1): a wildcard
+            // there would accept identities minted by any other domain.
+            if rest.split('/').next() == Some("*") {
+                return fail("the trust domain cannot be a wildcard");
+            }
+            let concrete = raw.replace('*', "x");
+            if let Err(err) = concrete.parse::<SpiffeId>() {
+                return fail(&format!("is not a valid SPIFFE ID ({err})"));
+            }
+        } else if spiffe_only {
+            return fail("must be a spiffe:// ID (mTLS peers are identified by their SPIFFE ID)");
+        }
+        let kind = if raw.contains('*') {
+            IdKind::Glob
+        } else {
+            IdKind::Exact
+        };
+        Ok(IdPattern {
+            raw: raw.into(),
+            kind,
+        })
+    }
+
+    /// Whether `id` matches.
+    pub fn matches(&self, id: &str) -> bool {
+        match self.kind {
+            IdKind::Any => true,
+            IdKind::Exact => *self.raw == *id,
+            IdKind::Glob => {
+                let mut want = self.raw.split('/');
+                let mut have = id.split('/');
+                loop {
+                    match (want.next(), have.next()) {
+                        (None, None) => return true,
+                        (Some("*"), Some(h)) if !h.is_empty() => {}
+                        (Some(w), Some(h)) if w != "*" && w == h => {}
+                        _ => return false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/", "/", true),
+            ("/", "/a", false),
+            ("/**", "/", true),
+            ("/**", "/a/b/c", true),
+            ("/*", "/", false),
+            ("/*", "/a", true),
+            ("/*", "/a/b", false),
+            ("/a", "/a", true),
+            ("/a", "/A", false),
+            ("/a", "/ab", false),
+            ("/a", "/a/b", false),
+            ("/a", "/", false),
+            ("/refunds/**", "/refunds", true),
+            ("/refunds/**", "/refunds/1", true),
+            ("/refunds/**", "/refunds/1/x", true),
+            ("/refunds/**", "/refundsx", false),
+            ("/refunds/**", "/other/refunds", false),
+            ("/transactions/{id}", "/transactions/42", true),
+            ("/transactions/{id}", "/transactions", false),
+            ("/transactions/{id}", "/transactions/42/status", false),
+            ("/transactions/{id}/status", "/transactions/42/status", true),
+            ("/transactions/{id}/status", "/transactions/42/other", false),
+            ("/a/*/c", "/a/b/c", true),
+            ("/a/*/c", "/a//c", false),
+            ("/a/*/**", "/a/b", true),
+            ("/a/*/**", "/a", false),
+            ("/a", "a", false),
+            ("/a", "", false),
+            ("/caf\u{e9}", "/caf\u{e9}", true),
+        ];
+        for (pattern, path, want) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(path), *want, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn path_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("", "path pattern \"\": is empty"),
+            ("a/b", "path pattern \"a/b\": must start with '/'"),
+            (
+                "/a/**/b",
+                "path pattern \"/a/**/b\": \"**\" must be the last segment",
+            ),
+            (
+                "/a*b",
+                "path pattern \"/a*b\": \"*\" must be a whole segment",
+            ),
+            (
+                "/a/***",
+                "path pattern \"/a/***\": \"*\" must be a whole segment",
+            ),
+            (
+                "/{x",
+                "path pattern \"/{x\": '{' and '}' must enclose a whole segment",
+            ),
+            (
+                "/{1x}",
+                "path pattern \"/{1x}\": parameter \"{1x}\" must be {identifier}",
+            ),
+            (
+                "/{}",
+                "path pattern \"/{}\": parameter \"{}\" must be {identifier}",
+            ),
+            (
+                "/{x}/{x}",
+                "path pattern \"/{x}/{x}\": parameter \"x\" appears twice",
+            ),
+            ("//", "path pattern \"//\": has an empty segment"),
+            ("/a//b", "path pattern \"/a//b\": has an empty segment"),
+            ("/a/", "path pattern \"/a/\": has an empty segment"),
+            ("/a/./b", "path pattern \"/a/./b\": has a dot segment"),
+            ("/..", "path pattern \"/..\": has a dot segment"),
+            ("/a?b", "path pattern \"/a?b\": must not contain '?'"),
+            ("/a#b", "path pattern \"/a#b\": must not contain '#'"),
+            ("/%61", "path pattern \"/%61\": must not contain '%'"),
+            ("/a\\b", "path pattern \"/a\\\\b\": must not contain '\\\\'"),
+            ("/a b", "path pattern \"/a b\": must not contain ' '"),
+            ("/a\tb", "path pattern \"/a\\tb\": must not contain '\\t'"),
+        ];
+        for (pattern, want) in cases {
+            let err = PathPattern::parse(pattern).unwrap_err();
+            assert_eq!(err.to_string(), *want, "{pattern:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("ledger.v1.Ledger/Get", "ledger.v1.Ledger/Get", true),
+            ("ledger.v1.Ledger/Get", "ledger.v1.Ledger/GetAll", false),
+            ("ledger.v1.Ledger/Get", "ledger.v1.Ledger/get", false),
+            ("ledger.v1.Ledger/Get", "ledger.v2.Ledger/Get", false),
+            ("ledger.v1.Ledger/*", "ledger.v1.Ledger/Put", true),
+            ("ledger.v1.Ledger/*", "ledger.v1.Ledger/", false),
+            ("ledger.v1.Ledger/*", "ledger.v1.LedgerAdmin/Put", false),
+            ("ledger.v1.Ledger/*", "ledger.v1.Ledger", false),
+            ("Health/Check", "Health/Check", true),
+        ];
+        for (pattern, method, want) in cases {
+            let p = GrpcPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(method), *want, "{pattern} vs {method}");
+        }
+    }
+
+    #[test]
+    fn grpc_errors() {
+        let bad = [
+            "",
+            "Ledger",
+            "/Get",
+            "Ledger/",
+            ".a.B/Get",
+            "a.B./Get",
+            "a..B/Get",
+            "a-b.B/Get",
+            "a.B/Get/x",
+            "a.B/G-t",
+            "a.B/1x",
+            "a.B/G*",
+            "*/Get",
+        ];
+        for pattern in bad {
+            let err = GrpcPattern::parse(pattern).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("grpc pattern {pattern:?}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn principal_globs() {
+        let td = "spiffe://hopwarden.local";
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "anything", true),
+            ("partner:transcribe-co", "partner:transcribe-co", true),
+            ("partner:transcribe-co", "partner:transcribe-co2", false),
+            (
+                "spiffe://hopwarden.local/ns/payments/sa/payments",
+                "spiffe://hopwarden.local/ns/payments/sa/payments",
+                true,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/payments/sa/payments",
+                "spiffe://hopwarden.local/ns/payments/sa/payments/x",
+                false,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/payments",
+                "spiffe://hopwarden.local/ns/a/sa/payments",
+                true,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/payments",
+                "spiffe://hopwarden.local/ns//sa/payments",
+                false,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/payments",
+                "spiffe://hopwarden.local/ns/a/b/sa/payments",
+                false,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/payments",
+                "spiffe://other.local/ns/a/sa/payments",
+                false,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/*",
+                "spiffe://hopwarden.local/ns/a/sa/b",
+                true,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*/sa/*",
+                "spiffe://hopwarden.local/ns/a/sa",
+                false,
+            ),
+            (
+                "spiffe://hopwarden.local/ns/*",
+                "spiffe://hopwarden.local/ns/*",
+                true,
+            ),
+            ("team/*", "team/a", true),
+            ("team/*", "team", false),
+        ];
+        for (pattern, id, want) in cases {
+            let p = IdPattern::principal(pattern).unwrap();
+            assert_eq!(p.matches(id), *want, "{pattern} vs {id}");
+        }
+        assert!(IdPattern::peer(&format!("{td}/ns/*/sa/x")).is_ok());
+    }
+
+    #[test]
+    fn id_errors() {
+        let cases: &[(&str, bool, &str)] = &[
+            ("", false, "principal pattern \"\": is empty"),
+            ("a b", false, "principal pattern \"a b\": must not contain whitespace"),
+            ("spiffe://td/ns/pay*", false, "principal pattern \"spiffe://td/ns/pay*\": \"*\" must be a whole segment"),
+            ("spiffe://*/ns/a", false, "principal pattern \"spiffe://*/ns/a\": the trust domain cannot be a wildcard"),
+            ("spiffe://td//a", false, "principal pattern \"spiffe://td//a\": is not a valid SPIFFE ID (SPIFFE ID \"spiffe://td//a\" has an invalid path)"),
+            ("ns/payments", true, "peer pattern \"ns/payments\": must be a spiffe:// ID (mTLS peers are identified by their SPIFFE ID)"),
+            ("spiffe://TD/a", true, "peer pattern \"spiffe://TD/a\": is not a valid SPIFFE ID (SPIFFE ID \"spiffe://TD/a\" has an invalid trust domain)"),
+        ];
+        for (pattern, peer, want) in cases {
+            let err = if *peer {
+                IdPattern::peer(pattern)
+            } else {
+                IdPattern::principal(pattern)
+            };
+            assert_eq!(err.unwrap_err().to_string(), *want, "{pattern:?}");
+        }
+        assert!(IdPattern::peer("*").is_ok());
+    }
+}

@@ -1,0 +1,108 @@
+//! Policy files as serde reads them; [`super::compile`] validates and compiles them.
+//!
+//! Every struct denies unknown fields: a misspelt key (`principal:` for
+//! `principals:`) would otherwise silently widen or disable a rule.
+//! Lists are `Option` so that "omitted" (match anything) and "empty" (a mistake
+//! that would match nothing) can be told apart at compile time.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::principal::PrincipalKind;
+use crate::request::Hop;
+
+/// Whether a rule allows or denies what it matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// The rule grants access (the default).
+    #[default]
+    Allow,
+    /// The rule refuses access, whatever any allow rule says.
+    Deny,
+}
+
+impl Effect {
+    /// The lowercase name used in policy files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        }
+    }
+}
+
+/// One policy file: the rules protecting one service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// The protected service's name.
+    pub service: String,
+    /// Token audiences the service accepts; default `[service]`.
+    pub audiences: Option<Vec<String>>,
+    /// Rules in file order; none means everything is denied.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One rule as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Unique across the policy set; shown in logs and `x-hopwarden-rule`.
+    pub id: String,
+    /// Why the rule exists, for people reading decisions.
+    pub description: Option<String>,
+    /// `allow` (default) or `deny`.
+    #[serde(default)]
+    pub effect: Effect,
+    /// Who the rule is about; omitted means any authenticated caller.
+    pub from: Option<FromSpec>,
+    /// Which actions the rule is about (any clause); omitted means every action.
+    pub to: Option<Vec<ClauseSpec>>,
+    /// Scopes the caller's token must all carry (allow rules only).
+    pub scopes: Option<Vec<String>>,
+    /// Extra conditions on the hop, headers and claims.
+    pub when: Option<WhenSpec>,
+}
+
+/// The `from` block: each named field must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromSpec {
+    /// Principal ids, exact or `*`-per-segment globs.
+    pub principals: Option<Vec<String>>,
+    /// mTLS peer SPIFFE IDs, exact or globs.
+    pub peers: Option<Vec<String>>,
+    /// `service` and/or `user`.
+    pub kinds: Option<Vec<PrincipalKind>>,
+    /// Token issuers, exact.
+    pub issuers: Option<Vec<String>>,
+    /// `true`: the rule is about callers with no credential at all.
+    pub anonymous: Option<bool>,
+}
+
+/// One `to` clause: each named field must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClauseSpec {
+    /// HTTP methods, case-insensitive.
+    pub methods: Option<Vec<String>>,
+    /// Path patterns.
+    pub paths: Option<Vec<String>>,
+    /// gRPC method patterns (`pkg.Service/Method`, `pkg.Service/*`).
+    pub grpc: Option<Vec<String>>,
+}
+
+/// The `when` block: each named condition must hold.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenSpec {
+    /// `gateway` or `mesh`.
+    pub hop: Option<Hop>,
+    /// Header name to accepted values.
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    /// Claim name to accepted values.
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
+}

@@ -1,0 +1,251 @@
+//! The domain form of a check: what Envoy asked, with no protobuf in sight.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Where in the estate the check happens; rules can require one with `when.hop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hop {
+    /// North-south: the edge gateway.
+    Gateway,
+    /// East-west: a sidecar in front of a service.
+    Mesh,
+}
+
+impl Hop {
+    /// The lowercase name used in config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::Gateway => "gateway",
+            Hop::Mesh => "mesh",
+        }
+    }
+}
+
+impl fmt::Display for Hop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Hop {
+    type Err = RequestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gateway" => Ok(Hop::Gateway),
+            "mesh" => Ok(Hop::Mesh),
+            other => Err(RequestError::Hop(other.to_string())),
+        }
+    }
+}
+
+/// Why a request cannot be evaluated at all; each is a clean deny, never an allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// `context_extensions["hop"]` is neither `gateway` nor `mesh`.
+    #[error("unknown hop {0:?}")]
+    Hop(String),
+    /// The path has dot-segments, `//`, an encoded `/` or `\`, or bad escapes.
+    #[error("non-canonical path")]
+    NonCanonicalPath,
+}
+
+/// A check request as the engine sees it.
+///
+/// `headers` keys are lowercase, as Envoy sends them (HTTP/2 and Envoy's header map
+/// both normalise names to lowercase).
+#[derive(Debug, Clone, Default)]
+pub struct AuthzRequest {
+    /// `context_extensions["service"]`, when Envoy set one.
+    pub service: Option<String>,
+    /// `context_extensions["hop"]`, when Envoy set one.
+    pub hop: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// The `:path` as received, query included.
+    pub path: String,
+    /// The `:authority`.
+    pub host: String,
+    /// Request headers, lowercase names.
+    pub headers: HashMap<String, String>,
+    /// `attributes.source.principal`: the mTLS peer's URI SAN, if any.
+    pub source_principal: Option<String>,
+    /// `attributes.destination.principal`: the local certificate's URI SAN, if any.
+    pub destination_principal: Option<String>,
+}
+
+impl AuthzRequest {
+    /// A header value by lowercase name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The resolved hop; `mesh` when Envoy sent none.
+    pub fn hop(&self) -> Result<Hop, RequestError> {
+        match self.hop.as_deref() {
+            None | Some("") => Ok(Hop::Mesh),
+            Some(h) => h.parse(),
+        }
+    }
+
+    /// The canonical action: method, decoded path without query, and the gRPC method
+    /// when the request is gRPC.
+    pub fn action(&self) -> Result<Action, RequestError> {
+        let path = canonical_path(&self.path)?;
+        let is_grpc = self
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let grpc = if is_grpc { grpc_method(&path) } else { None };
+        Ok(Action {
+            method: self.method.to_ascii_uppercase(),
+            path,
+            grpc,
+        })
+    }
+}
+
+/// What the caller wants to do: the part of a request that `to` clauses match.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Action {
+    /// Uppercase HTTP method.
+    pub method: String,
+    /// Canonical path: percent-decoded, no query, no dot-segments, no trailing `/`.
+    pub path: String,
+    /// `pkg.Service/Method` for gRPC requests.
+    pub grpc: Option<String>,
+}
+
+/// The path a rule is matched against.
+///
+/// Strips the query and fragment, then decodes percent-escapes so that `/%61dmin`
+/// cannot slip past a rule on `/admin`. Anything that another component could read
+/// differently is refused rather than normalised: dot-segments (RFC 3986 5.2.4),
+/// empty segments (`//`), encoded `/` or `\` (the upstream may or may not decode them),
+/// a raw `\`, control characters, bad escapes and non-UTF-8.
+pub fn canonical_path(raw: &str) -> Result<String, RequestError> {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let raw = &raw[..end];
+    if !raw.starts_with('/') {
+        return Err(RequestError::NonCanonicalPath);
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or(RequestError::NonCanonicalPath)?;
+            let s = std::str::from_utf8(hex).map_err(|_| RequestError::NonCanonicalPath)?;
+            let decoded = u8::from_str_radix(s, 16).map_err(|_| RequestError::NonCanonicalPath)?;
+            if decoded == b'/' || decoded == b'\\' || decoded == b'%' {
+                return Err(RequestError::NonCanonicalPath);
+            }
+            out.push(decoded);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    let path = String::from_utf8(out).map_err(|_| RequestError::NonCanonicalPath)?;
+    if path.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(RequestError::NonCanonicalPath);
+    }
+    // One trailing slash is dropped so `/admin/` meets the same rules as `/admin`
+    // (most upstream routers treat them alike); any other empty segment is refused.
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => path,
+    };
+    if path != "/"
+        && path[1..]
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(RequestError::NonCanonicalPath);
+    }
+    Ok(path)
+}
+
+/// `/pkg.Service/Method` -> `pkg.Service/Method` (gRPC over HTTP/2 path form).
+fn grpc_method(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.split_once('/')?;
+    if service.is_empty() || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    Some(rest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/", Some("/")),
+            ("/transactions/42", Some("/transactions/42")),
+            ("/transactions/42?x=1&y=/../admin", Some("/transactions/42")),
+            ("/a#frag", Some("/a")),
+            ("/a/", Some("/a")),
+            ("/a/?q", Some("/a")),
+            ("/a//", None),
+            ("/%61dmin", Some("/admin")),
+            ("/a%20b", Some("/a b")),
+            ("/a/../admin", None),
+            ("/a/./b", None),
+            ("/..", None),
+            ("/.", None),
+            ("//admin", None),
+            ("/a//b", None),
+            ("/a%2Fb", None),
+            ("/a%2fb", None),
+            ("/a%5Cb", None),
+            ("/a\\b", None),
+            ("/%2e%2e/admin", None),
+            ("/%2E/admin", None),
+            ("/a%", None),
+            ("/a%zz", None),
+            ("/a%00", None),
+            ("/%ff", None),
+            ("/a%2525", None),
+            ("admin", None),
+            ("", None),
+            ("*", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canonical_path(raw).ok().as_deref(), *want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_action() {
+        let mut req = AuthzRequest {
+            method: "post".into(),
+            path: "/ledger.v1.Ledger/Get".into(),
+            ..Default::default()
+        };
+        assert_eq!(req.action().unwrap().grpc, None);
+        req.headers
+            .insert("content-type".into(), "application/grpc+proto".into());
+        let action = req.action().unwrap();
+        assert_eq!(action.grpc.as_deref(), Some("ledger.v1.Ledger/Get"));
+        assert_eq!(action.method, "POST");
+    }
+
+    #[test]
+    fn hops() {
+        let mut req = AuthzRequest::default();
+        assert_eq!(req.hop(), Ok(Hop::Mesh));
+        req.hop = Some("gateway".into());
+        assert_eq!(req.hop(), Ok(Hop::Gateway));
+        req.hop = Some("edge".into());
+        assert!(req.hop().is_err());
+    }
+}

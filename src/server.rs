@@ -1,0 +1,223 @@
+//! Wiring: config -> keys, policies, engine -> gRPC server, reload, health.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::authn::jwks::IssuerKeys;
+use crate::authn::jwt::{self, JwtVerifier};
+use crate::authn::Authenticator;
+use crate::cache::{DecisionCache, TokenCache};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::policy::{PolicyErrors, PolicySet};
+use crate::reload::{self, ReloadTrigger};
+use crate::resolve::ServiceResolver;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The crypto self-test failed.
+    #[error("{0}")]
+    SelfTest(String),
+    /// The policies did not load.
+    #[error("policies did not load:\n{0}")]
+    Policies(PolicyErrors),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The policy directory could not be watched.
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] notify::Error),
+    /// The HTTP client for JWKS could not be built.
+    #[error("cannot build the JWKS HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// The bound address (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// The engine, for tests and tools.
+    pub engine: Arc<Engine>,
+    reload: ReloadTrigger,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    _watcher: notify::RecommendedWatcher,
+    background: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+impl ServerHandle {
+    /// Requests a policy reload (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.reload();
+    }
+
+    /// Stops accepting checks, lets in-flight ones finish (up to `drain_timeout`), and
+    /// returns once the server has stopped.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        match tokio::time::timeout(self.drain_timeout, &mut self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                self.task.abort();
+                Err("drain timeout: in-flight checks were cut off".into())
+            }
+        }
+    }
+}
+
+/// Loads everything `config` names, binds its listen address and starts serving.
+///
+/// Policies must load or the server does not start. Keys load in the background:
+/// health reports NOT_SERVING until every issuer has keys, and checks naming an
+/// issuer without keys answer UNAVAILABLE meanwhile.
+pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+    jwt::self_test().map_err(StartError::SelfTest)?;
+    let policy_dir = config.spec.policies.clone();
+    let set = {
+        let dir = policy_dir.clone();
+        tokio::task::spawn_blocking(move || PolicySet::load_dir(&dir))
+            .await
+            .map_err(|e| StartError::SelfTest(e.to_string()))?
+            .map_err(StartError::Policies)?
+    };
+    tracing::info!(dir = %policy_dir.display(), services = set.len(), "policies loaded");
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let issuers: Vec<_> = config
+        .issuers
+        .iter()
+        .map(|issuer| {
+            let keys = Arc::new(IssuerKeys::new(
+                issuer.keys.clone(),
+                issuer.spec.refetch_min_interval,
+                http.clone(),
+            ));
+            (issuer.clone(), keys)
+        })
+        .collect();
+    let cache = &config.spec.cache;
+    let authn = Authenticator::new(
+        JwtVerifier::new(issuers.clone()),
+        TokenCache::new(cache.token_max_entries, cache.ttl),
+    );
+    let engine = Arc::new(Engine::new(
+        set,
+        ServiceResolver::new(&config.spec.services),
+        authn,
+        DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
+    ));
+
+    let listener = TcpListener::bind(config.spec.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.spec.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.spec.listen,
+        source,
+    })?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    crate::grpc::set_health(&reporter, false).await;
+
+    let mut background = Vec::new();
+    let mut loaders = Vec::new();
+    for (issuer, keys) in issuers {
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        loaders.push(loaded_rx);
+        background.push(tokio::spawn(keep_keys_fresh(
+            issuer.spec.issuer.clone(),
+            keys,
+            issuer.spec.refresh,
+            loaded_tx,
+        )));
+    }
+    {
+        let reporter = reporter.clone();
+        background.push(tokio::spawn(async move {
+            for loaded in loaders {
+                let _ = loaded.await;
+            }
+            crate::grpc::set_health(&reporter, true).await;
+            tracing::info!("all issuer keys loaded; serving");
+        }));
+    }
+
+    let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let serve_engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = shutdown_rx.await;
+            // Tell health checkers first, so Envoy stops sending new checks here.
+            crate::grpc::set_health(&reporter, false).await;
+        };
+        crate::grpc::serve(serve_engine, health_service, listener, shutdown).await
+    });
+    tracing::info!(addr = %local_addr, "hopwarden listening");
+    Ok(ServerHandle {
+        local_addr,
+        engine,
+        reload,
+        shutdown: Some(shutdown_tx),
+        task,
+        _watcher: watcher,
+        background,
+        drain_timeout: config.spec.drain_timeout,
+    })
+}
+
+/// Loads an issuer's keys, retrying with backoff until the first success, then
+/// refreshes them every `refresh`. A failed refresh keeps the last good keys.
+async fn keep_keys_fresh(
+    issuer: String,
+    keys: Arc<IssuerKeys>,
+    refresh: Duration,
+    loaded: oneshot::Sender<()>,
+) {
+    let mut loaded = Some(loaded);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let wait = match keys.refresh().await {
+            Ok(n) => {
+                tracing::info!(issuer = %issuer, keys = n, "issuer keys loaded");
+                if let Some(tx) = loaded.take() {
+                    let _ = tx.send(());
+                }
+                refresh
+            }
+            Err(e) if keys.is_loaded() => {
+                tracing::warn!(issuer = %issuer, error = %e, "key refresh failed; keeping the last good keys");
+                refresh
+            }
+            Err(e) => {
+                tracing::error!(issuer = %issuer, error = %e, retry_in = ?backoff, "issuer keys not loaded");
+                let wait = backoff;
+                backoff = (backoff * 2).min(refresh).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

@@ -1,0 +1,288 @@
+//! The one place the crate reads YAML.
+//!
+//! Config and policy files are deserialised here so that replacing `serde_yaml`
+//! (deprecated upstream) touches this module only. Every error carries the file,
+//! line and column a person needs to fix it; errors found after deserialising
+//! (a duplicate rule id, a bad pattern) are pointed at with [`locate`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A place in a file: `file:line:column`, 1-based.
+///
+/// `line == 0` means the whole file (an unreadable file, a clash between two
+/// files); it displays as the file name alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file as the caller named it.
+    pub file: PathBuf,
+    /// 1-based line, or 0 for the whole file.
+    pub line: usize,
+    /// 1-based column in characters, or 0 for the whole file.
+    pub column: usize,
+}
+
+impl Location {
+    /// A position in `file`; `(line, column)` as [`locate`] returns it.
+    pub fn new(file: &Path, (line, column): (usize, usize)) -> Self {
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    /// The whole of `file`, when no better position is known.
+    pub fn file_only(file: &Path) -> Self {
+        Location::new(file, (0, 0))
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
+    }
+}
+
+/// A YAML file that is not valid YAML or does not have the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct YamlError {
+    /// Where the problem is.
+    pub location: Location,
+    /// What is wrong, without the position (the location already says it).
+    pub message: String,
+}
+
+/// Deserialises `text` (the contents of `file`) into `T`.
+///
+/// The document must be a single mapping: an empty file or a top-level list is
+/// refused with a plain message rather than serde's "invalid type: unit value".
+pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, YamlError> {
+    // Parse once as an untyped value to check the document's shape, so that an
+    // empty file (a half-written ConfigMap, a truncated copy) gets a clear message.
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| convert(&e, file))?;
+    let found = match &value {
+        serde_yaml::Value::Mapping(_) => None,
+        serde_yaml::Value::Null => Some("an empty document"),
+        serde_yaml::Value::Bool(_) => Some("a boolean"),
+        serde_yaml::Value::Number(_) => Some("a number"),
+        serde_yaml::Value::String(_) => Some("a string"),
+        serde_yaml::Value::Sequence(_) => Some("a list"),
+        serde_yaml::Value::Tagged(_) => Some("a tagged value"),
+    };
+    if let Some(found) = found {
+        return Err(YamlError {
+            location: Location::new(file, first_content(text)),
+            message: format!("expected a mapping at the top level, found {found}"),
+        });
+    }
+    serde_yaml::from_str(text).map_err(|e| convert(&e, file))
+}
+
+fn convert(err: &serde_yaml::Error, file: &Path) -> YamlError {
+    let mut message = err.to_string();
+    let position = match err.location() {
+        Some(loc) => {
+            // serde_yaml appends " at line X column Y"; the location already says it.
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(at) = message.find(&suffix) {
+                message.replace_range(at..at + suffix.len(), "");
+            }
+            (loc.line().max(1), loc.column().max(1))
+        }
+        None => (1, 1),
+    };
+    YamlError {
+        location: Location::new(file, position),
+        message,
+    }
+}
+
+/// The first line that is not blank, a comment, a directive or `---`.
+fn first_content(text: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let skip = trimmed.is_empty()
+            || trimmed.starts_with('#')
+            || trimmed.starts_with('%')
+            || trimmed.starts_with("---");
+        if !skip {
+            return (i + 1, line.chars().count() - trimmed.chars().count() + 1);
+        }
+    }
+    (1, 1)
+}
+
+/// 1-based `(line, column)` of the `nth` (0-based) occurrence of `needle` as a
+/// whole YAML token: not part of a longer scalar, so looking for `/a` does not
+/// stop inside `/a/b`.
+pub fn locate(text: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
+    find_token(text, needle, 0, text.len())
+        .nth(nth)
+        .map(|offset| position(text, offset))
+}
+
+/// Byte offsets of `needle` as a whole token within `text[from..to]`.
+pub fn find_token<'a>(
+    text: &'a str,
+    needle: &'a str,
+    from: usize,
+    to: usize,
+) -> impl Iterator<Item = usize> + 'a {
+    let to = to.min(text.len());
+    let from = from.min(to);
+    let hay = text.get(from..to).unwrap_or("");
+    let matches = if needle.is_empty() {
+        None
+    } else {
+        Some(hay.match_indices(needle))
+    };
+    matches
+        .into_iter()
+        .flatten()
+        .map(move |(i, _)| from + i)
+        .filter(move |&at| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + needle.len()..].chars().next();
+            before.is_none_or(is_boundary) && after.is_none_or(is_boundary)
+        })
+}
+
+/// Byte offset of `value` written as the value of `key` (`key: value`, quoted or
+/// not, block or flow style) at or after byte `from`.
+pub fn find_value(text: &str, key: &str, value: &str, from: usize) -> Option<usize> {
+    find_token(text, value, from, text.len()).find(|&at| {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let before = text[line_start..at].trim_end_matches(['"', '\'', ' ', '\t']);
+        let Some(rest) = before.strip_suffix(':') else {
+            return false;
+        };
+        let rest = rest.trim_end_matches(['"', '\'']);
+        rest.strip_suffix(key)
+            .is_some_and(|r| r.chars().next_back().is_none_or(is_boundary_or_dash))
+    })
+}
+
+/// Byte offset of the key `key:` at or after byte `from`, before byte `to`.
+pub fn find_key(text: &str, key: &str, from: usize, to: usize) -> Option<usize> {
+    find_token(text, key, from, to).find(|&at| {
+        let rest = text[at + key.len()..].trim_start_matches(['"', '\'']);
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let before = text[line_start..at].trim_end_matches(['"', '\'']);
+        rest.starts_with(':') && before.chars().next_back().is_none_or(is_boundary_or_dash)
+    })
+}
+
+/// 1-based `(line, column)` of byte `offset`; the column counts characters.
+pub fn position(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Characters that can end a YAML scalar: space, quotes and flow punctuation.
+fn is_boundary(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '[' | ']' | '{' | '}' | ',' | ':' | '#')
+}
+
+fn is_boundary_or_dash(c: char) -> bool {
+    is_boundary(c) || c == '-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        name: String,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    fn err(text: &str) -> String {
+        from_str::<Doc>(text, Path::new("f.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_carry_location_once() {
+        let cases: &[(&str, &str)] = &[
+            ("", "f.yaml:1:1: expected a mapping at the top level, found an empty document"),
+            ("# only a comment\n", "f.yaml:1:1: expected a mapping at the top level, found an empty document"),
+            ("# c\n- a\n", "f.yaml:2:1: expected a mapping at the top level, found a list"),
+            ("just text", "f.yaml:1:1: expected a mapping at the top level, found a string"),
+            ("name: a\nnope: 1\n", "f.yaml:2:1: unknown field `nope`, expected `name` or `tags`"),
+            ("name: a\ntags: {x: 1}\n", "f.yaml:2:7: tags: invalid type: map, expected a sequence"),
+            ("tags: []\n", "f.yaml:1:1: missing field `name`"),
+            ("name: [a\n", "f.yaml:2:1: did not find expected ',' or ']', while parsing a flow sequence at line 1 column 7"),
+            ("name: a\n---\nname: b\n", "f.yaml:1:1: deserializing from YAML containing more than one document is not supported"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(text), *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn generic_over_types() {
+        let m: BTreeMap<String, u32> = from_str("a: 1\nb: 2\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(m.len(), 2);
+        let d: Doc = from_str("name: x\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(d.name, "x");
+    }
+
+    #[test]
+    fn locates_whole_tokens() {
+        let text = "a: /x/y\nb: \"/x\"\nc: [/x, /x2]\n";
+        type Case<'a> = (&'a str, usize, Option<(usize, usize)>);
+        let cases: &[Case] = &[
+            ("/x", 0, Some((2, 5))),
+            ("/x", 1, Some((3, 5))),
+            ("/x", 2, None),
+            ("/x2", 0, Some((3, 9))),
+            ("/x/y", 0, Some((1, 4))),
+            ("/y", 0, None),
+            ("", 0, None),
+        ];
+        for (needle, nth, want) in cases {
+            assert_eq!(locate(text, needle, *nth), *want, "{needle} #{nth}");
+        }
+    }
+
+    #[test]
+    fn finds_values_and_keys() {
+        let text = "- id: a\n  description: the b rule\n- id: \"b\"\n- {id: c, scopes: [x]}\n";
+        let at = |o: Option<usize>| o.map(|o| position(text, o));
+        assert_eq!(at(find_value(text, "id", "a", 0)), Some((1, 7)));
+        assert_eq!(at(find_value(text, "id", "b", 0)), Some((3, 8)));
+        assert_eq!(at(find_value(text, "id", "c", 0)), Some((4, 8)));
+        assert_eq!(at(find_value(text, "id", "a", 7)), None);
+        assert_eq!(at(find_key(text, "scopes", 0, text.len())), Some((4, 11)));
+        assert_eq!(at(find_key(text, "scopes", 0, 20)), None);
+        assert_eq!(position("é\nab", 4), (2, 2));
+        assert_eq!(position("éa", 1), (1, 1));
+    }
+
+    #[test]
+    fn location_display() {
+        let p = Path::new("p/a.yaml");
+        assert_eq!(Location::new(p, (3, 7)).to_string(), "p/a.yaml:3:7");
+        assert_eq!(Location::file_only(p).to_string(), "p/a.yaml");
+    }
+}

@@ -1,0 +1,238 @@
+//! The `hopwarden` binary as a user runs it: validate, serve with the example config,
+//! SIGHUP reload, SIGTERM drain.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Check, PAYMENTS};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hopwarden");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_example_config() {
+    let (code, out, err) = run(&["validate"], &repo());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("ok: 1 issuer(s), 5 service policy(ies)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_with_location() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/a.yaml"),
+        "service: a\nrules:\n  - id: r1\n    form: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/b.yaml"),
+        "service: b\nrules:\n  - id: r2\n    to: [{paths: [\"/x/**/y\"]}]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: policies\n").unwrap();
+    let (code, out, err) = run(&["validate"], dir.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("a.yaml:4:5: "), "{err}");
+    assert!(err.contains("unknown field `form`"), "{err}");
+    assert!(err.contains("b.yaml:4:"), "{err}");
+    assert!(err.contains("/x/**/y"), "{err}");
+
+    std::fs::write(dir.path().join("bad.yaml"), "listen: nowhere\n").unwrap();
+    let (code, _, err) = run(&["validate", "--config", "bad.yaml"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.yaml:1:"), "{err}");
+
+    let (code, _, err) = run(&["validate", "--config", "missing.yaml"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.yaml"), "{err}");
+}
+
+/// A running `hopwarden serve` process whose stdout lines arrive on a channel.
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: String,
+}
+
+impl Serve {
+    fn start(config: &Path, cwd: &Path) -> Serve {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut serve = Serve {
+            child,
+            lines,
+            addr: String::new(),
+        };
+        // Both lines come, in either order: listening, and keys loaded (SERVING).
+        let mut ready = false;
+        while serve.addr.is_empty() || !ready {
+            let line = serve.wait_for("\"message\"");
+            if line.contains("hopwarden listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+                serve.addr = v["addr"].as_str().unwrap().to_string();
+            }
+            ready |= line.contains("all issuer keys loaded");
+        }
+        serve
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example config with only the listen address changed.
+fn example_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("hopwarden.yaml")).unwrap();
+    let text = text
+        .replace("listen: 0.0.0.0:9191", "listen: 127.0.0.1:0")
+        .replace("./policies", &repo().join("policies").display().to_string())
+        .replace(
+            "./dev/jwks.json",
+            &repo().join("dev/jwks.json").display().to_string(),
+        );
+    assert!(text.contains("127.0.0.1:0"));
+    let path = dir.join("hopwarden.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn dev_token(sub: &str, aud: &str, scope: &str) -> String {
+    let pem = std::fs::read(repo().join("dev/dev-key.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("hopwarden-dev-1".into());
+    let now = common::now();
+    let claims = json!({"iss": "https://sts.hopwarden.local", "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": now + 300});
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+async fn check(addr: &str, req: Check) -> common::Answer {
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    common::Answer::from(client.check(req.build()).await.unwrap().into_inner())
+}
+
+// Multi-threaded: the blocking log reads below must not starve the client's
+// connection task, which has to see the server's GOAWAY for the drain to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_config_serves_dev_tokens_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let mut serve = Serve::start(&config, dir.path());
+    let t = dev_token(PAYMENTS, "ledger", "ledger.read");
+    let a = check(
+        &serve.addr,
+        Check::new("ledger", "GET", "/transactions/42").bearer(&t),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = check(
+        &serve.addr,
+        Check::new("ledger", "POST", "/refunds").bearer(&t),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+
+    // One JSON decision line per check, with no token in it.
+    let line = serve.wait_for("\"decision\"");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["service"], "ledger");
+    assert!(
+        !line.contains(&t[..40]),
+        "token leaked into the log: {line}"
+    );
+    assert!(!line.to_lowercase().contains("bearer"), "{line}");
+
+    serve.signal("TERM");
+    let status = serve.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+}
+
+#[tokio::test]
+async fn sighup_reloads_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        repo().join("policies/ledger.yaml"),
+        dir.path().join("policies/ledger.yaml"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(example_config(dir.path())).unwrap();
+    let text = text.replace(&repo().join("policies").display().to_string(), "policies");
+    std::fs::write(dir.path().join("hopwarden.yaml"), text).unwrap();
+    let mut serve = Serve::start(&dir.path().join("hopwarden.yaml"), dir.path());
+    serve.signal("HUP");
+    let line = serve.wait_for("policies reloaded");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["services"], 1);
+}
