@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use sha2::{Digest, Sha256};
+
 use crate::authn::jwt::VerifiedToken;
 use crate::decision::Decision;
+use crate::policy::ServicePolicy;
+use crate::request::{Action, AuthzRequest, Hop};
 
 /// A SHA-256 digest used as a cache key.
 pub type Fingerprint = [u8; 32];
@@ -162,6 +166,42 @@ impl DecisionCache {
             c.entry_count()
         })
     }
+}
+
+/// The decision cache key: a digest of every input a rule of this service can read.
+///
+/// Generation (a reload changes rules), service, hop, method, canonical path, gRPC
+/// method, the whole `authorization` header (the token decides principal, scopes and
+/// claims), the mTLS peer, and the values of the headers named in `when.headers`.
+/// Each field is length-prefixed so no two different inputs share an encoding.
+pub fn decision_key(
+    generation: u64,
+    policy: &ServicePolicy,
+    hop: Hop,
+    action: &Action,
+    req: &AuthzRequest,
+) -> Fingerprint {
+    let mut h = Sha256::new();
+    let mut field = |bytes: Option<&[u8]>| match bytes {
+        None => h.update([0u8]),
+        Some(b) => {
+            h.update([1u8]);
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+    };
+    field(Some(&generation.to_le_bytes()));
+    field(Some(policy.service().as_bytes()));
+    field(Some(hop.as_str().as_bytes()));
+    field(Some(action.method.as_bytes()));
+    field(Some(action.path.as_bytes()));
+    field(action.grpc.as_deref().map(str::as_bytes));
+    field(req.header("authorization").map(str::as_bytes));
+    field(req.source_principal.as_deref().map(str::as_bytes));
+    for name in policy.header_inputs() {
+        field(req.header(name).map(str::as_bytes));
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// Mint a development token signed with the built-in dev key (local testing only).
+    Token(TokenArgs),
 }
 
 /// Loads the config, printing every error with its location.
@@ -115,4 +117,83 @@ pub fn validate(path: &Path) -> ExitCode {
         rules
     );
     ExitCode::SUCCESS
+}
+
+/// `hopwarden token` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The subject (`sub`): for services, their SPIFFE ID.
+    #[arg(long, required_unless_present = "jwks")]
+    pub sub: Option<String>,
+    /// An audience (`aud`); repeat for several.
+    #[arg(long = "aud", required_unless_present = "jwks")]
+    pub audiences: Vec<String>,
+    /// Space-separated scopes (`scope`).
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    /// Lifetime, e.g. 5m or 1h.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// The issuer (`iss`).
+    #[arg(long, default_value = crate::token::DEV_ISSUER)]
+    pub iss: String,
+    /// An extra claim, NAME=VALUE (VALUE as JSON if it parses, else a string).
+    #[arg(long = "claim", value_parser = parse_claim)]
+    pub claims: Vec<(String, String)>,
+    /// Sign with this PEM key instead of the dev key (needs --allow-non-dev-key).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The `kid` to put in the header.
+    #[arg(long, default_value = crate::token::DEV_KID)]
+    pub kid: String,
+    /// Allow a key other than the dev key. Tokens are for testing, never production.
+    #[arg(long)]
+    pub allow_non_dev_key: bool,
+    /// Print the JWKS that verifies the key's tokens, instead of a token.
+    #[arg(long)]
+    pub jwks: bool,
+}
+
+fn parse_claim(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `hopwarden token`: prints a token (or the JWKS) on stdout.
+pub fn token(args: &TokenArgs) -> ExitCode {
+    use crate::token::{SigningKey, TokenRequest};
+    let key = match &args.key {
+        None => SigningKey::dev(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => SigningKey::from_pem(&pem, &args.kid, args.allow_non_dev_key),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let result = key.and_then(|key| {
+        if args.jwks {
+            return key.jwks().map(|j| j.to_string());
+        }
+        let req = TokenRequest {
+            issuer: args.iss.clone(),
+            subject: args.sub.clone().unwrap_or_default(),
+            audiences: args.audiences.clone(),
+            scopes: args.scope.split_whitespace().map(str::to_string).collect(),
+            lifetime: args.ttl,
+            claims: args.claims.clone(),
+        };
+        key.mint(&req, crate::authn::jwt::now_secs())
+    });
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -366,6 +366,13 @@ impl Config {
                     format!("issuer {name:?}: principal_claim must not be empty"),
                 ));
             }
+            if issuer_spec.refetch_min_interval < Duration::from_secs(1) {
+                // Without a floor, made-up `kid`s would each trigger a JWKS fetch.
+                errors.push(invalid(
+                    &name,
+                    format!("issuer {name:?}: refetch_min_interval must be at least 1s"),
+                ));
+            }
             if issuer_spec.refresh < Duration::from_secs(1) {
                 errors.push(invalid(
                     &name,
@@ -461,6 +468,10 @@ mod tests {
     fn rejected_configs() {
         let cases: &[(&str, &str)] = &[
             ("listen: 1.2.3.4:1\nbogus: 1\n", "unknown field `bogus`"),
+            (
+                "issuers:\n  - {issuer: a, jwks_file: x, refetch_min_interval: 0s}\n",
+                "refetch_min_interval must be at least 1s",
+            ),
             ("issuers:\n  - issuer: a\n", "exactly one of"),
             (
                 "issuers:\n  - issuer: a\n    jwks_file: x\n    jwks_uri: https://a/jwks\n",

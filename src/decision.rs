@@ -25,6 +25,13 @@ pub struct Allowed {
     pub rule: Arc<str>,
 }
 
+impl Allowed {
+    /// The kind as headers and logs show it: `service`, `user` or `anonymous`.
+    pub fn kind_str(&self) -> &'static str {
+        self.kind.map_or("anonymous", PrincipalKind::as_str)
+    }
+}
+
 /// A denied request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Denied {

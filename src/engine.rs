@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::authn::jwt::{now_secs, TokenError};
 use crate::authn::{Authenticator, Credential};
-use crate::cache::{DecisionCache, Fingerprint};
+use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason};
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::Principal;
@@ -46,8 +46,23 @@ pub struct Outcome {
     pub service: Option<String>,
     /// The hop, if it was valid.
     pub hop: Option<Hop>,
+    /// The canonical action, if the path was canonical.
+    pub action: Option<Action>,
     /// Whether the decision came from the cache.
     pub cached: bool,
+}
+
+impl Outcome {
+    /// A denial before anything about the request was known.
+    pub fn denied(reason: DenyReason) -> Self {
+        Outcome {
+            decision: Arc::new(Decision::deny(reason)),
+            service: None,
+            hop: None,
+            action: None,
+            cached: false,
+        }
+    }
 }
 
 /// Evaluates checks against the current policy set.
@@ -92,27 +107,40 @@ impl Engine {
         &self.authn
     }
 
-    /// Answers a check and writes its decision log line.
+    /// Answers a check and writes its decision log line, inside one `check` span
+    /// whose fields are declared up front and filled in once known.
     pub async fn check(&self, req: &AuthzRequest) -> Result<Outcome, EngineError> {
+        let span = tracing::info_span!(
+            "check",
+            service = tracing::field::Empty,
+            principal = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            rule = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let result = self.decide(req).await;
-        log_decision(req, &result, started);
+        let result = self.decide(req).instrument(span.clone()).await;
+        if let Ok(o) = &result {
+            span.record("service", o.service.as_deref());
+            span.record("decision", o.decision.as_str());
+            span.record("rule", o.decision.rule());
+            if let Decision::Allow(a) = &*o.decision {
+                span.record("principal", a.principal.as_str());
+            }
+        }
+        span.in_scope(|| log_decision(req, &result, started));
         result
     }
 
     async fn decide(&self, req: &AuthzRequest) -> Result<Outcome, EngineError> {
         let now = now_secs();
-        let mut outcome = Outcome {
-            decision: Arc::new(Decision::deny(DenyReason::BadRequest)),
-            service: None,
-            hop: None,
-            cached: false,
-        };
+        let mut outcome = Outcome::denied(DenyReason::BadRequest);
         let Ok(hop) = req.hop() else {
             return Ok(outcome);
         };
         outcome.hop = Some(hop);
-        let policies = self.policies.load();
+        // An owned snapshot: the check may await (JWKS refetch) and must not pin a
+        // guard, and it finishes on the set it started with even if a reload lands.
+        let policies = self.policies.load_full();
         let Some(service) = self.resolver.resolve(req) else {
             outcome.decision = Arc::new(Decision::deny(DenyReason::UnknownService));
             return Ok(outcome);
@@ -129,12 +157,14 @@ impl Engine {
         if let Some(decision) = self.decisions.get(&key, now) {
             outcome.decision = decision;
             outcome.cached = true;
+            outcome.action = Some(action);
             return Ok(outcome);
         }
         let (decision, deadline) = self.evaluate(policy, hop, &action, req, now).await?;
         let decision = Arc::new(decision);
         self.decisions.insert(key, decision.clone(), deadline, now);
         outcome.decision = decision;
+        outcome.action = Some(action);
         Ok(outcome)
     }
 
@@ -199,6 +229,10 @@ impl Engine {
                     rule,
                 }),
             },
+            // DESIGN: with no credential at all the answer is 401, whatever refused it.
+            Evaluation::Deny { rule } if principal.is_none() => {
+                denied(DenyReason::MissingCredential, Some(rule))
+            }
             Evaluation::Deny { rule } => denied(DenyReason::DenyRule, Some(rule)),
             Evaluation::InsufficientScope { rule, required } => {
                 denied(DenyReason::InsufficientScope(required), Some(rule))
@@ -212,57 +246,20 @@ impl Engine {
     }
 }
 
-/// The decision cache key: a digest of every input a rule of this service can read.
-///
-/// Generation (a reload changes rules), service, hop, method, canonical path, gRPC
-/// method, the whole `authorization` header (the token decides principal, scopes and
-/// claims), the mTLS peer, and the values of the headers named in `when.headers`.
-/// Each field is length-prefixed so no two different inputs share an encoding.
-fn decision_key(
-    generation: u64,
-    policy: &ServicePolicy,
-    hop: Hop,
-    action: &Action,
-    req: &AuthzRequest,
-) -> Fingerprint {
-    let mut h = Sha256::new();
-    let mut field = |bytes: Option<&[u8]>| match bytes {
-        None => h.update([0u8]),
-        Some(b) => {
-            h.update([1u8]);
-            h.update((b.len() as u64).to_le_bytes());
-            h.update(b);
-        }
-    };
-    field(Some(&generation.to_le_bytes()));
-    field(Some(policy.service().as_bytes()));
-    field(Some(hop.as_str().as_bytes()));
-    field(Some(action.method.as_bytes()));
-    field(Some(action.path.as_bytes()));
-    field(action.grpc.as_deref().map(str::as_bytes));
-    field(req.header("authorization").map(str::as_bytes));
-    field(req.source_principal.as_deref().map(str::as_bytes));
-    for name in policy.header_inputs() {
-        field(req.header(name).map(str::as_bytes));
-    }
-    h.finalize().into()
-}
-
 /// One structured line per decision. Never the token or a header value: the
 /// principal id, rule id and reason are enough to explain every answer.
 fn log_decision(req: &AuthzRequest, result: &Result<Outcome, EngineError>, started: Instant) {
     let latency_us = started.elapsed().as_micros() as u64;
-    let (method, path) = match req.action() {
-        Ok(a) => (a.method, a.path),
-        // A non-canonical path is logged as a marker, not echoed: it is attacker input.
-        Err(_) => (req.method.clone(), "<non-canonical>".to_string()),
-    };
+    // A non-canonical path is logged as a marker, not echoed: it is attacker input.
+    let action = result.as_ref().ok().and_then(|o| o.action.as_ref());
+    let method = action.map_or(req.method.as_str(), |a| a.method.as_str());
+    let path = action.map_or("<non-canonical>", |a| a.path.as_str());
     match result {
         Ok(o) => {
             let (principal, kind, rule, reason, detail, status) = match &*o.decision {
                 Decision::Allow(a) => (
                     Some(a.principal.as_str()),
-                    Some(a.kind.map_or("anonymous", |k| k.as_str())),
+                    Some(a.kind_str()),
                     Some(&*a.rule),
                     None,
                     None,

@@ -26,4 +26,5 @@ pub mod request;
 pub mod resolve;
 pub mod server;
 pub mod telemetry;
+pub mod token;
 pub mod yaml;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => cli::validate(&config),
+        Command::Token(args) => cli::token(&args),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,

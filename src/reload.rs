@@ -36,13 +36,17 @@ pub fn spawn(
 ) -> Result<(ReloadTrigger, notify::RecommendedWatcher), notify::Error> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let trigger = ReloadTrigger(tx.clone());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !event.kind.is_access() {
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if !event.kind.is_access() => {
                 let _ = tx.try_send(());
             }
-        }
-    })?;
+            Ok(_) => {}
+            // E.g. the directory itself was removed: say so, since reloads stop.
+            Err(e) => {
+                tracing::error!(error = %e, "policy directory watch failed; SIGHUP still reloads")
+            }
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {

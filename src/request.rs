@@ -57,7 +57,7 @@ pub enum RequestError {
 ///
 /// `headers` keys are lowercase, as Envoy sends them (HTTP/2 and Envoy's header map
 /// both normalise names to lowercase).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AuthzRequest {
     /// `context_extensions["service"]`, when Envoy set one.
     pub service: Option<String>,
@@ -75,6 +75,36 @@ pub struct AuthzRequest {
     pub source_principal: Option<String>,
     /// `attributes.destination.principal`: the local certificate's URI SAN, if any.
     pub destination_principal: Option<String>,
+}
+
+/// Headers whose values are credentials: never printed, even in debug output.
+const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+impl fmt::Debug for AuthzRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: std::collections::BTreeMap<&str, &str> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let shown = if SECRET_HEADERS.contains(&k.as_str()) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("AuthzRequest")
+            .field("service", &self.service)
+            .field("hop", &self.hop)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .field("headers", &headers)
+            .field("source_principal", &self.source_principal)
+            .field("destination_principal", &self.destination_principal)
+            .finish()
+    }
 }
 
 impl AuthzRequest {
@@ -95,9 +125,10 @@ impl AuthzRequest {
     /// when the request is gRPC.
     pub fn action(&self) -> Result<Action, RequestError> {
         let path = canonical_path(&self.path)?;
-        let is_grpc = self
-            .header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        let is_grpc = self.header("content-type").is_some_and(|ct| {
+            ct.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+        });
         let grpc = if is_grpc { grpc_method(&path) } else { None };
         Ok(Action {
             method: self.method.to_ascii_uppercase(),
@@ -140,6 +171,9 @@ pub fn canonical_path(raw: &str) -> Result<String, RequestError> {
             let hex = bytes
                 .get(i + 1..i + 3)
                 .ok_or(RequestError::NonCanonicalPath)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(RequestError::NonCanonicalPath);
+            }
             let s = std::str::from_utf8(hex).map_err(|_| RequestError::NonCanonicalPath)?;
             let decoded = u8::from_str_radix(s, 16).map_err(|_| RequestError::NonCanonicalPath)?;
             if decoded == b'/' || decoded == b'\\' || decoded == b'%' {
@@ -153,7 +187,12 @@ pub fn canonical_path(raw: &str) -> Result<String, RequestError> {
         }
     }
     let path = String::from_utf8(out).map_err(|_| RequestError::NonCanonicalPath)?;
-    if path.chars().any(|c| c == '\\' || c.is_control()) {
+    // `;` starts path parameters that Tomcat, Jetty and Spring strip per segment
+    // (`/a/..;/admin` is `/admin` to them): refused, like every other ambiguity.
+    if path
+        .chars()
+        .any(|c| c == '\\' || c == ';' || c.is_control())
+    {
         return Err(RequestError::NonCanonicalPath);
     }
     // One trailing slash is dropped so `/admin/` meets the same rules as `/admin`
@@ -215,6 +254,13 @@ mod tests {
             ("/a%00", None),
             ("/%ff", None),
             ("/a%2525", None),
+            ("/a/..;/b", None),
+            ("/a/.;/b", None),
+            ("/a/%2e%2e;/b", None),
+            ("/admin;x", None),
+            ("/a%3bb", None),
+            ("/a%+f", None),
+            ("/a%-1", None),
             ("admin", None),
             ("", None),
             ("*", None),
@@ -233,10 +279,22 @@ mod tests {
         };
         assert_eq!(req.action().unwrap().grpc, None);
         req.headers
-            .insert("content-type".into(), "application/grpc+proto".into());
+            .insert("content-type".into(), "Application/GRPC+proto".into());
         let action = req.action().unwrap();
         assert_eq!(action.grpc.as_deref(), Some("ledger.v1.Ledger/Get"));
         assert_eq!(action.method, "POST");
+    }
+
+    #[test]
+    fn debug_output_redacts_credentials() {
+        let mut req = AuthzRequest::default();
+        req.headers
+            .insert("authorization".into(), "Bearer secret-token".into());
+        req.headers.insert("cookie".into(), "session=secret".into());
+        req.headers.insert("x-tenant".into(), "acme".into());
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("acme"));
     }
 
     #[test]

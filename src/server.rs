@@ -18,6 +18,9 @@ use crate::policy::{PolicyErrors, PolicySet};
 use crate::reload::{self, ReloadTrigger};
 use crate::resolve::ServiceResolver;
 
+/// How long NOT_SERVING is reported before the listener closes on shutdown.
+const HEALTH_GRACE: Duration = Duration::from_millis(500);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -77,8 +80,11 @@ impl ServerHandle {
             Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
+                // The drain deadline is the operator's choice; reaching it is not a
+                // failure of ours, so it is logged and the stop is still clean.
                 self.task.abort();
-                Err("drain timeout: in-flight checks were cut off".into())
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout: remaining connections were closed");
+                Ok(())
             }
         }
     }
@@ -170,8 +176,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = shutdown_rx.await;
-            // Tell health checkers first, so Envoy stops sending new checks here.
+            // Tell health checkers first and give them a moment to see it, so Envoy
+            // moves new checks elsewhere before the listener closes.
             crate::grpc::set_health(&reporter, false).await;
+            tokio::time::sleep(HEALTH_GRACE).await;
         };
         crate::grpc::serve(serve_engine, health_service, listener, shutdown).await
     });

@@ -125,6 +125,25 @@ async fn bad_tokens_are_401() {
     )
     .unwrap();
     let oversized = format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]);
+    let mut typed = Header::new(Algorithm::RS256);
+    typed.kid = Some(key().kid.clone());
+    typed.typ = Some("dpop+jwt".into());
+    let wrong_typ = jsonwebtoken::encode(
+        &typed,
+        &claims(PAYMENTS, "ledger", "ledger.read"),
+        &key().encoding,
+    )
+    .unwrap();
+    // A `crit` header (even null) names extensions we do not implement.
+    let crit_header = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"alg":"RS256","kid":"{}","crit":null}}"#,
+        key().kid
+    ));
+    let crit_message = format!("{crit_header}.{payload}");
+    let crit_sig =
+        jsonwebtoken::crypto::sign(crit_message.as_bytes(), &key().encoding, Algorithm::RS256)
+            .unwrap();
+    let crit = format!("{crit_message}.{crit_sig}");
 
     let cases: &[(&str, String, &str)] = &[
         ("bad signature", forged, "invalid_token"),
@@ -140,6 +159,8 @@ async fn bad_tokens_are_401() {
         ("garbage", "not-a-jwt".into(), "invalid_token"),
         ("two parts", "a.b".into(), "invalid_token"),
         ("oversized", oversized, "invalid_token"),
+        ("typ dpop+jwt", wrong_typ, "invalid_token"),
+        ("crit header", crit, "invalid_token"),
     ];
     for (name, token, reason) in cases {
         let a = s.check(read_tx().bearer(token)).await;
@@ -203,6 +224,81 @@ async fn deny_rule_beats_allow() {
         .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.rule(), Some("payments-any-ledger-path"));
+}
+
+#[tokio::test]
+async fn deny_rules_cover_other_spellings_and_head() {
+    let policy = r#"
+service: ledger
+rules:
+  - id: anyone-anything
+    from: { principals: ["*"] }
+  - id: no-admin-reads
+    effect: deny
+    to: [{ methods: [GET], paths: ["/admin/**"] }]
+"#;
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let t = token(PAYMENTS, "ledger", "");
+    for (method, path) in [
+        ("GET", "/admin/users"),
+        ("GET", "/ADMIN/users"),
+        ("HEAD", "/Admin"),
+        ("GET", "/admin/"),
+    ] {
+        let a = s.check(Check::new("ledger", method, path).bearer(&t)).await;
+        assert_eq!(
+            (a.status, a.rule()),
+            (403, Some("no-admin-reads")),
+            "{method} {path}"
+        );
+    }
+    // Matrix parameters are refused outright (`/admin;x` is `/admin` to servlet routers).
+    let a = s
+        .check(Check::new("ledger", "GET", "/admin;x/users").bearer(&t))
+        .await;
+    assert_eq!((a.status, a.reason()), (403, Some("bad_request")));
+    // The deny is about reads; other methods and paths fall through to the allow.
+    assert_eq!(
+        s.check(Check::new("ledger", "POST", "/admin/users").bearer(&t))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/administrator").bearer(&t))
+            .await
+            .status,
+        200
+    );
+    // An anonymous caller hitting the deny rule is told to authenticate: 401.
+    let a = s.check(Check::new("ledger", "GET", "/admin/users")).await;
+    assert_eq!((a.status, a.reason()), (401, Some("missing_credential")));
+}
+
+#[tokio::test]
+async fn anonymous_allow_overwrites_identity_headers() {
+    let policy = r#"
+service: ledger
+rules:
+  - id: public-health
+    from: { anonymous: true }
+    to: [{ methods: [GET], paths: ["/healthz"] }]
+"#;
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let a = s
+        .check(Check::new("ledger", "GET", "/healthz").header("x-hopwarden-principal", "admin"))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-hopwarden-principal"), Some(""));
+    assert_eq!(a.header("x-hopwarden-principal-kind"), Some("anonymous"));
+    assert_eq!(a.header("x-hopwarden-rule"), Some("public-health"));
+    // The rule is for anonymous callers only; a token does not make it match.
+    let a = s
+        .check(Check::new("ledger", "GET", "/healthz").bearer(&token(PAYMENTS, "ledger", "")))
+        .await;
+    assert_eq!(a.status, 403);
 }
 
 #[tokio::test]

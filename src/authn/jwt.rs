@@ -32,6 +32,9 @@ pub enum TokenError {
     /// The header has `crit`, which we do not implement (RFC 7515 4.1.11).
     #[error("token header has crit extensions")]
     CriticalHeader,
+    /// The header's `typ` says this is not an access token.
+    #[error("token type not accepted")]
+    WrongType,
     /// `iss` names no configured issuer.
     #[error("unknown issuer")]
     UnknownIssuer,
@@ -73,6 +76,7 @@ impl TokenError {
         match self {
             TokenError::Malformed(_) => "malformed",
             TokenError::CriticalHeader => "crit_header",
+            TokenError::WrongType => "wrong_type",
             TokenError::UnknownIssuer => "unknown_issuer",
             TokenError::AlgorithmNotAllowed => "algorithm_not_allowed",
             TokenError::UnknownKey => "unknown_key",
@@ -146,14 +150,10 @@ pub struct JwtVerifier {
     issuers: HashMap<String, TrustedIssuer>,
 }
 
-#[derive(serde::Deserialize)]
-struct RawHeader {
-    alg: String,
-    kid: Option<String>,
-    crit: Option<Value>,
-    // `jku`, `x5u`, `jwk`, `x5c` are deliberately not read: keys come from config only
-    // (RFC 8725 3.10).
-}
+/// `typ` values accepted when present: plain JWTs and OAuth access tokens (RFC 9068).
+/// Anything else (`dpop+jwt`, `logout+jwt`, …) is another kind of JWT that must not
+/// pass as an access token (RFC 8725 3.11).
+const ACCEPTED_TYP: [&str; 3] = ["jwt", "at+jwt", "application/at+jwt"];
 
 impl JwtVerifier {
     /// A verifier over issuers and their key stores.
@@ -184,12 +184,28 @@ impl JwtVerifier {
         else {
             return Err(TokenError::Malformed("not a compact JWS"));
         };
-        let header: RawHeader = decode_part(h64)?;
-        if header.crit.is_some() {
+        // Only `alg`, `kid`, `typ` and `crit` are read. `jku`, `x5u`, `jwk` and `x5c`
+        // are deliberately ignored: keys come from config only (RFC 8725 3.10).
+        let header: Map<String, Value> = decode_part(h64)?;
+        if header.contains_key("crit") {
             return Err(TokenError::CriticalHeader);
         }
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t)) if ACCEPTED_TYP.iter().any(|a| a.eq_ignore_ascii_case(t)) => {}
+            Some(_) => return Err(TokenError::WrongType),
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(TokenError::Malformed("kid is not a string")),
+        };
         // `none` and unknown names fail to parse: there is no unsigned path.
-        let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::AlgorithmNotAllowed)?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .and_then(|a| Algorithm::from_str(a).ok())
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
         let claims: Map<String, Value> = decode_part(p64)?;
         let iss = claims
             .get("iss")
@@ -199,14 +215,10 @@ impl JwtVerifier {
         if !trusted.config.algorithms.contains(&alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
-        let key = trusted
-            .keys
-            .key_for(header.kid.as_deref(), alg)
-            .await
-            .map_err(|e| match e {
-                KeyLookupError::Unavailable => TokenError::KeysUnavailable,
-                KeyLookupError::UnknownKey => TokenError::UnknownKey,
-            })?;
+        let key = trusted.keys.key_for(kid, alg).await.map_err(|e| match e {
+            KeyLookupError::Unavailable => TokenError::KeysUnavailable,
+            KeyLookupError::UnknownKey => TokenError::UnknownKey,
+        })?;
         if !key.algorithms.contains(&alg) {
             return Err(TokenError::UnknownKey);
         }

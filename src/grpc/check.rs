@@ -6,7 +6,7 @@ use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse}
 use tonic::{Request, Response, Status};
 
 use super::convert::to_check_response;
-use crate::decision::{Decision, DenyReason};
+use crate::decision::DenyReason;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::request::AuthzRequest;
 
@@ -33,12 +33,7 @@ impl Authorization for CheckService {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable check request; denying");
-                let outcome = Outcome {
-                    decision: Arc::new(Decision::deny(DenyReason::BadRequest)),
-                    service: None,
-                    hop: None,
-                    cached: false,
-                };
+                let outcome = Outcome::denied(DenyReason::BadRequest);
                 return Ok(Response::new(to_check_response(
                     &outcome,
                     &AuthzRequest::default(),

@@ -42,18 +42,26 @@ impl TryFrom<&CheckRequest> for AuthzRequest {
         // Envoy sends `header_map` instead of `headers` when the filter sets
         // `encode_raw_headers: true`; accept both.
         let headers = match &http.header_map {
-            Some(map) if http.headers.is_empty() => map
-                .headers
-                .iter()
-                .map(|h| {
+            Some(map) if http.headers.is_empty() => {
+                // Repeated headers are joined with "," as Envoy does for `headers`
+                // (RFC 9110 5.3), so no repeat can shadow another.
+                let mut joined: HashMap<String, String> = HashMap::new();
+                for h in &map.headers {
                     let value = if h.raw_value.is_empty() {
                         h.value.clone()
                     } else {
                         String::from_utf8_lossy(&h.raw_value).into_owned()
                     };
-                    (h.key.to_ascii_lowercase(), value)
-                })
-                .collect(),
+                    joined
+                        .entry(h.key.to_ascii_lowercase())
+                        .and_modify(|v| {
+                            v.push(',');
+                            v.push_str(&value);
+                        })
+                        .or_insert(value);
+                }
+                joined
+            }
             _ => http.headers.clone(),
         };
         let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
@@ -78,14 +86,13 @@ pub fn to_check_response(outcome: &Outcome, req: &AuthzRequest) -> CheckResponse
     let metadata = Some(metadata(outcome));
     match &*outcome.decision {
         Decision::Allow(allowed) => {
-            let kind = allowed.kind.map_or("anonymous", |k| k.as_str());
-            let mut headers = vec![
-                overwrite(KIND_HEADER, kind),
+            // All three are always set, so a client's copy is overwritten even when
+            // Envoy's `allowed_headers` kept it from us (empty principal: anonymous).
+            let headers = vec![
+                overwrite(PRINCIPAL_HEADER, &allowed.principal),
+                overwrite(KIND_HEADER, allowed.kind_str()),
                 overwrite(RULE_HEADER, &allowed.rule),
             ];
-            if !allowed.principal.is_empty() {
-                headers.push(overwrite(PRINCIPAL_HEADER, &allowed.principal));
-            }
             // Envoy applies removals after sets, so remove only client-sent
             // x-hopwarden-* names we do not set ourselves; ours overwrite theirs.
             let ours: Vec<&str> = headers
@@ -173,7 +180,7 @@ fn metadata(outcome: &Outcome) -> Struct {
     match &*outcome.decision {
         Decision::Allow(a) => {
             put("principal", &a.principal);
-            put("principal_kind", a.kind.map_or("anonymous", |k| k.as_str()));
+            put("principal_kind", a.kind_str());
         }
         Decision::Deny(d) => {
             put("reason", d.reason.as_str());
@@ -183,4 +190,46 @@ fn metadata(outcome: &Outcome) -> Struct {
         }
     }
     Struct { fields }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    #[test]
+    fn raw_header_map_joins_repeats() {
+        let header = |k: &str, v: &str| HeaderValue {
+            key: k.into(),
+            raw_value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let check = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        header_map: Some(HeaderMap {
+                            headers: vec![
+                                header("X-Tenant", "acme"),
+                                header("x-tenant", "evil"),
+                                header("authorization", "Bearer a"),
+                            ],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let req = AuthzRequest::try_from(&check).unwrap();
+        assert_eq!(req.header("x-tenant"), Some("acme,evil"));
+        assert_eq!(req.header("authorization"), Some("Bearer a"));
+        assert_eq!(
+            AuthzRequest::try_from(&CheckRequest::default()).err(),
+            Some(ConvertError::MissingHttp)
+        );
+    }
 }

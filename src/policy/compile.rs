@@ -331,7 +331,8 @@ impl<'a> FileContext<'a> {
         }
         let from = self.from(index, &id, spec.from);
         let anonymous = matches!(from, FromClause::Anonymous);
-        let to = spec.to.map(|clauses| self.to(index, &id, clauses));
+        let deny = spec.effect == Effect::Deny;
+        let to = spec.to.map(|clauses| self.to(index, &id, clauses, deny));
         let scopes = spec.scopes.unwrap_or_default();
         if !scopes.is_empty() && spec.effect == Effect::Deny {
             let at = self.key_in(index, "scopes");
@@ -443,7 +444,13 @@ impl<'a> FileContext<'a> {
         out
     }
 
-    fn to(&mut self, index: usize, id: &str, clauses: Vec<ClauseSpec>) -> Vec<ActionClause> {
+    fn to(
+        &mut self,
+        index: usize,
+        id: &str,
+        clauses: Vec<ClauseSpec>,
+        deny: bool,
+    ) -> Vec<ActionClause> {
         if clauses.is_empty() {
             let at = self.key_in(index, "to");
             self.error(at, format!("rule {id:?}: to is empty (it would match nothing); omit it to match every action"));
@@ -471,15 +478,23 @@ impl<'a> FileContext<'a> {
                         self.error(at, format!("rule {id:?}: unknown method {raw:?}"));
                     }
                 }
+                // RFC 9110 9.3.2: HEAD is GET without the body; a deny on GET that
+                // let HEAD through would still leak existence and headers.
+                if deny && methods.iter().any(|m| m == "GET") {
+                    methods.push("HEAD".to_string());
+                }
                 methods.sort();
                 methods.dedup();
                 methods
             });
-            let paths = self.patterns(
-                index,
-                clause.paths.as_deref().unwrap_or_default(),
-                PathPattern::parse,
-            );
+            let paths = self.patterns(index, clause.paths.as_deref().unwrap_or_default(), |raw| {
+                let pattern = PathPattern::parse(raw)?;
+                Ok(if deny {
+                    pattern.ignoring_case()
+                } else {
+                    pattern
+                })
+            });
             let grpc = self.patterns(
                 index,
                 clause.grpc.as_deref().unwrap_or_default(),

@@ -47,6 +47,7 @@ enum Segment {
 pub struct PathPattern {
     raw: Box<str>,
     segments: Box<[Segment]>,
+    ignore_case: bool,
 }
 
 impl PathPattern {
@@ -104,7 +105,18 @@ impl PathPattern {
         Ok(PathPattern {
             raw: raw.into(),
             segments: segments.into(),
+            ignore_case: false,
         })
+    }
+
+    /// The same pattern, with literal segments compared ignoring ASCII case.
+    ///
+    /// Deny rules use this: some upstream routers (Express by default, ASP.NET) treat
+    /// `/ADMIN` as `/admin`, and a deny rule must cover every spelling the upstream
+    /// might serve. Allow rules stay exact, so both directions fail closed.
+    pub fn ignoring_case(mut self) -> Self {
+        self.ignore_case = true;
+        self
     }
 
     /// Whether the canonical `path` matches.
@@ -125,6 +137,7 @@ impl PathPattern {
                 },
             };
             let ok = match segment {
+                Segment::Literal(lit) if self.ignore_case => lit.eq_ignore_ascii_case(part),
                 Segment::Literal(lit) => **lit == *part,
                 Segment::One => !part.is_empty(),
                 Segment::Rest => true,
