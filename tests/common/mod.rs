@@ -2,6 +2,8 @@
 //! on 127.0.0.1:0, a real gRPC client, and a tiny JWKS HTTP server.
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

