@@ -28,9 +28,16 @@ fn main() {
     let p = &running.ports;
     println!("hopwarden local stack is up (logs in .stack/, certificates in dev/certs/):");
     println!("  hopwarden       127.0.0.1:{}", p.hopwarden);
-    println!("  gateway         http://ledger.localhost:{}  (admin :{})", p.gateway, p.gateway_admin);
+    println!(
+        "  gateway         http://ledger.localhost:{}  (admin :{})",
+        p.gateway, p.gateway_admin
+    );
     for (app, port) in &p.app {
-        let inbound = p.inbound.get(app).map(|i| format!(", sidecar mTLS :{i}")).unwrap_or_default();
+        let inbound = p
+            .inbound
+            .get(app)
+            .map(|i| format!(", sidecar mTLS :{i}"))
+            .unwrap_or_default();
         println!("  {app:<15} http://127.0.0.1:{port}{inbound}");
     }
     println!("Try the README walkthrough. Ctrl-C stops everything.");

@@ -694,6 +694,38 @@ async fn malformed_check_requests_are_clean_denies() {
     assert_eq!(a.status, 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_an_in_flight_check() {
+    let jwks_server = JwksServer::start(jwks(&[key()])).await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let path = d.path().join("hopwarden.yaml");
+    let text = format!(
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n",
+        jwks_server.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    let s = TestServer::start(hopwarden::config::Config::load(&path).unwrap()).await;
+    // A token with a new kid makes the check wait on a slow JWKS refetch.
+    *jwks_server.body.lock().unwrap() = jwks(&[key(), other_key()]);
+    *jwks_server.delay.lock().unwrap() = Duration::from_millis(1500);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t2 = other_key().sign(&claims(PAYMENTS, "ledger", "ledger.read"));
+    let mut client = s.client.clone();
+    let in_flight = tokio::spawn(async move { client.check(read_tx().bearer(&t2).build()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    s.handle.shutdown().await.expect("clean shutdown");
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight check is answered, not cut off");
+    assert_eq!(Answer::from(answer.into_inner()).status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "shutdown waited for the check"
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_stops_serving() {
     let (_d, s) = ledger_server().await;

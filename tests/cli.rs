@@ -33,6 +33,56 @@ fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
 }
 
 #[test]
+fn token_refuses_a_key_other_than_the_dev_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("other.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let key = key.to_str().unwrap();
+    let (code, _, err) = run(
+        &["token", "--sub", "x", "--aud", "y", "--key", key],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("refusing to sign"), "{err}");
+    let (code, out, err) = run(
+        &[
+            "token",
+            "--sub",
+            "x",
+            "--aud",
+            "y",
+            "--key",
+            key,
+            "--allow-non-dev-key",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim().split('.').count(), 3);
+    // --jwks prints the public key set matching the committed dev JWKS.
+    let (code, out, _) = run(&["token", "--jwks"], dir.path());
+    assert_eq!(code, 0);
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("dev/jwks.json")).unwrap())
+            .unwrap();
+    assert_eq!(printed["keys"][0]["n"], committed["keys"][0]["n"]);
+    assert!(printed["keys"][0].get("d").is_none(), "no private part");
+}
+
+#[test]
 fn validate_accepts_the_example_config() {
     let (code, out, err) = run(&["validate"], &repo());
     assert_eq!(code, 0, "{out}{err}");
@@ -188,7 +238,23 @@ async fn example_config_serves_dev_tokens_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = example_config(dir.path());
     let mut serve = Serve::start(&config, dir.path());
-    let t = dev_token(PAYMENTS, "ledger", "ledger.read");
+    // The token a user would mint: `hopwarden token` with the built-in dev key.
+    let (code, out, err) = run(
+        &[
+            "token",
+            "--sub",
+            PAYMENTS,
+            "--aud",
+            "ledger",
+            "--scope",
+            "ledger.read",
+            "--ttl",
+            "2m",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let t = out.trim().to_string();
     let a = check(
         &serve.addr,
         Check::new("ledger", "GET", "/transactions/42").bearer(&t),
@@ -201,6 +267,13 @@ async fn example_config_serves_dev_tokens_and_drains_on_sigterm() {
     )
     .await;
     assert_eq!(a.status, 403);
+    // In-process minting with the committed PEM gives a token the server accepts too,
+    // so dev/dev-key.pem, the built-in key and dev/jwks.json agree.
+    let t_pem = dev_token(PAYMENTS, "ledger", "ledger.read");
+    let req = Check::new("ledger", "GET", "/transactions/42")
+        .bearer(&t_pem)
+        .header("cookie", "session=s3cr3t");
+    assert_eq!(check(&serve.addr, req).await.status, 200);
 
     // One JSON decision line per check, with no token in it.
     let line = serve.wait_for("\"decision\"");
@@ -211,6 +284,18 @@ async fn example_config_serves_dev_tokens_and_drains_on_sigterm() {
         "token leaked into the log: {line}"
     );
     assert!(!line.to_lowercase().contains("bearer"), "{line}");
+    let rest: Vec<String> =
+        std::iter::from_fn(|| serve.lines.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    for l in &rest {
+        assert!(
+            !l.contains("s3cr3t") && !l.contains(&t_pem[..40]),
+            "secret in the log: {l}"
+        );
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("\"decision\"")),
+        "one line per decision"
+    );
 
     serve.signal("TERM");
     let status = serve.child.wait().unwrap();

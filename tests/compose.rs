@@ -18,7 +18,11 @@ fn docker_compose_config_is_valid() {
         .current_dir(repo())
         .output()
         .expect("docker-compose is not installed: scripts/test.sh installs it (apt-get install docker-compose)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -53,11 +57,17 @@ fn compose_runs_the_tested_envoy_files_and_version() {
         .find_map(|l| l.strip_prefix("ENVOY_VERSION="))
         .and_then(|l| l.split_whitespace().next())
         .unwrap();
-    assert!(text.contains(&format!("envoyproxy/envoy:v{version}")), "compose must use envoyproxy/envoy:v{version}");
+    assert!(
+        text.contains(&format!("envoyproxy/envoy:v{version}")),
+        "compose must use envoyproxy/envoy:v{version}"
+    );
     let envoy = common::stack::envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(envoy).arg("--version").output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains(&format!("/{version}/")), "tested Envoy is {printed}");
+    assert!(
+        printed.contains(&format!("/{version}/")),
+        "tested Envoy is {printed}"
+    );
 }
 
 #[test]

@@ -20,8 +20,17 @@ fn start_stack(dir: &tempfile::TempDir) -> Stack {
     // cargo builds examples before running integration tests: the demo service sits
     // beside this test binary's deps/ directory.
     let exe = std::env::current_exe().unwrap();
-    let demo = exe.parent().unwrap().parent().unwrap().join("examples/demo-service");
-    assert!(demo.exists(), "{} is missing: build with cargo test --all-targets", demo.display());
+    let demo = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/demo-service");
+    assert!(
+        demo.exists(),
+        "{} is missing: build with cargo test --all-targets",
+        demo.display()
+    );
     let spec = StackSpec {
         repo: repo(),
         dir: dir.path().to_path_buf(),
@@ -50,17 +59,29 @@ struct Reply {
     body: Value,
 }
 
-async fn send(client: &reqwest::Client, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = client.request(method.parse().unwrap(), url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +89,12 @@ async fn gateway_north_south() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(&dir);
     let http = reqwest::Client::new();
-    let gw = |host: &str, path: &str| format!("http://127.0.0.1:{}{path}#{host}", stack.ports.gateway);
-    let get = |host: &'static str, path: &'static str, auth: Option<String>, extra: Vec<(&'static str, &'static str)>| {
+    let gw =
+        |host: &str, path: &str| format!("http://127.0.0.1:{}{path}#{host}", stack.ports.gateway);
+    let get = |host: &'static str,
+               path: &'static str,
+               auth: Option<String>,
+               extra: Vec<(&'static str, &'static str)>| {
         let http = http.clone();
         let url = gw(host, path);
         async move {
@@ -88,39 +113,81 @@ async fn gateway_north_south() {
     // No token: 401 with a challenge.
     let r = get("ledger.localhost", "/transactions/42", None, vec![]).await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.headers["www-authenticate"], r#"Bearer error="invalid_token""#);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer error="invalid_token""#
+    );
 
     // Valid token: 200; the upstream sees hopwarden's headers, not the client's forgeries.
     let r = get(
         "ledger.localhost",
         "/transactions/42",
         Some(read.clone()),
-        vec![("x-hopwarden-principal", "spiffe://evil"), ("x-hopwarden-admin", "yes")],
+        vec![
+            ("x-hopwarden-principal", "spiffe://evil"),
+            ("x-hopwarden-admin", "yes"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["service"], "ledger");
     assert_eq!(r.body["principal"], PAYMENTS);
     assert_eq!(r.body["rule"], "payments-read-transactions");
-    assert_eq!(r.body["hopwarden_headers"]["x-hopwarden-principal-kind"], "service");
-    assert!(r.body["hopwarden_headers"].get("x-hopwarden-admin").is_none(), "{}", r.body);
+    assert_eq!(
+        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
+        "service"
+    );
+    assert!(
+        r.body["hopwarden_headers"]
+            .get("x-hopwarden-admin")
+            .is_none(),
+        "{}",
+        r.body
+    );
 
     // Wrong audience: 401. Missing scope: 403 insufficient_scope. Deny rule: 403.
-    let r = get("ledger.localhost", "/transactions/42", Some(dev_token(PAYMENTS, "email", "ledger.read")), vec![]).await;
+    let r = get(
+        "ledger.localhost",
+        "/transactions/42",
+        Some(dev_token(PAYMENTS, "email", "ledger.read")),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 401);
-    let r = get("ledger.localhost", "/transactions/42", Some(dev_token(PAYMENTS, "ledger", "")), vec![]).await;
+    let r = get(
+        "ledger.localhost",
+        "/transactions/42",
+        Some(dev_token(PAYMENTS, "ledger", "")),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 403);
-    assert_eq!(r.headers["www-authenticate"], r#"Bearer error="insufficient_scope", scope="ledger.read""#);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer error="insufficient_scope", scope="ledger.read""#
+    );
     let r = get("ledger.localhost", "/refunds/7", Some(read.clone()), vec![]).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.body["error"], "forbidden");
 
     // Unknown host (no route, no service): denied by hopwarden before the 404.
-    let r = get("payroll.localhost", "/transactions/42", Some(read.clone()), vec![]).await;
+    let r = get(
+        "payroll.localhost",
+        "/transactions/42",
+        Some(read.clone()),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 403);
 
     // Query strings and non-canonical paths cannot reach /refunds.
-    let r = get("ledger.localhost", "/transactions/42?next=/refunds/7", Some(read.clone()), vec![]).await;
+    let r = get(
+        "ledger.localhost",
+        "/transactions/42?next=/refunds/7",
+        Some(read.clone()),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["path"], "/transactions/42?next=/refunds/7");
     for path in [
@@ -133,19 +200,41 @@ async fn gateway_north_south() {
         "/transactions/..;/refunds/7",
         "/REFUNDS/7",
     ] {
-        let r = send(&http, "GET", &format!("http://127.0.0.1:{}{path}", stack.ports.gateway), &[
-            ("host", "ledger.localhost"),
-            ("authorization", &format!("Bearer {read}")),
-        ])
+        let r = send(
+            &http,
+            "GET",
+            &format!("http://127.0.0.1:{}{path}", stack.ports.gateway),
+            &[
+                ("host", "ledger.localhost"),
+                ("authorization", &format!("Bearer {read}")),
+            ],
+        )
         .await;
-        assert!(matches!(r.status, 400 | 403 | 404), "{path}: {} {}", r.status, r.body);
+        assert!(
+            matches!(r.status, 400 | 403 | 404),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
     }
 
     // The third-party partner only through the gateway, only its own jobs.
     let partner = dev_token("partner:transcribe-co", "media", "media.transcribe");
-    let r = get("media.localhost", "/partners/transcribe-co/jobs/9", Some(partner.clone()), vec![]).await;
+    let r = get(
+        "media.localhost",
+        "/partners/transcribe-co/jobs/9",
+        Some(partner.clone()),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = get("media.localhost", "/partners/other-co/jobs/9", Some(partner), vec![]).await;
+    let r = get(
+        "media.localhost",
+        "/partners/other-co/jobs/9",
+        Some(partner),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 403);
 
     // Envoy's access log carries hopwarden's decision from the dynamic metadata.
@@ -155,15 +244,18 @@ async fn gateway_north_south() {
     .await;
     let log = stack.log("gateway");
     assert!(logged, "{log}");
-    assert!(log.contains("authz=allow rule=payments-read-transactions"), "{log}");
+    assert!(
+        log.contains("authz=allow rule=payments-read-transactions"),
+        "{log}"
+    );
     assert!(log.contains("reason=deny_rule"), "{log}");
     assert!(!log.contains(&read[..40]), "token in the access log");
 }
 
 fn mtls_client(stack: &Stack, identity: Option<&str>) -> reqwest::Client {
     let ca = std::fs::read(stack.certs.join("ca.pem")).unwrap();
-    let mut b = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]);
+    let mut b =
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()]);
     if let Some(name) = identity {
         let mut pem = std::fs::read(stack.certs.join(format!("{name}.pem"))).unwrap();
         pem.extend(std::fs::read(stack.certs.join(format!("{name}-key.pem"))).unwrap());
@@ -181,43 +273,95 @@ async fn mesh_east_west_over_mtls() {
     let read = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
 
     // payments -> its sidecar -> mTLS -> ledger's sidecar -> hopwarden -> ledger.
-    let r = send(&http, "GET", &format!("{}/call/ledger/transactions/42", app("payments")), &[("x-call-authorization", &read)]).await;
+    let r = send(
+        &http,
+        "GET",
+        &format!("{}/call/ledger/transactions/42", app("payments")),
+        &[("x-call-authorization", &read)],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["body"]["service"], "ledger");
     assert_eq!(r.body["body"]["principal"], PAYMENTS);
     assert_eq!(r.body["body"]["rule"], "payments-read-transactions");
 
     // The refund is denied east-west too.
-    let r = send(&http, "POST", &format!("{}/call/ledger/refunds", app("payments")), &[("x-call-authorization", &read)]).await;
+    let r = send(
+        &http,
+        "POST",
+        &format!("{}/call/ledger/refunds", app("payments")),
+        &[("x-call-authorization", &read)],
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.body);
 
     // With no token, payments is known by its certificate only: the ledger rule for
     // payments needs a scope, so 403 (identified, not permitted), never 200.
-    let r = send(&http, "GET", &format!("{}/call/ledger/transactions/42", app("payments")), &[]).await;
+    let r = send(
+        &http,
+        "GET",
+        &format!("{}/call/ledger/transactions/42", app("payments")),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.body);
 
     // The reconciler job has no token; its SPIFFE certificate alone lets it read.
     let inbound = format!("https://127.0.0.1:{}", stack.ports.inbound["ledger"]);
     let reconciler = mtls_client(&stack, Some("reconciler"));
-    let r = send(&reconciler, "GET", &format!("{inbound}/transactions/42"), &[]).await;
+    let r = send(
+        &reconciler,
+        "GET",
+        &format!("{inbound}/transactions/42"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["principal"], "spiffe://hopwarden.local/ns/ledger/sa/reconciler");
+    assert_eq!(
+        r.body["principal"],
+        "spiffe://hopwarden.local/ns/ledger/sa/reconciler"
+    );
     assert_eq!(r.body["rule"], "reconciler-read-transactions");
-    let r = send(&reconciler, "POST", &format!("{inbound}/transactions/42"), &[]).await;
+    let r = send(
+        &reconciler,
+        "POST",
+        &format!("{inbound}/transactions/42"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 403);
 
     // No client certificate: the TLS handshake is refused, nothing reaches the app.
     let anonymous = mtls_client(&stack, None);
-    let err = anonymous.get(format!("{inbound}/transactions/42")).send().await;
-    assert!(err.is_err(), "a caller without a client certificate got {:?}", err.map(|r| r.status()));
+    let err = anonymous
+        .get(format!("{inbound}/transactions/42"))
+        .send()
+        .await;
+    assert!(
+        err.is_err(),
+        "a caller without a client certificate got {:?}",
+        err.map(|r| r.status())
+    );
 
     // Audience on every hop: ledger replays the token it received (aud=ledger) to email.
-    let r = send(&http, "POST", &format!("{}/call/email/send/generic", app("ledger")), &[("authorization", &read)]).await;
+    let r = send(
+        &http,
+        "POST",
+        &format!("{}/call/email/send/generic", app("ledger")),
+        &[("authorization", &read)],
+    )
+    .await;
     assert_eq!(r.status, 401, "{}", r.body);
     // While a token minted for email, from the right caller, is accepted there.
     let notify = "spiffe://hopwarden.local/ns/notifications/sa/notifications-worker";
     let email_token = format!("Bearer {}", dev_token(notify, "email", "email.send"));
-    let r = send(&http, "POST", &format!("{}/call/email/send/generic", app("ledger")), &[("x-call-authorization", &email_token)]).await;
+    let r = send(
+        &http,
+        "POST",
+        &format!("{}/call/email/send/generic", app("ledger")),
+        &[("x-call-authorization", &email_token)],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["body"]["principal"], notify);
 }
@@ -226,22 +370,34 @@ async fn mesh_east_west_over_mtls() {
 async fn fail_closed_when_hopwarden_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut stack = start_stack(&dir);
-    assert!(hopwarden_healthy(stack.ports.gateway_admin), "Envoy's gRPC health check sees hopwarden healthy");
+    assert!(
+        hopwarden_healthy(stack.ports.gateway_admin),
+        "Envoy's gRPC health check sees hopwarden healthy"
+    );
     let http = reqwest::Client::new();
     let token = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
     let url = format!("http://127.0.0.1:{}/transactions/42", stack.ports.gateway);
-    let headers = [("host", "ledger.localhost"), ("authorization", token.as_str())];
+    let headers = [
+        ("host", "ledger.localhost"),
+        ("authorization", token.as_str()),
+    ];
     assert_eq!(send(&http, "GET", &url, &headers).await.status, 200);
 
     stack.stop_hopwarden();
     for _ in 0..5 {
         let r = send(&http, "GET", &url, &headers).await;
-        assert_ne!(r.status, 200, "hopwarden is down but Envoy allowed the request");
+        assert_ne!(
+            r.status, 200,
+            "hopwarden is down but Envoy allowed the request"
+        );
         assert_eq!(r.status, 503, "status_on_error");
     }
     // And Envoy's health check notices.
     let admin = stack.ports.gateway_admin;
-    let noticed = common::eventually(std::time::Duration::from_secs(10), || async move { !hopwarden_healthy(admin) }).await;
+    let noticed = common::eventually(std::time::Duration::from_secs(10), || async move {
+        !hopwarden_healthy(admin)
+    })
+    .await;
     assert!(
         noticed,
         "Envoy still reports hopwarden healthy: {:?}",

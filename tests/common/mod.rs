@@ -407,6 +407,8 @@ pub struct JwksServer {
     pub body: Arc<Mutex<String>>,
     pub hits: Arc<Mutex<u32>>,
     pub status: Arc<Mutex<u16>>,
+    /// How long each response is held back (a slow key server).
+    pub delay: Arc<Mutex<Duration>>,
 }
 
 impl JwksServer {
@@ -416,13 +418,14 @@ impl JwksServer {
         let body = Arc::new(Mutex::new(body));
         let hits = Arc::new(Mutex::new(0));
         let status = Arc::new(Mutex::new(200));
-        let (b, h, s) = (body.clone(), hits.clone(), status.clone());
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (b, h, s, d) = (body.clone(), hits.clone(), status.clone(), delay.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (b, h, s) = (b.clone(), h.clone(), s.clone());
+                let (b, h, s, d) = (b.clone(), h.clone(), s.clone(), d.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
@@ -433,6 +436,8 @@ impl JwksServer {
                         }
                     }
                     *h.lock().unwrap() += 1;
+                    let wait = *d.lock().unwrap();
+                    tokio::time::sleep(wait).await;
                     let body = b.lock().unwrap().clone();
                     let status = *s.lock().unwrap();
                     let resp = format!(
@@ -449,6 +454,7 @@ impl JwksServer {
             body,
             hits,
             status,
+            delay,
         }
     }
 

@@ -160,7 +160,10 @@ impl Stack {
         let ports = Ports::plan(spec.fixed_ports);
         let certs = spec.certs.clone();
         if certs.file_name().is_none_or(|n| n != "certs") {
-            return Err(format!("{}: the certificate directory must be named certs", certs.display()));
+            return Err(format!(
+                "{}: the certificate directory must be named certs",
+                certs.display()
+            ));
         }
         let status = Command::new("sh")
             .arg(spec.repo.join("scripts/gen-certs.sh"))
@@ -180,7 +183,12 @@ impl Stack {
         stack.start_hopwarden(spec)?;
         for (app, _) in APPS {
             let mut cmd = Command::new(&spec.demo);
-            cmd.args(["--name", app, "--listen", &format!("127.0.0.1:{}", ports.app[app])]);
+            cmd.args([
+                "--name",
+                app,
+                "--listen",
+                &format!("127.0.0.1:{}", ports.app[app]),
+            ]);
             if let Some(out) = ports.outbound.get(app) {
                 cmd.args(["--outbound", &format!("http://127.0.0.1:{out}")]);
             }
@@ -221,7 +229,10 @@ impl Stack {
         // its directory, so the rendered copy lives beside the original's targets.
         let path = self.dir.join("hopwarden.yaml");
         let config = config
-            .replace("./policies", &spec.repo.join("policies").display().to_string())
+            .replace(
+                "./policies",
+                &spec.repo.join("policies").display().to_string(),
+            )
             .replace("./dev/", &format!("{}/", spec.repo.join("dev").display()));
         std::fs::write(&path, config).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&spec.hopwarden);
@@ -239,7 +250,13 @@ impl Stack {
         let mut cmd = Command::new(&spec.envoy);
         cmd.arg("-c")
             .arg(&path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ])
             // Access logs reach the file quickly, so tests can read them.
             .args(["--file-flush-interval-msec", "200"])
             // Certificate paths in the configs are relative to the working directory.
@@ -249,7 +266,12 @@ impl Stack {
     }
 
     /// Polls `ready` until true; on timeout, the error carries the process's log.
-    fn wait(&self, name: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if ready() {
@@ -328,8 +350,7 @@ fn sidecar_subs(p: &Ports, me: &str) -> Subs {
 /// matches nothing or if any socket address is left unsubstituted, so the rendered
 /// file differs from the committed one in addresses and ports only.
 pub fn render(file: &Path, subs: &[((&str, u16), u16)]) -> Result<String, String> {
-    let mut text =
-        std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let total = text.matches("socket_address: {").count();
     for ((addr, port), new) in subs {
         let from = format!("socket_address: {{ address: {addr}, port_value: {port} }}");
@@ -353,11 +374,18 @@ pub fn render(file: &Path, subs: &[((&str, u16), u16)]) -> Result<String, String
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     Some((code, body))
 }
 
