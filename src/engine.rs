@@ -207,42 +207,41 @@ impl Engine {
             action,
             headers: &req.headers,
         };
-        let caller = principal.as_ref().map(|p| p.id.clone());
-        let denied = |reason, rule| {
-            Decision::Deny(Denied {
-                reason,
-                rule,
-                principal: caller.clone(),
-            })
-        };
-        let decision = match policy.evaluate(&input) {
-            Evaluation::Allow { rule } => match &principal {
-                Some(p) => Decision::Allow(Allowed {
-                    principal: p.id.clone(),
-                    kind: Some(p.kind),
-                    rule,
-                }),
-                // A rule allowed an anonymous caller explicitly (`from.anonymous`).
-                None => Decision::Allow(Allowed {
-                    principal: String::new(),
-                    kind: None,
-                    rule,
-                }),
-            },
-            // DESIGN: with no credential at all the answer is 401, whatever refused it.
-            Evaluation::Deny { rule } if principal.is_none() => {
-                denied(DenyReason::MissingCredential, Some(rule))
-            }
-            Evaluation::Deny { rule } => denied(DenyReason::DenyRule, Some(rule)),
-            Evaluation::InsufficientScope { rule, required } => {
-                denied(DenyReason::InsufficientScope(required), Some(rule))
-            }
-            Evaluation::NoMatch if principal.is_none() => {
-                Decision::deny(DenyReason::MissingCredential)
-            }
-            Evaluation::NoMatch => denied(DenyReason::NoMatchingRule, None),
-        };
+        let decision = to_decision(policy.evaluate(&input), principal.as_ref());
         Ok((decision, deadline))
+    }
+}
+
+/// The decision a policy evaluation gives a caller (`None`: anonymous).
+///
+/// Used by the engine and by offline tools (policy tests, explain), so they can never
+/// disagree about statuses.
+pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Decision {
+    let caller = principal.map(|p| p.id.clone());
+    let denied = |reason, rule| {
+        Decision::Deny(Denied {
+            reason,
+            rule,
+            principal: caller.clone(),
+        })
+    };
+    match evaluation {
+        Evaluation::Allow { rule } => Decision::Allow(Allowed {
+            // Empty principal: a rule allowed an anonymous caller explicitly.
+            principal: caller.clone().unwrap_or_default(),
+            kind: principal.map(|p| p.kind),
+            rule,
+        }),
+        // DESIGN: with no credential at all the answer is 401, whatever refused it.
+        Evaluation::Deny { rule } if principal.is_none() => {
+            denied(DenyReason::MissingCredential, Some(rule))
+        }
+        Evaluation::Deny { rule } => denied(DenyReason::DenyRule, Some(rule)),
+        Evaluation::InsufficientScope { rule, required } => {
+            denied(DenyReason::InsufficientScope(required), Some(rule))
+        }
+        Evaluation::NoMatch if principal.is_none() => Decision::deny(DenyReason::MissingCredential),
+        Evaluation::NoMatch => denied(DenyReason::NoMatchingRule, None),
     }
 }
 
