@@ -34,5 +34,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo build (binary and examples: the end-to-end tests run them)"
+cargo build --locked --bins --examples
 echo "== cargo test"
 cargo test --all-targets --locked
