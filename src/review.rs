@@ -91,8 +91,10 @@ pub struct RuleAccess {
     pub effect: Effect,
     /// Enforce or dry-run.
     pub mode: Mode,
-    /// Who: `principal …`, `peer …`, `kind …`, `issuer …`, `any authenticated caller`, …
+    /// Who, any one of: `principal …`, `peer …`, `any authenticated caller`, `anonymous`, …
     pub callers: Vec<String>,
+    /// What every one of those callers must also be: `and kind service`, `and issuer …`.
+    pub caller_conditions: Vec<String>,
     /// What: one entry per `to` clause, or `any action`.
     pub actions: Vec<String>,
     /// Required scopes.
@@ -162,11 +164,13 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
                                 .into(),
                         });
                     }
+                    let (callers, caller_conditions) = callers(rule);
                     RuleAccess {
                         id: rule.id().to_string(),
                         effect: rule.effect(),
                         mode: rule.mode(),
-                        callers: callers(rule),
+                        callers,
+                        caller_conditions,
                         actions: actions(rule),
                         scopes: rule.scopes().to_vec(),
                         conditions: conditions(rule.when()),
@@ -247,35 +251,40 @@ fn quoted(items: &[String]) -> String {
     items.join(", ")
 }
 
-fn callers(rule: &Rule) -> Vec<String> {
-    let show = |pats: &[IdPattern]| pats.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    match rule.from() {
+/// Who a rule is about: the identities it names (any one of them), then the
+/// conditions every one of them must also meet (`and …`).
+fn callers(rule: &Rule) -> (Vec<String>, Vec<String>) {
+    let show = |what: &str, pats: &[IdPattern]| -> Vec<String> {
+        pats.iter().map(|p| format!("{what} {p}")).collect()
+    };
+    let c = match rule.from() {
         FromClause::Unrestricted if rule.effect() == Effect::Deny => {
-            vec!["any caller, anonymous included".into()]
+            return (vec!["any caller, anonymous included".into()], Vec::new())
         }
-        FromClause::Unrestricted => vec!["any authenticated caller".into()],
-        FromClause::Anonymous => vec!["anonymous".into()],
-        FromClause::Authenticated(c) => {
-            let mut out = Vec::new();
-            if let Some(p) = c.principals() {
-                out.extend(show(p).into_iter().map(|p| format!("principal {p}")));
+        FromClause::Unrestricted => return (vec!["any authenticated caller".into()], Vec::new()),
+        FromClause::Anonymous => return (vec!["anonymous".into()], Vec::new()),
+        FromClause::Authenticated(c) => c,
+    };
+    let mut and = Vec::new();
+    let who = match (c.principals(), c.peers()) {
+        (Some(p), peers) => {
+            if let Some(peers) = peers {
+                let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+                and.push(format!("and peer in [{}]", list.join(", ")));
             }
-            if let Some(p) = c.peers() {
-                out.extend(show(p).into_iter().map(|p| format!("peer {p}")));
-            }
-            if let Some(k) = c.kinds() {
-                let kinds: Vec<String> = k.iter().map(|k| k.to_string()).collect();
-                out.push(format!("kind {}", kinds.join("|")));
-            }
-            if let Some(i) = c.issuers() {
-                out.push(format!("issuer {}", i.join("|")));
-            }
-            if out.is_empty() {
-                out.push("any authenticated caller".into());
-            }
-            out
+            show("principal", p)
         }
+        (None, Some(peers)) => show("peer", peers),
+        (None, None) => vec!["any authenticated caller".into()],
+    };
+    if let Some(k) = c.kinds() {
+        let kinds: Vec<&str> = k.iter().map(|k| k.as_str()).collect();
+        and.push(format!("and kind {}", kinds.join("|")));
     }
+    if let Some(i) = c.issuers() {
+        and.push(format!("and issuer {}", i.join("|")));
+    }
+    (who, and)
 }
 
 fn actions(rule: &Rule) -> Vec<String> {
@@ -561,3 +570,5 @@ fn when_relation(deny: &When, allow: &When) -> Relation {
         .and(values(deny.claims(), allow.claims(), false))
 }
 
+#[cfg(test)]
+mod tests;

@@ -46,7 +46,8 @@ fn rows(review: &Review) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for service in &review.services {
         for rule in &service.rules {
-            let height = rule.callers.len().max(rule.actions.len()).max(1);
+            let who: Vec<&String> = rule.callers.iter().chain(&rule.caller_conditions).collect();
+            let height = who.len().max(rule.actions.len()).max(1);
             for i in 0..height {
                 let first = i == 0;
                 let cell = |s: String| if first { s } else { String::new() };
@@ -54,7 +55,7 @@ fn rows(review: &Review) -> Vec<Vec<String>> {
                     cell(service.service.clone()),
                     cell(effect(rule)),
                     cell(rule.id.clone()),
-                    rule.callers.get(i).cloned().unwrap_or_default(),
+                    who.get(i).map(|s| s.to_string()).unwrap_or_default(),
                     rule.actions.get(i).cloned().unwrap_or_default(),
                     cell(or_dash(&rule.scopes, " ")),
                     cell(or_dash(&rule.conditions, ", ")),
@@ -200,7 +201,7 @@ pub fn markdown(review: &Review) -> String {
                 s.service.clone(),
                 effect(r),
                 format!("`{}`", r.id),
-                md_cell(&r.callers),
+                md_cell(&[r.callers.clone(), r.caller_conditions.clone()].concat()),
                 md_cell(&r.actions),
                 md_cell(&r.scopes),
                 md_cell(&r.conditions),
@@ -261,6 +262,9 @@ pub fn dot(review: &Review) -> String {
                 Effect::Deny => format!("deny: {}", r.id),
                 Effect::Allow => r.id.clone(),
             };
+            for c in &r.caller_conditions {
+                label = format!("{label}\n{c}");
+            }
             if !r.scopes.is_empty() {
                 label = format!("{label}\n[{}]", r.scopes.join(" "));
             }
