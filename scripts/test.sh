@@ -34,5 +34,6 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+cargo run --quiet --locked -- test policies
 echo "== cargo test"
 cargo test --all-targets --locked

@@ -129,6 +129,8 @@ pub struct Report {
     pub status: u16,
     /// The deciding rule.
     pub rule: Option<String>,
+    /// The deny reason as decision logs name it.
+    pub reason: Option<String>,
 }
 
 /// `hopwarden explain`: prints the report; exit 0 whatever the decision, 1 on errors.
@@ -268,14 +270,13 @@ async fn explain(
         allowed: false,
         status: 0,
         rule: None,
+        reason: None,
     };
     let finish = |mut report: Report, decision: Decision| {
-        let mut text = describe_decision(&decision);
+        let text = describe_decision(&decision);
         if let Decision::Deny(d) = &decision {
-            if let Some(detail) = d.reason.detail() {
-                text = format!("{text}: {detail}");
-            }
             report.status = d.reason.status().code();
+            report.reason = Some(d.reason.as_str().to_string());
         } else {
             report.status = 200;
         }
@@ -298,7 +299,7 @@ async fn explain(
     };
     report.service = Some(service.to_string());
     report.service_source = if req.service.as_deref().is_some_and(|s| !s.is_empty()) {
-        "from --service".into()
+        "given with --service".into()
     } else if req.destination_principal.is_some()
         && resolver
             .resolve(&AuthzRequest {
@@ -308,11 +309,11 @@ async fn explain(
             .is_some()
     {
         format!(
-            "from destination {:?} (services.by_spiffe)",
+            "destination {:?} via services.by_spiffe",
             req.destination_principal.as_deref().unwrap_or_default()
         )
     } else {
-        format!("from host {:?} (services.by_host)", req.host)
+        format!("host {:?} via services.by_host", req.host)
     };
     let Some(policy) = policies.get(service) else {
         report.rules_skipped = Some(format!("no policy for service {service:?}"));
@@ -342,6 +343,8 @@ async fn explain(
                         "bearer token verified: issuer {}, subject \"{}\"",
                         token.issuer, token.subject
                     );
+                    let principal = token.principal(peer);
+                    report.caller = Some(describe_principal(&principal));
                     let auds = format!("[{}]", token.audiences.join(", "));
                     let wanted = format!("[{}]", policy.audiences().join(", "));
                     if !token.is_for(policy.audiences()) {
@@ -356,7 +359,7 @@ async fn explain(
                         return Ok(finish(report, Decision::Deny(denied)));
                     }
                     report.audience = Some(format!("token aud {auds} names the service (accepts {wanted})"));
-                    Some(token.principal(peer))
+                    Some(principal)
                 }
                 Ok(Credential::Peer(peer)) => {
                     report.credentials = format!("no bearer token; mTLS peer \"{peer}\"");

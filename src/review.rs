@@ -103,7 +103,7 @@ pub struct RuleAccess {
     pub conditions: Vec<String>,
     /// Whether some test case's decision came from it.
     pub exercised: bool,
-    /// How often the decision logs name it, when logs were given.
+    /// How many decisions of its effect the logs credit it with, when logs were given.
     pub used: Option<u64>,
     /// What a reviewer should look at.
     pub flags: Vec<Flag>,
@@ -149,7 +149,9 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
                 .map(|rule| {
                     let key = (policy.service().to_string(), rule.id().to_string());
                     let exercised = report.exercised.contains(&key);
-                    let used = usage.as_ref().map(|u| u.count(policy.service(), rule.id()));
+                    let used = usage
+                        .as_ref()
+                        .map(|u| u.count(policy.service(), rule.id(), rule.effect().as_str()));
                     let mut flags = flags(policy, rule);
                     if !exercised {
                         flags.push(Flag {

@@ -482,8 +482,13 @@ pub fn describe_decision(d: &Decision) -> String {
                 .as_deref()
                 .map(|r| format!("rule {r}, "))
                 .unwrap_or_default();
+            let detail = d
+                .reason
+                .detail()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default();
             format!(
-                "deny ({rule}status {}, reason {})",
+                "deny ({rule}status {}, reason {}{detail})",
                 d.reason.status().code(),
                 d.reason.as_str()
             )

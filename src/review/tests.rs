@@ -108,7 +108,8 @@ fn usage_lines() {
         u.add(line);
     }
     assert_eq!((u.decisions, u.skipped), (3, 3));
-    assert_eq!(u.count("t", "r1"), 2);
-    assert_eq!(u.count("t", "r2"), 0);
+    assert_eq!(u.count("t", "r1", "allow"), 2);
+    assert_eq!(u.count("t", "r1", "deny"), 0);
+    assert_eq!(u.count("t", "r2", "allow"), 0);
     assert_eq!(u.period(), "2024-06-01T00:00:00Z .. 2024-06-03T00:00:00Z");
 }

@@ -20,8 +20,9 @@ pub struct Usage {
     pub first: Option<String>,
     /// The latest timestamp seen.
     pub last: Option<String>,
-    /// `service/rule` -> allow decisions it made.
-    pub allows_by_rule: BTreeMap<String, u64>,
+    /// `service/rule/decision` -> how many such decisions (an allow rule's count is
+    /// the requests it let through; a deny rule's, the requests it refused).
+    pub by_rule: BTreeMap<String, u64>,
 }
 
 impl Usage {
@@ -70,18 +71,18 @@ impl Usage {
         if self.last.as_deref().is_none_or(|l| timestamp > l) {
             self.last = Some(timestamp.to_string());
         }
-        if let ("allow", Some(rule)) = (decision, field("rule")) {
+        if let Some(rule) = field("rule") {
             *self
-                .allows_by_rule
-                .entry(format!("{service}/{rule}"))
+                .by_rule
+                .entry(format!("{service}/{rule}/{decision}"))
                 .or_default() += 1;
         }
     }
 
-    /// Allow decisions `rule` of `service` made.
-    pub fn count(&self, service: &str, rule: &str) -> u64 {
-        self.allows_by_rule
-            .get(&format!("{service}/{rule}"))
+    /// How many `decision`s (`allow`, `deny`) `rule` of `service` made.
+    pub fn count(&self, service: &str, rule: &str, decision: &str) -> u64 {
+        self.by_rule
+            .get(&format!("{service}/{rule}/{decision}"))
             .copied()
             .unwrap_or(0)
     }
