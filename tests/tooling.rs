@@ -200,6 +200,70 @@ fn test_refuses_broken_suites_with_locations() {
     assert_eq!(err, "error: .: no policy test suites (*_test.yaml)\n");
 }
 
+#[test]
+fn test_checks_dry_run_rules_as_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    std::fs::write(
+        dir.path().join("p/t.yaml"),
+        "service: t
+mode: dry-run
+rules:
+  - {id: trial-no-b, effect: deny, mode: dry-run, to: [{paths: [/b]}]}
+  - {id: all, to: [{paths: ['/**']}]}
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p/t_test.yaml"),
+        "service: t
+cases:
+  - name: the trialled deny rule is checked as if enforced
+    caller: {peer: spiffe://td/a}
+    request: {path: /b}
+    expect: {decision: deny, rule: trial-no-b, status: 403}
+  - name: everything else is allowed
+    caller: {peer: spiffe://td/a}
+    request: {path: /c}
+    expect: {decision: allow, rule: all}
+  - name: the policy-level dry-run does not turn denials into allows here
+    caller: anonymous
+    request: {path: /c}
+    expect: {decision: deny, status: 401}
+",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["test", "p"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("\n3 passed, 0 failed\n"), "{out}");
+    // explain shows what the server does: the dry-run rule only records a would-deny.
+    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: p\n").unwrap();
+    let (code, out, err) = run(
+        &[
+            "explain",
+            "--service",
+            "t",
+            "--path",
+            "/b",
+            "--peer",
+            "spiffe://td/a",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mode:        dry-run policy"), "{out}");
+    assert!(
+        out.contains(
+            "  deny  trial-no-b [dry-run]: matched, but dry-run: would deny; evaluation goes on\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("would deny:  trial-no-b (dry-run deny rule)\ndecision:    allow (rule all, status 200)\n"),
+        "{out}"
+    );
+}
+
 // ---- hopwarden explain ----
 
 fn explain(args: &[&str]) -> String {

@@ -668,4 +668,54 @@ mod tests {
         }
         assert!(IdPattern::peer("*").is_ok());
     }
+
+    #[test]
+    fn pattern_relations() {
+        let p = |raw: &str| PathPattern::parse(raw).unwrap();
+        // (a, b, a covers b, a overlaps b)
+        let cases: &[(&str, &str, bool, bool)] = &[
+            ("/**", "/a/{id}", true, true),
+            ("/a/**", "/a", true, true),
+            ("/a/**", "/b/**", false, false),
+            ("/a/*", "/a/{id}", true, true),
+            ("/a/{id}", "/a/**", false, true),
+            ("/a/x", "/a/{id}", false, true),
+            ("/a/x", "/a/y", false, false),
+            ("/a", "/a/b", false, false),
+            ("/", "/**", false, true),
+        ];
+        for (a, b, covers, overlaps) in cases {
+            assert_eq!(p(a).covers(&p(b)), *covers, "{a} covers {b}");
+            assert_eq!(p(a).overlaps(&p(b)), *overlaps, "{a} overlaps {b}");
+        }
+        assert!(p("/admin/**").ignoring_case().covers(&p("/ADMIN/x")));
+        assert!(!p("/admin/**").covers(&p("/ADMIN/x")));
+        let id = |raw: &str| IdPattern::principal(raw).unwrap();
+        let cases: &[(&str, &str, bool, bool)] = &[
+            ("*", "a", true, true),
+            ("a", "*", false, true),
+            ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/n/sa/x", true, true),
+            (
+                "spiffe://td/ns/*/sa/x",
+                "spiffe://td/ns/*/sa/*",
+                false,
+                true,
+            ),
+            ("spiffe://td/ns/*/sa/*", "spiffe://td/ns/*/sa/x", true, true),
+            (
+                "spiffe://td/ns/a/sa/*",
+                "spiffe://td/ns/b/sa/*",
+                false,
+                false,
+            ),
+        ];
+        for (a, b, covers, overlaps) in cases {
+            assert_eq!(id(a).covers(&id(b)), *covers, "{a} covers {b}");
+            assert_eq!(id(a).overlaps(&id(b)), *overlaps, "{a} overlaps {b}");
+        }
+        let g = |raw: &str| GrpcPattern::parse(raw).unwrap();
+        assert!(g("p.S/*").covers(&g("p.S/M")) && !g("p.S/M").covers(&g("p.S/*")));
+        assert!(g("p.S/M").overlaps(&g("p.S/*")) && !g("p.S/M").overlaps(&g("p.T/M")));
+        assert_eq!(g("p.S/*").to_string(), "p.S/*");
+    }
 }
