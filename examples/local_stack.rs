@@ -27,7 +27,10 @@ fn main() {
     let mut running = stack::Stack::start(&spec).unwrap_or_else(|e| fail(&e));
     let p = &running.ports;
     println!("hopwarden local stack is up (logs in .stack/, certificates in dev/certs/):");
-    println!("  hopwarden       127.0.0.1:{}", p.hopwarden);
+    println!(
+        "  hopwarden       127.0.0.1:{}  (metrics http://127.0.0.1:{}/metrics)",
+        p.hopwarden, p.hopwarden_admin
+    );
     println!(
         "  gateway         http://ledger.localhost:{}  (admin :{})",
         p.gateway, p.gateway_admin

@@ -34,6 +34,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo build (binary and examples: the end-to-end tests run them)"
+cargo build --locked --bins --examples
 cargo run --quiet --locked -- test policies
 echo "== cargo test"
 cargo test --all-targets --locked

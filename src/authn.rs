@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{Fingerprint, TokenCache};
 use crate::principal::SpiffeId;
 use crate::request::AuthzRequest;
+use crate::telemetry::Metrics;
 use jwt::{JwtVerifier, TokenError, VerifiedToken};
 
 /// What the request proved about its caller.
@@ -32,12 +33,17 @@ pub enum Credential {
 pub struct Authenticator {
     verifier: JwtVerifier,
     tokens: TokenCache,
+    metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
     /// An authenticator over a verifier and a token cache.
-    pub fn new(verifier: JwtVerifier, tokens: TokenCache) -> Self {
-        Authenticator { verifier, tokens }
+    pub fn new(verifier: JwtVerifier, tokens: TokenCache, metrics: Arc<Metrics>) -> Self {
+        Authenticator {
+            verifier,
+            tokens,
+            metrics,
+        }
     }
 
     /// The verifier (for key refresh and readiness).
@@ -60,7 +66,9 @@ impl Authenticator {
         };
         let token = bearer_token(header)?;
         let key: Fingerprint = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = self.tokens.get(&key) {
+        let hit = self.tokens.get(&key);
+        self.metrics.cache("token", hit.is_some());
+        if let Some(cached) = hit {
             // The cache entry never outlives `exp`, but the clock is checked again
             // so a hit can never be more lenient than a fresh verification.
             if cached.is_live(now) {

@@ -107,9 +107,11 @@ pub fn validate(path: &Path) -> ExitCode {
             continue;
         }
         let keys = crate::authn::jwks::IssuerKeys::new(
+            &issuer.spec.issuer,
             issuer.keys.clone(),
             issuer.spec.refetch_min_interval,
             reqwest::Client::new(),
+            std::sync::Arc::new(crate::telemetry::Metrics::new()),
         );
         if let Err(e) = runtime.block_on(keys.refresh()) {
             eprintln!(

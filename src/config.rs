@@ -40,6 +40,53 @@ pub struct ConfigSpec {
     /// How long SIGTERM waits for in-flight checks before exiting anyway.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Admin HTTP (metrics, health); off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminSpec>,
+    /// Where the decision log goes.
+    #[serde(default)]
+    pub decision_log: DecisionLogSpec,
+}
+
+/// Admin HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// Decision log settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogSpec {
+    /// `stdout`, `off`, or a file path (appended to).
+    #[serde(default = "default_decision_log")]
+    pub to: String,
+}
+
+impl Default for DecisionLogSpec {
+    fn default() -> Self {
+        DecisionLogSpec {
+            to: default_decision_log(),
+        }
+    }
+}
+
+impl DecisionLogSpec {
+    /// The target, with a relative path resolved against `base`.
+    pub fn target(&self, base: &Path) -> crate::decision_log::LogTarget {
+        use crate::decision_log::LogTarget;
+        match self.to.as_str() {
+            "stdout" | "-" => LogTarget::Stdout,
+            "off" | "none" => LogTarget::Off,
+            path => LogTarget::File(base.join(path)),
+        }
+    }
+}
+
+fn default_decision_log() -> String {
+    "stdout".into()
 }
 
 /// Fallback service resolution.
@@ -205,6 +252,8 @@ pub struct Config {
     pub spec: ConfigSpec,
     /// Issuers with parsed algorithms and resolved key sources.
     pub issuers: Vec<Issuer>,
+    /// Where decision lines go (paths resolved).
+    pub decision_log: crate::decision_log::LogTarget,
 }
 
 /// A validated issuer.
@@ -409,11 +458,13 @@ impl Config {
                 format!("log.level {:?}: {e}", spec.log.level),
             ));
         }
+        let decision_log = spec.decision_log.target(base);
         if errors.is_empty() {
             Ok(Config {
                 path: path.to_path_buf(),
                 spec,
                 issuers,
+                decision_log,
             })
         } else {
             Err(errors)

@@ -7,7 +7,7 @@
 //! which the gRPC edge turns into UNAVAILABLE so Envoy's `failure_mode_allow` decides.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tracing::Instrument;
@@ -16,10 +16,12 @@ use crate::authn::jwt::{now_secs, TokenError};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason};
+use crate::decision_log::{DecisionLog, DecisionRecord};
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::Principal;
 use crate::request::{Action, AuthzRequest, Hop};
 use crate::resolve::ServiceResolver;
+use crate::telemetry::{CheckLabels, Metrics};
 
 /// A compiled policy set and the generation it was published as.
 pub struct Policies {
@@ -71,6 +73,8 @@ pub struct Engine {
     resolver: ServiceResolver,
     authn: Authenticator,
     decisions: DecisionCache,
+    metrics: Arc<Metrics>,
+    log: DecisionLog,
 }
 
 impl Engine {
@@ -80,20 +84,33 @@ impl Engine {
         resolver: ServiceResolver,
         authn: Authenticator,
         decisions: DecisionCache,
+        metrics: Arc<Metrics>,
+        log: DecisionLog,
     ) -> Self {
+        metrics.set_generation(1);
+        metrics.set_named_principals(set.named_principals());
         Engine {
             policies: ArcSwap::from_pointee(Policies { set, generation: 1 }),
             resolver,
             authn,
             decisions,
+            metrics,
+            log,
         }
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Publishes a new policy set atomically; returns its generation. In-flight checks
     /// finish on the set they started with.
     pub fn publish(&self, set: PolicySet) -> u64 {
         let generation = self.policies.load().generation + 1;
+        self.metrics.set_named_principals(set.named_principals());
         self.policies.store(Arc::new(Policies { set, generation }));
+        self.metrics.reload(Some(generation));
         generation
     }
 
@@ -127,7 +144,8 @@ impl Engine {
                 span.record("principal", a.principal.as_str());
             }
         }
-        span.in_scope(|| log_decision(req, &result, started));
+        let elapsed = started.elapsed();
+        span.in_scope(|| self.record(req, &result, elapsed));
         result
     }
 
@@ -154,7 +172,9 @@ impl Engine {
             return Ok(outcome);
         };
         let key = decision_key(policies.generation, policy, hop, &action, req);
-        if let Some(decision) = self.decisions.get(&key, now) {
+        let hit = self.decisions.get(&key, now);
+        self.metrics.cache("decision", hit.is_some());
+        if let Some(decision) = hit {
             outcome.decision = decision;
             outcome.cached = true;
             outcome.action = Some(action);
@@ -245,64 +265,77 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
     }
 }
 
-/// One structured line per decision. Never the token or a header value: the
-/// principal id, rule id and reason are enough to explain every answer.
-fn log_decision(req: &AuthzRequest, result: &Result<Outcome, EngineError>, started: Instant) {
-    let latency_us = started.elapsed().as_micros() as u64;
-    // A non-canonical path is logged as a marker, not echoed: it is attacker input.
-    let action = result.as_ref().ok().and_then(|o| o.action.as_ref());
-    let method = action.map_or(req.method.as_str(), |a| a.method.as_str());
-    let path = action.map_or("<non-canonical>", |a| a.path.as_str());
-    match result {
-        Ok(o) => {
-            let (principal, kind, rule, reason, detail, status) = match &*o.decision {
-                Decision::Allow(a) => (
-                    Some(a.principal.as_str()),
-                    Some(a.kind_str()),
-                    Some(&*a.rule),
-                    None,
-                    None,
-                    200,
-                ),
-                Decision::Deny(d) => (
-                    d.principal.as_deref(),
-                    None,
-                    d.rule.as_deref(),
-                    Some(d.reason.as_str()),
-                    d.reason.detail(),
-                    d.reason.status().code(),
-                ),
-            };
-            tracing::info!(
-                target: "hopwarden::decision",
-                service = o.service.as_deref(),
-                hop = o.hop.map(Hop::as_str),
-                principal,
-                kind,
-                peer = req.source_principal.as_deref(),
-                method = %method,
-                path = %path,
-                decision = o.decision.as_str(),
-                status,
-                rule,
-                reason,
-                detail,
-                cached = o.cached,
-                latency_us,
-                request_id = req.header("x-request-id"),
-                "decision"
-            );
-        }
-        Err(e) => tracing::warn!(
-            target: "hopwarden::decision",
-            service = req.service.as_deref(),
-            method = %method,
-            path = %path,
-            decision = "error",
-            error = %e,
+impl Engine {
+    /// Counts the check and writes its decision log line. Never the token or a
+    /// header value: the principal id, rule id and reason explain every answer.
+    fn record(&self, req: &AuthzRequest, result: &Result<Outcome, EngineError>, elapsed: Duration) {
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        // A non-canonical path is logged as a marker, not echoed: it is attacker input.
+        let outcome = result.as_ref().ok();
+        let action = outcome.and_then(|o| o.action.as_ref());
+        let mut record = DecisionRecord {
+            timestamp: crate::decision_log::timestamp(),
+            request_id: req.header("x-request-id").map(str::to_string),
+            service: outcome.and_then(|o| o.service.clone()),
+            hop: outcome.and_then(|o| o.hop).map(|h| h.as_str().to_string()),
+            principal: None,
+            kind: None,
+            peer: req.source_principal.clone(),
+            method: action
+                .map_or(req.method.as_str(), |a| a.method.as_str())
+                .to_string(),
+            path: action
+                .map_or("<non-canonical>", |a| a.path.as_str())
+                .to_string(),
+            decision: "error".to_string(),
+            status: 0,
+            rule: None,
+            reason: None,
+            detail: None,
+            dry_run: None,
+            cached: outcome.is_some_and(|o| o.cached),
             latency_us,
-            request_id = req.header("x-request-id"),
-            "decision"
-        ),
+        };
+        // Label values must stay bounded: only services that have a policy.
+        let known_service = record
+            .service
+            .as_deref()
+            .filter(|s| self.policies.load().set.get(s).is_some());
+        let (decision, reason) = match outcome.map(|o| &*o.decision) {
+            Some(Decision::Allow(a)) => {
+                record.principal = Some(a.principal.clone());
+                record.kind = Some(a.kind_str().to_string());
+                record.rule = Some(a.rule.to_string());
+                record.status = 200;
+                ("allow", "none")
+            }
+            Some(Decision::Deny(d)) => {
+                record.principal = d.principal.clone();
+                record.rule = d.rule.as_deref().map(str::to_string);
+                record.reason = Some(d.reason.as_str().to_string());
+                record.detail = d.reason.detail().map(str::to_string);
+                record.status = d.reason.status().code();
+                ("deny", d.reason.as_str())
+            }
+            None => ("error", "unavailable"),
+        };
+        record.decision = decision.to_string();
+        self.metrics.check(
+            CheckLabels {
+                service: known_service.unwrap_or("unknown").to_string(),
+                decision,
+                reason,
+            },
+            elapsed.as_secs_f64(),
+        );
+        if let (Some(service), Some(principal)) = (known_service, &record.principal) {
+            if decision != "error" {
+                self.metrics.call(principal, service, decision);
+            }
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, service = record.service.as_deref(), "check failed");
+        }
+        self.log.write(record);
     }
 }

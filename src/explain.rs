@@ -407,12 +407,16 @@ async fn authenticator(config: &Config, load_keys: bool) -> Authenticator {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
+    // A registry of our own: nothing scrapes it, the constructor just needs one.
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
     let mut issuers = Vec::new();
     for issuer in &config.issuers {
         let keys = Arc::new(IssuerKeys::new(
+            &issuer.spec.issuer,
             issuer.keys.clone(),
             issuer.spec.refetch_min_interval,
             http.clone(),
+            metrics.clone(),
         ));
         if load_keys {
             if let Err(e) = keys.refresh().await {
@@ -427,6 +431,7 @@ async fn authenticator(config: &Config, load_keys: bool) -> Authenticator {
     Authenticator::new(
         JwtVerifier::new(issuers),
         TokenCache::new(0, Default::default()),
+        metrics,
     )
 }
 

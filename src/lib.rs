@@ -12,11 +12,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod authn;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod decision;
+pub mod decision_log;
 pub mod engine;
 pub mod explain;
 pub mod grpc;

@@ -98,6 +98,25 @@ impl PolicySet {
         self.services.get(service)
     }
 
+    /// Every principal or peer id a rule names literally (no wildcard): the callers
+    /// that keep their own metric label.
+    pub fn named_principals(&self) -> std::collections::HashSet<String> {
+        let mut names = std::collections::HashSet::new();
+        for policy in self.services() {
+            for rule in policy.rules() {
+                if let compile::FromClause::Authenticated(callers) = &rule.from {
+                    let ids = [&callers.principals, &callers.peers];
+                    for pattern in ids.into_iter().flatten().flatten() {
+                        if let Some(id) = pattern.exact() {
+                            names.insert(id.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// All service policies, sorted by name.
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServicePolicy>> {
         self.services.values()

@@ -69,10 +69,12 @@ pub async fn reload_now(engine: &Engine, dir: PathBuf) -> bool {
             true
         }
         Ok(Err(errors)) => {
+            engine.metrics().reload(None);
             tracing::error!(dir = %shown, errors = %errors, "policy reload rejected; keeping the last good policies");
             false
         }
         Err(e) => {
+            engine.metrics().reload(None);
             tracing::error!(error = %e, "policy reload task failed; keeping the last good policies");
             false
         }

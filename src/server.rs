@@ -8,15 +8,18 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::Readiness;
 use crate::authn::jwks::IssuerKeys;
 use crate::authn::jwt::{self, JwtVerifier};
 use crate::authn::Authenticator;
 use crate::cache::{DecisionCache, TokenCache};
 use crate::config::Config;
+use crate::decision_log::DecisionLog;
 use crate::engine::Engine;
 use crate::policy::{PolicyErrors, PolicySet};
 use crate::reload::{self, ReloadTrigger};
 use crate::resolve::ServiceResolver;
+use crate::telemetry::Metrics;
 
 /// How long NOT_SERVING is reported before the listener closes on shutdown.
 const HEALTH_GRACE: Duration = Duration::from_millis(500);
@@ -41,6 +44,14 @@ pub enum StartError {
     /// The policy directory could not be watched.
     #[error("cannot watch the policy directory: {0}")]
     Watch(#[from] notify::Error),
+    /// The decision log could not be opened.
+    #[error("cannot open the decision log {target}: {source}")]
+    DecisionLog {
+        /// Where it was to go.
+        target: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The HTTP client for JWKS could not be built.
     #[error("cannot build the JWKS HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -50,6 +61,8 @@ pub enum StartError {
 pub struct ServerHandle {
     /// The bound address (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The admin HTTP address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     /// The engine, for tests and tools.
     pub engine: Arc<Engine>,
     reload: ReloadTrigger,
@@ -107,6 +120,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     tracing::info!(dir = %policy_dir.display(), services = set.len(), "policies loaded");
 
+    let metrics = Arc::new(Metrics::new());
+    let log = DecisionLog::start(&config.decision_log, metrics.clone()).map_err(|source| {
+        StartError::DecisionLog {
+            target: format!("{:?}", config.decision_log),
+            source,
+        }
+    })?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -115,9 +135,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         .iter()
         .map(|issuer| {
             let keys = Arc::new(IssuerKeys::new(
+                &issuer.spec.issuer,
                 issuer.keys.clone(),
                 issuer.spec.refetch_min_interval,
                 http.clone(),
+                metrics.clone(),
             ));
             (issuer.clone(), keys)
         })
@@ -126,12 +148,15 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let authn = Authenticator::new(
         JwtVerifier::new(issuers.clone()),
         TokenCache::new(cache.token_max_entries, cache.ttl),
+        metrics.clone(),
     );
     let engine = Arc::new(Engine::new(
         set,
         ServiceResolver::new(&config.spec.services),
         authn,
         DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
+        metrics.clone(),
+        log,
     ));
 
     let listener = TcpListener::bind(config.spec.listen)
@@ -146,8 +171,32 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     })?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     crate::grpc::set_health(&reporter, false).await;
+    let readiness = Arc::new(Readiness::default());
 
     let mut background = Vec::new();
+    let admin_addr = match &config.spec.admin {
+        None => None,
+        Some(admin) => {
+            let listener =
+                crate::admin::bind(admin.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: admin.listen,
+                        source,
+                    })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: admin.listen,
+                source,
+            })?;
+            background.push(tokio::spawn(crate::admin::serve(
+                listener,
+                metrics.clone(),
+                readiness.clone(),
+            )));
+            tracing::info!(addr = %addr, "admin listening");
+            Some(addr)
+        }
+    };
     let mut loaders = Vec::new();
     for (issuer, keys) in issuers {
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -161,11 +210,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     {
         let reporter = reporter.clone();
+        let readiness = readiness.clone();
         background.push(tokio::spawn(async move {
             for loaded in loaders {
                 let _ = loaded.await;
             }
             crate::grpc::set_health(&reporter, true).await;
+            readiness.set(true);
             tracing::info!("all issuer keys loaded; serving");
         }));
     }
@@ -173,9 +224,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let serve_engine = engine.clone();
+    let ready_flag = readiness.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = shutdown_rx.await;
+            ready_flag.set(false);
             // Tell health checkers first and give them a moment to see it, so Envoy
             // moves new checks elsewhere before the listener closes.
             crate::grpc::set_health(&reporter, false).await;
@@ -186,6 +239,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     tracing::info!(addr = %local_addr, "hopwarden listening");
     Ok(ServerHandle {
         local_addr,
+        admin_addr,
         engine,
         reload,
         shutdown: Some(shutdown_tx),

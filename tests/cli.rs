@@ -202,6 +202,7 @@ fn example_config(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("hopwarden.yaml")).unwrap();
     let text = text
         .replace("listen: 0.0.0.0:9191", "listen: 127.0.0.1:0")
+        .replace("listen: 0.0.0.0:9192", "listen: 127.0.0.1:0")
         .replace("./policies", &repo().join("policies").display().to_string())
         .replace(
             "./dev/jwks.json",

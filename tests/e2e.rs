@@ -17,8 +17,8 @@ fn repo() -> PathBuf {
 }
 
 fn start_stack(dir: &tempfile::TempDir) -> Stack {
-    // cargo builds examples before running integration tests: the demo service sits
-    // beside this test binary's deps/ directory.
+    // scripts/test.sh builds the examples first (`cargo test` alone builds them as
+    // test harnesses, not as programs); the demo service sits beside deps/.
     let exe = std::env::current_exe().unwrap();
     let demo = exe
         .parent()
@@ -28,7 +28,7 @@ fn start_stack(dir: &tempfile::TempDir) -> Stack {
         .join("examples/demo-service");
     assert!(
         demo.exists(),
-        "{} is missing: build with cargo test --all-targets",
+        "{} is missing: run scripts/test.sh, or cargo build --examples first",
         demo.display()
     );
     let spec = StackSpec {

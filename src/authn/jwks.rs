@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
 use crate::config::KeySource;
+use crate::telemetry::Metrics;
 
 /// JWKS documents larger than this are refused; real ones are a few KiB.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -192,6 +193,8 @@ pub enum KeyLookupError {
 
 /// The keys of one issuer, with their refresh state.
 pub struct IssuerKeys {
+    issuer: String,
+    metrics: Arc<Metrics>,
     source: KeySource,
     current: ArcSwapOption<KeySet>,
     refetch_min_interval: Duration,
@@ -201,8 +204,16 @@ pub struct IssuerKeys {
 
 impl IssuerKeys {
     /// Keys for `source`, not loaded yet.
-    pub fn new(source: KeySource, refetch_min_interval: Duration, http: reqwest::Client) -> Self {
+    pub fn new(
+        issuer: &str,
+        source: KeySource,
+        refetch_min_interval: Duration,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         IssuerKeys {
+            issuer: issuer.to_string(),
+            metrics,
             source,
             current: ArcSwapOption::empty(),
             refetch_min_interval,
@@ -226,6 +237,12 @@ impl IssuerKeys {
     }
 
     async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let result = self.load().await;
+        self.metrics.jwks_fetch(&self.issuer, result.is_ok());
+        result
+    }
+
+    async fn load(&self) -> Result<KeySet, JwksError> {
         match &self.source {
             KeySource::File(path) => KeySet::from_jwks(&read(path).await?),
             KeySource::Secret(path) => {

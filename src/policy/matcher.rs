@@ -411,6 +411,11 @@ impl IdPattern {
     }
 
     /// Whether `id` matches.
+    /// The id itself, when the pattern has no wildcard.
+    pub fn exact(&self) -> Option<&str> {
+        matches!(self.kind, IdKind::Exact).then_some(&*self.raw)
+    }
+
     pub fn matches(&self, id: &str) -> bool {
         match self.kind {
             IdKind::Any => true,

@@ -154,6 +154,15 @@ impl Deployment {
         self.dir.path()
     }
 
+    /// The decision log lines written so far, parsed.
+    pub fn decisions(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("decisions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.path().join("policies")
     }
@@ -170,6 +179,7 @@ impl Deployment {
     pub fn config_text(&self, issuer_extra: &str, extra: &str) -> String {
         format!(
             "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\n\
+             admin: {{listen: \"127.0.0.1:0\"}}\ndecision_log: {{to: decisions.log}}\n\
              issuers:\n  - issuer: {ISSUER}\n    jwks_file: jwks.json\n    leeway: 0s\n{issuer_extra}{extra}"
         )
     }

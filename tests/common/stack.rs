@@ -58,6 +58,7 @@ pub struct StackSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Ports {
     pub hopwarden: u16,
+    pub hopwarden_admin: u16,
     pub gateway: u16,
     pub gateway_admin: u16,
     /// Demo app ports by service.
@@ -81,6 +82,7 @@ impl Ports {
         };
         let mut p = Ports {
             hopwarden: port(9191),
+            hopwarden_admin: port(9192),
             gateway: port(10000),
             gateway_admin: port(9901),
             ..Ports::default()
@@ -224,7 +226,16 @@ impl Stack {
         if !text.contains(from) {
             return Err(format!("hopwarden.yaml no longer has {from:?}"));
         }
-        let config = text.replace(from, &format!("listen: 127.0.0.1:{}", self.ports.hopwarden));
+        let admin = "listen: 0.0.0.0:9192";
+        if !text.contains(admin) {
+            return Err(format!("hopwarden.yaml no longer has {admin:?}"));
+        }
+        let config = text
+            .replace(from, &format!("listen: 127.0.0.1:{}", self.ports.hopwarden))
+            .replace(
+                admin,
+                &format!("listen: 127.0.0.1:{}", self.ports.hopwarden_admin),
+            );
         // The config's relative paths (./policies, ./dev/jwks.json) resolve against
         // its directory, so the rendered copy lives beside the original's targets.
         let path = self.dir.join("hopwarden.yaml");

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw measurements into one table, JSON, Markdown and an SVG chart.
+
+usage: report.py RAW.jsonl OUT_DIR ENVOY_VERSION
+Medians over the repetitions; every ratio is against setup b (jwt_authn + rbac,
+no cache) in the same scenario of the same run.
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+SETUPS = {
+    "a": "a: no auth (ceiling)",
+    "b": "b: jwt_authn + rbac",
+    "c": "c: jwt_authn cached + rbac",
+    "d": "d: ext_authz -> hopwarden",
+}
+SCENARIOS = {"reused": "one token reused", "rotating": "every token new"}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main():
+    raw_path, out_dir, envoy_version = sys.argv[1:4]
+    rows = [json.loads(l) for l in open(raw_path) if l.strip()]
+    envoy = {}
+    for scenario in SCENARIOS:
+        for setup in SETUPS:
+            runs = [r for r in rows if r["kind"] == "envoy" and r["setup"] == setup and r["scenario"] == scenario]
+            if not runs:
+                continue
+            envoy[(scenario, setup)] = {
+                "throughput": median(r["throughput"] for r in runs),
+                "p50_us": median(r["p50_us"] for r in runs),
+                "p99_us": median(r["p99_us"] for r in runs),
+                "runs": [round(r["throughput"]) for r in runs],
+                "non_2xx": sum(r["non_2xx"] for r in runs),
+            }
+    for (scenario, setup), m in envoy.items():
+        b = envoy.get((scenario, "b"))
+        m["throughput_vs_b"] = m["throughput"] / b["throughput"] if b else None
+        m["p99_vs_b"] = m["p99_us"] / b["p99_us"] if b and b["p99_us"] else None
+    alone = [r for r in rows if r["kind"] == "alone"]
+    memory = next((r for r in rows if r["kind"] == "memory"), None)
+
+    def get(scenario, setup, key):
+        return envoy.get((scenario, setup), {}).get(key)
+
+    targets = []
+
+    def target(name, value, limit, ok):
+        targets.append({"target": name, "value": value, "limit": limit, "met": bool(ok) if value is not None else None})
+
+    t = get("reused", "d", "throughput_vs_b")
+    target("reused: d throughput >= 1.0x b", t, 1.0, t is not None and t >= 1.0)
+    t = get("reused", "d", "p99_vs_b")
+    target("reused: d p99 <= 1.2x b", t, 1.2, t is not None and t <= 1.2)
+    c = get("reused", "c", "throughput")
+    d = get("reused", "d", "throughput")
+    t = d / c if c and d else None
+    target("stretch, reused: d throughput >= 0.5x c", t, 0.5, t is not None and t >= 0.5)
+    t = get("rotating", "d", "throughput_vs_b")
+    target("rotating: d throughput >= 0.9x b", t, 0.9, t is not None and t >= 0.9)
+    by_label = {r["label"]: r for r in alone}
+    hit = by_label.get("saturation-hit", {}).get("server_cpu_us_per_check")
+    target("alone: server CPU per check, cache hit <= 20 us", hit, 20, hit is not None and hit <= 20)
+    miss = by_label.get("saturation-miss", {}).get("server_cpu_us_per_check")
+    target("alone: server CPU per check, RS256 miss <= 60 us", miss, 60, miss is not None and miss <= 60)
+    for label in ("rate-5000-hit", "rate-5000-miss"):
+        p99 = by_label.get(label, {}).get("p99_us")
+        target(f"alone: p99 <= 1 ms at 5,000 checks/s ({label.split('-')[-1]})", p99, 1000, p99 is not None and p99 <= 1000)
+    if memory:
+        growth = (memory["rss_after"] - memory["rss_caches_full"]) / 2**20
+        target(f"memory: RSS growth after caches fill, {memory['tokens']:,} tokens <= 64 MiB", growth, 64, growth <= 64)
+
+    # ---- text table
+    lines = []
+    lines.append(f"hopwarden benchmark, Envoy {envoy_version}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores")
+    lines.append("")
+    lines.append(f"{'scenario':<18}{'setup':<28}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'x b thr':>9}{'x b p99':>9}  runs")
+    for (scenario, setup), m in envoy.items():
+        f = lambda v, fmt: (fmt % v) if v is not None else "-"
+        lines.append(
+            f"{SCENARIOS[scenario]:<18}{SETUPS[setup]:<28}{f(m['throughput'], '%.0f'):>9}{f(m['p50_us'], '%.0f'):>9}"
+            f"{f(m['p99_us'], '%.0f'):>9}{f(m['throughput_vs_b'], '%.2f'):>9}{f(m['p99_vs_b'], '%.2f'):>9}  {m['runs']}"
+            + (f"  non-2xx {m['non_2xx']}" if m["non_2xx"] else "")
+        )
+    lines.append("")
+    lines.append(f"{'hopwarden alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}")
+    for r in alone:
+        cpu = r.get("server_cpu_us_per_check")
+        lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}")
+    if memory:
+        mib = lambda b: b / 2**20
+        lines.append("")
+        lines.append(
+            f"memory: idle {mib(memory['rss_idle']):.0f} MiB, caches full (200,000 tokens) {mib(memory['rss_caches_full']):.0f} MiB, "
+            f"after {memory['tokens']:,} tokens {mib(memory['rss_after']):.0f} MiB"
+        )
+    lines.append("")
+    lines.append("targets:")
+    for t in targets:
+        v = "-" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {v}")
+    text = "\n".join(lines)
+    print(text)
+
+    os.makedirs(out_dir, exist_ok=True)
+    data = {
+        "envoy_version": envoy_version,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "envoy": [{"scenario": s, "setup": k, **m} for (s, k), m in envoy.items()],
+        "alone": alone,
+        "memory": memory,
+        "targets": targets,
+    }
+    json.dump(data, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
+
+    md = ["# hopwarden benchmark results", "", "```", text, "```", ""]
+    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b p99 |")
+    md.append("|---|---|---:|---:|---:|---:|---:|")
+    for (scenario, setup), m in envoy.items():
+        f = lambda v, fmt: (fmt % v) if v is not None else "–"
+        md.append(f"| {SCENARIOS[scenario]} | {SETUPS[setup]} | {f(m['throughput'], '%.0f')} | {f(m['p50_us'], '%.0f')} | {f(m['p99_us'], '%.0f')} | {f(m['throughput_vs_b'], '%.2f')} | {f(m['p99_vs_b'], '%.2f')} |")
+    md.append("")
+    md.append("![throughput and p99 per setup](chart.svg)")
+    open(os.path.join(out_dir, "results.md"), "w").write("\n".join(md) + "\n")
+    open(os.path.join(out_dir, "chart.svg"), "w").write(chart(envoy, envoy_version))
+
+
+def chart(envoy, envoy_version):
+    """Grouped bars: throughput (left panel) and p99 (right panel) per scenario and setup."""
+    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728"}
+    width, height, pad = 960, 420, 60
+    panel_w = (width - 3 * pad) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']
+    out.append(f'<rect width="{width}" height="{height}" fill="white"/>')
+    out.append(f'<text x="{width/2}" y="22" text-anchor="middle" font-size="15">hopwarden vs Envoy jwt_authn+rbac (Envoy {envoy_version}, --concurrency 1, median of runs)</text>')
+    for panel, (key, title, unit) in enumerate([("throughput", "throughput", "req/s"), ("p99_us", "p99 latency", "µs")]):
+        x0 = pad + panel * (panel_w + pad)
+        y0, plot_h = 50, height - 120
+        values = [m[key] for m in envoy.values() if m.get(key)]
+        top = max(values) * 1.15 if values else 1
+        out.append(f'<text x="{x0 + panel_w/2}" y="{y0 - 8}" text-anchor="middle" font-size="13">{title} ({unit})</text>')
+        out.append(f'<line x1="{x0}" y1="{y0 + plot_h}" x2="{x0 + panel_w}" y2="{y0 + plot_h}" stroke="black"/>')
+        group_w = panel_w / len(SCENARIOS)
+        bar_w = group_w / (len(SETUPS) + 1.5)
+        for g, scenario in enumerate(SCENARIOS):
+            gx = x0 + g * group_w + bar_w * 0.75
+            out.append(f'<text x="{x0 + g*group_w + group_w/2}" y="{y0 + plot_h + 18}" text-anchor="middle">{SCENARIOS[scenario]}</text>')
+            for i, setup in enumerate(SETUPS):
+                m = envoy.get((scenario, setup))
+                if not m or m.get(key) is None:
+                    continue
+                h = m[key] / top * plot_h
+                x = gx + i * bar_w
+                out.append(f'<rect x="{x:.1f}" y="{y0 + plot_h - h:.1f}" width="{bar_w*0.9:.1f}" height="{h:.1f}" fill="{colors[setup]}"/>')
+                out.append(f'<text x="{x + bar_w*0.45:.1f}" y="{y0 + plot_h - h - 4:.1f}" text-anchor="middle" font-size="10">{m[key]:.0f}</text>')
+    for i, (setup, name) in enumerate(SETUPS.items()):
+        x = pad + i * 215
+        out.append(f'<rect x="{x}" y="{height - 40}" width="12" height="12" fill="{colors[setup]}"/>')
+        out.append(f'<text x="{x + 18}" y="{height - 30}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

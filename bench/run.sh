@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# hopwarden through Envoy against Envoy's own jwt_authn + RBAC, side by side, and
+# hopwarden alone under a gRPC load generator. Loopback only; stops by itself.
+#
+#   bench/run.sh            full run (about 15 minutes on 2 cores)
+#   QUICK=1 bench/run.sh    one repetition, shorter runs (a smoke test of the harness)
+#
+# Prints one table and writes bench/results/results.{json,md} and chart.svg.
+# Setups (same Envoy, --concurrency 1, same route, same rule: GET /transactions/{id}
+# needs issuer https://sts.hopwarden.local, audience ledger, scope ledger.read):
+#   a  no authorization (the ceiling)
+#   b  jwt_authn + rbac
+#   c  jwt_authn with jwt_cache_config + rbac
+#   d  ext_authz -> hopwarden
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$root/bench/work
+results=$root/bench/results
+mkdir -p "$work" "$results"
+: > "$work/raw.jsonl"
+
+QUICK=${QUICK:-}
+REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
+DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4 || echo 10)}
+CONNS=${CONNS:-32}
+TOKENS=${TOKENS:-$([ -n "$QUICK" ] && echo 60000 || echo 200000)}
+MEMORY_TOKENS=${MEMORY_TOKENS:-$([ -n "$QUICK" ] && echo 250000 || echo 1000000)}
+
+echo "== tools"
+envoy=$(scripts/install-envoy.sh)
+if ! command -v wrk >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --locked --bin hopwarden --example loadgen 2>&1 | tail -1
+hopwarden=$root/target/release/hopwarden
+loadgen=$root/target/release/examples/loadgen
+"$envoy" --version | head -1
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+echo "== keys and tokens (minted now)"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ec.pem" 2>/dev/null
+"$hopwarden" token --key "$work/rsa.pem" --kid bench-rsa --allow-non-dev-key --jwks > "$work/rsa.jwks"
+"$hopwarden" token --key "$work/ec.pem" --kid bench-ec --allow-non-dev-key --jwks > "$work/ec.jwks"
+python3 - "$work" <<'EOF'
+import json, sys
+w = sys.argv[1]
+keys = [json.load(open(f"{w}/{n}.jwks"))["keys"][0] for n in ("rsa", "ec")]
+json.dump({"keys": keys}, open(f"{w}/jwks.json", "w"))
+EOF
+"$loadgen" mint --key "$work/rsa.pem" --kid bench-rsa --count 1 --out "$work/one.txt"
+token=$(cat "$work/one.txt")
+"$loadgen" mint --key "$work/rsa.pem" --kid bench-rsa --count "$TOKENS" --out "$work/tokens.txt"
+echo "$TOKENS distinct RS256 tokens"
+cat > "$work/rotate.lua" <<EOF
+-- Every request carries the next of $TOKENS distinct valid tokens.
+local tokens = {}
+for line in io.lines("$work/tokens.txt") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", "/transactions/" .. i, { ["authorization"] = "Bearer " .. tokens[(i - 1) % #tokens + 1] })
+end
+EOF
+
+cat > "$work/hopwarden.yaml" <<EOF
+listen: 127.0.0.1:18191
+policies: $root/bench/policies
+issuers:
+  - issuer: https://sts.hopwarden.local
+    jwks_file: $work/jwks.json
+    algorithms: [RS256, ES256]
+cache: {max_entries: 100000, token_max_entries: 100000, ttl: 60s, deny_ttl: 5s}
+log: {format: json, level: warn}
+admin: {listen: "127.0.0.1:18192"}
+decision_log: {to: $work/decisions.log}
+EOF
+
+wait_http() { # port path
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "error: nothing on :$1$2" >&2; return 1
+}
+
+hw_pid=
+start_hopwarden() {
+  [ -z "$hw_pid" ] || { kill "$hw_pid" 2>/dev/null || true; wait "$hw_pid" 2>/dev/null || true; }
+  rm -f "$work/decisions.log"
+  "$hopwarden" serve --config "$work/hopwarden.yaml" >"$work/hopwarden.log" 2>&1 &
+  hw_pid=$!
+  pids+=("$hw_pid")
+  wait_http 18192 /readyz
+}
+
+declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004)
+declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004)
+declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden)
+declare -A envoy_pid=()
+start_envoy() { # setup
+  local s=$1
+  [ -z "${envoy_pid[$s]:-}" ] || { kill "${envoy_pid[$s]}" 2>/dev/null || true; wait "${envoy_pid[$s]}" 2>/dev/null || true; }
+  sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
+      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" \
+      "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
+  "$envoy" -c "$work/envoy-$s.yaml" --concurrency 1 --disable-hot-restart -l error \
+    >"$work/envoy-$s.log" 2>&1 &
+  envoy_pid[$s]=$!
+  pids+=("${envoy_pid[$s]}")
+  wait_http "${admin[$s]}" /ready
+}
+
+# wrk output -> one JSON line in raw.jsonl
+record_wrk() { # setup scenario rep outfile
+  python3 - "$@" >> "$work/raw.jsonl" <<'EOF'
+import json, re, sys
+setup, scenario, rep, path = sys.argv[1:5]
+text = open(path).read()
+def lat(p):
+    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M)
+    if not m: return None
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+errors = re.search(r"Socket errors:.*", text)
+print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": int(rep),
+  "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
+  "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None}))
+EOF
+}
+
+run_wrk() { # setup scenario rep
+  local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
+  local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+  if [ "$scenario" = reused ]; then
+    wrk "${args[@]}" -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
+  else
+    wrk "${args[@]}" -s "$work/rotate.lua" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
+  fi
+  record_wrk "$s" "$scenario" "$rep" "$out"
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s %-8s rep %d: %8.0f req/s  p50 %6.0f us  p99 %6.0f us  non-2xx %d" % (r["setup"], r["scenario"], r["rep"], r["throughput"], r["p50_us"] or -1, r["p99_us"] or -1, r["non_2xx"]))'
+}
+
+echo "== Envoy: a b c d interleaved, $REPS repetitions, ${DURATION}s each, $CONNS connections"
+start_hopwarden
+for s in a b c d; do start_envoy "$s"; done
+# Sanity: every setup allows the good token and denies a missing one.
+for s in a b c d; do
+  ok=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42")
+  no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$s]}/transactions/42")
+  echo "  $s: with token $ok, without $no"
+  [ "$ok" = 200 ] || { echo "error: setup $s refused a valid token" >&2; exit 1; }
+  [ "$s" = a ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
+done
+for scenario in reused rotating; do
+  for rep in $(seq 1 "$REPS"); do
+    for s in a b c d; do
+      if [ "$scenario" = rotating ]; then
+        # Fresh caches for every run, so each token is new to everyone.
+        [ "$s" != d ] || start_hopwarden
+        [ "$s" != c ] || start_envoy c
+      else
+        # Warm up (caches, connections) outside the measurement.
+        wrk -t1 -c"$CONNS" -d1s -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42" >/dev/null
+      fi
+      run_wrk "$s" "$scenario" "$rep"
+    done
+  done
+done
+for s in a b c d; do kill "${envoy_pid[$s]}" 2>/dev/null || true; done
+
+echo "== hopwarden alone (gRPC load generator, server CPU from /proc)"
+alone() { # label args...
+  local label=$1; shift
+  "$loadgen" run --addr 127.0.0.1:18191 --server-pid "$hw_pid" --label "$label" "$@" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="alone"; print(json.dumps(r))' >> "$work/raw.jsonl"
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"]))'
+}
+n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
+start_hopwarden
+"$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
+alone saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
+alone rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
+alone rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+start_hopwarden
+alone saturation-miss --tokens "$work/tokens.txt" --concurrency 64 --requests $((TOKENS / 4))
+start_hopwarden
+alone rate-1000-miss --tokens "$work/tokens.txt" --rate 1000 --seconds "$DURATION" --concurrency 64
+start_hopwarden
+alone rate-5000-miss --tokens "$work/tokens.txt" --rate 5000 --seconds "$DURATION" --concurrency 256
+
+echo "== memory: $MEMORY_TOKENS distinct tokens"
+start_hopwarden
+rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$hw_pid/status"; }
+idle=$(rss)
+"$loadgen" run --addr 127.0.0.1:18191 --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests 200000 >/dev/null
+full=$(rss)
+"$loadgen" run --addr 127.0.0.1:18191 --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests $((MEMORY_TOKENS - 200000)) >/dev/null
+after=$(rss)
+echo "{\"kind\":\"memory\",\"tokens\":$MEMORY_TOKENS,\"rss_idle\":$idle,\"rss_caches_full\":$full,\"rss_after\":$after}" >> "$work/raw.jsonl"
+
+python3 bench/report.py "$work/raw.jsonl" "$results" "$("$envoy" --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1)"

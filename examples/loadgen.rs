@@ -1,0 +1,291 @@
+//! Load generator for hopwarden's ext_authz gRPC API, and the token minter the
+//! benchmarks use (`bench/run.sh`).
+//!
+//! ```text
+//! loadgen mint --key KEY.pem --kid KID --alg RS256|ES256 --count N --out FILE
+//!              [--iss I] [--sub S] [--aud A] [--scope S] [--ttl-secs N]
+//! loadgen run  --addr 127.0.0.1:9191 (--token T | --tokens FILE | --fresh-es256 KEY.pem --kid K)
+//!              (--concurrency N --requests N | --rate R --seconds S [--concurrency N])
+//!              [--server-pid PID] [--label NAME]
+//! ```
+//!
+//! `run` prints one JSON line: checks, errors, throughput, latency percentiles (µs,
+//! from an HDR histogram), and with `--server-pid` the server's CPU time per check read
+//! from /proc (utime + stime, before and after). Closed loop (`--requests`) measures
+//! saturation; open loop (`--rate`) sends at a fixed rate and measures latency from
+//! each request's scheduled start, so a stalled server cannot hide its queueing
+//! (no coordinated omission).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use hdrhistogram::Histogram;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tonic::transport::Channel;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args.split_first().ok_or("usage: loadgen mint|run ...")?;
+    let opts = Opts::parse(rest)?;
+    match cmd.as_str() {
+        "mint" => mint(&opts),
+        "run" => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.num("threads", 1)? as usize)
+            .enable_all()
+            .build()?
+            .block_on(run(&opts)),
+        other => Err(format!("unknown command {other:?}").into()),
+    }
+}
+
+struct Opts(Vec<(String, String)>);
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts, Error> {
+        let mut out = Vec::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            let k = k
+                .strip_prefix("--")
+                .ok_or(format!("expected --option, got {k:?}"))?;
+            let v = it.next().ok_or(format!("--{k} needs a value"))?;
+            out.push((k.to_string(), v.clone()));
+        }
+        Ok(Opts(out))
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+    fn str(&self, k: &str, default: &str) -> String {
+        self.get(k).unwrap_or(default).to_string()
+    }
+    fn num(&self, k: &str, default: u64) -> Result<u64, Error> {
+        Ok(match self.get(k) {
+            Some(v) => v.parse().map_err(|_| format!("--{k}: not a number: {v}"))?,
+            None => default,
+        })
+    }
+}
+
+/// Mints N distinct valid tokens (distinct `jti`), one per line.
+fn mint(o: &Opts) -> Result<(), Error> {
+    let pem = std::fs::read(o.get("key").ok_or("--key is required")?)?;
+    let alg: Algorithm = o.str("alg", "RS256").parse()?;
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem)?,
+        _ => EncodingKey::from_rsa_pem(&pem)?,
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(o.str("kid", "bench"));
+    let count = o.num("count", 1)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let exp = now + o.num("ttl-secs", 3600)?;
+    let (iss, sub, aud, scope) = (
+        o.str("iss", "https://sts.hopwarden.local"),
+        o.str("sub", "spiffe://hopwarden.local/ns/payments/sa/payments"),
+        o.str("aud", "ledger"),
+        o.str("scope", "ledger.read"),
+    );
+    let mut out = String::new();
+    for n in 0..count {
+        let claims = json!({"iss": iss, "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": exp, "jti": format!("bench-{n}")});
+        out.push_str(&jsonwebtoken::encode(&header, &claims, &key)?);
+        out.push('\n');
+    }
+    std::fs::write(o.get("out").ok_or("--out is required")?, out)?;
+    Ok(())
+}
+
+fn check_request(token: &str) -> CheckRequest {
+    let headers = [("authorization".to_string(), format!("Bearer {token}"))].into();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/transactions/42".into(),
+                    host: "ledger".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("service".to_string(), "ledger".to_string())].into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Mints a distinct ES256 token per request number.
+struct FreshTokens {
+    key: EncodingKey,
+    header: Header,
+    exp: u64,
+}
+
+impl FreshTokens {
+    fn new(pem: &[u8], kid: &str) -> Result<Self, Error> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        Ok(FreshTokens {
+            key: EncodingKey::from_ec_pem(pem)?,
+            header,
+            exp: now + 3600,
+        })
+    }
+
+    fn mint(&self, n: u64) -> String {
+        let claims = json!({"iss": "https://sts.hopwarden.local", "sub": "spiffe://hopwarden.local/ns/payments/sa/payments", "aud": "ledger", "scope": "ledger.read", "exp": self.exp, "jti": format!("fresh-{n}")});
+        jsonwebtoken::encode(&self.header, &claims, &self.key).unwrap_or_default()
+    }
+}
+
+/// utime + stime of a process, in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux for every architecture this runs on.
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of a process in bytes, from /proc/PID/status.
+fn rss_bytes(pid: u64) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn run(o: &Opts) -> Result<(), Error> {
+    let addr = o.str("addr", "127.0.0.1:9191");
+    // With --fresh-es256, every check carries a token minted just for it (distinct
+    // `jti`): for memory tests with more distinct tokens than fit in a file.
+    let fresh = match o.get("fresh-es256") {
+        Some(path) => Some(Arc::new(FreshTokens::new(
+            &std::fs::read(path)?,
+            &o.str("kid", "bench-ec"),
+        )?)),
+        None => None,
+    };
+    let tokens: Arc<Vec<CheckRequest>> = Arc::new(match (o.get("token"), o.get("tokens")) {
+        (Some(t), _) => vec![check_request(t)],
+        (None, Some(file)) => std::fs::read_to_string(file)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(check_request)
+            .collect(),
+        _ if fresh.is_some() => Vec::new(),
+        _ => return Err("--token, --tokens or --fresh-es256 is required".into()),
+    });
+    let concurrency = o.num("concurrency", 32)?;
+    let channels = o.num("connections", 4)?;
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        clients.push(AuthorizationClient::new(channel));
+    }
+    let pid = o.get("server-pid").map(str::parse::<u64>).transpose()?;
+    let cpu_before = pid.and_then(cpu_seconds);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let rate = o.num("rate", 0)?;
+    if rate == 0 {
+        // Closed loop: `concurrency` workers, `requests` checks in all.
+        let total = o.num("requests", 100_000)?;
+        for w in 0..concurrency {
+            let mut client = clients[w as usize % clients.len()].clone();
+            let (tokens, next, errors) = (tokens.clone(), next.clone(), errors.clone());
+            let fresh = fresh.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return hist;
+                    }
+                    let req = match &fresh {
+                        Some(f) => check_request(&f.mint(n)),
+                        None => tokens[(n % tokens.len() as u64) as usize].clone(),
+                    };
+                    let t = Instant::now();
+                    if client.check(req).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = hist.record(t.elapsed().as_micros() as u64);
+                }
+            }));
+        }
+    } else {
+        // Open loop: request n is due at start + n/rate, whether or not earlier ones
+        // have returned; latency counts from that due time.
+        let seconds = o.num("seconds", 10)?;
+        let total = rate * seconds;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let base = Instant::now();
+        for w in 0..concurrency {
+            let mut client = clients[w as usize % clients.len()].clone();
+            let (tokens, next, errors) = (tokens.clone(), next.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return hist;
+                    }
+                    let due = base + interval * n as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                    let req = tokens[(n % tokens.len() as u64) as usize].clone();
+                    if client.check(req).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = hist.record(due.elapsed().as_micros() as u64);
+                }
+            }));
+        }
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let checks = hist.len();
+    let cpu = match (pid.and_then(cpu_seconds), cpu_before) {
+        (Some(after), Some(before)) => Some((after - before) / checks.max(1) as f64 * 1e6),
+        _ => None,
+    };
+    let result = json!({
+        "label": o.str("label", ""),
+        "checks": checks,
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed,
+        "throughput": checks as f64 / elapsed,
+        "p50_us": hist.value_at_quantile(0.50),
+        "p90_us": hist.value_at_quantile(0.90),
+        "p99_us": hist.value_at_quantile(0.99),
+        "max_us": hist.max(),
+        "server_cpu_us_per_check": cpu,
+        "server_rss_bytes": pid.and_then(rss_bytes),
+    });
+    println!("{result}");
+    Ok(())
+}

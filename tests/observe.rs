@@ -1,0 +1,231 @@
+//! What an operator sees: Prometheus metrics and health over the admin port, and the
+//! decision log, after real checks against the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The value of one sample line (`name{labels} value`) in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_and_health_over_http() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let admin = s.handle.admin_addr.expect("admin enabled");
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(get(admin, "/nope").await.0, 404);
+
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    for _ in 0..3 {
+        assert_eq!(
+            s.check(Check::new("ledger", "GET", "/transactions/42").bearer(&t))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/transactions/42"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        s.check(Check::new("ledger", "POST", "/refunds").bearer(&t))
+            .await
+            .status,
+        403
+    );
+    let stranger = token("some-random-subject", "ledger", "");
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/x").bearer(&stranger))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        s.check(Check::new("payroll", "GET", "/x").bearer(&t))
+            .await
+            .status,
+        403
+    );
+
+    let (code, page) = get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    let cases: &[(&str, f64)] = &[
+        (
+            r#"hopwarden_checks_total{service="ledger",decision="allow",reason="none"}"#,
+            3.0,
+        ),
+        (
+            r#"hopwarden_checks_total{service="ledger",decision="deny",reason="missing_credential"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_checks_total{service="ledger",decision="deny",reason="deny_rule"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_checks_total{service="ledger",decision="deny",reason="no_matching_rule"}"#,
+            1.0,
+        ),
+        // An unknown service is not a label value of its own: bounded cardinality.
+        (
+            r#"hopwarden_checks_total{service="unknown",decision="deny",reason="no_policy"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_calls_total{principal="spiffe://hopwarden.local/ns/payments/sa/payments",service="ledger",decision="allow"}"#,
+            3.0,
+        ),
+        (
+            r#"hopwarden_calls_total{principal="other",service="ledger",decision="deny"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_cache_requests_total{cache="decision",result="hit"}"#,
+            2.0,
+        ),
+        (
+            r#"hopwarden_jwks_fetches_total{issuer="https://sts.test.local",result="ok"}"#,
+            1.0,
+        ),
+        ("hopwarden_policy_generation", 1.0),
+        ("hopwarden_check_duration_seconds_count", 7.0),
+    ];
+    for (series, want) in cases {
+        assert_eq!(sample(&page, series), Some(*want), "{series}\n{page}");
+    }
+    assert!(
+        !page.contains("some-random-subject"),
+        "unnamed principals must not become labels"
+    );
+    assert!(!page.contains("payroll"));
+    assert!(!page.contains(&t[..30]));
+
+    // A reload shows up as a result and a new generation.
+    d.write_policy("ledger.yaml", "service: ledger\nrules: []\n");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sample(
+                &get(admin, "/metrics").await.1,
+                "hopwarden_policy_generation",
+            ) == Some(2.0)
+        })
+        .await
+    );
+    let page = get(admin, "/metrics").await.1;
+    assert_eq!(
+        sample(&page, r#"hopwarden_policy_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
+
+    // Not ready while shutting down.
+    let handle = s.handle;
+    let shutdown = tokio::spawn(handle.shutdown());
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            reqwest::get(format!("http://{admin}/readyz"))
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(503)
+                == 503
+        })
+        .await
+    );
+    shutdown.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn decision_log_lines_field_by_field() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    let allowed = Check::new("ledger", "GET", "/transactions/42?secret=query")
+        .bearer(&t)
+        .peer(RECONCILER)
+        .header("x-request-id", "req-1")
+        .header("cookie", "session=c00kie");
+    assert_eq!(s.check(allowed).await.status, 200);
+    let mut expired = claims(PAYMENTS, "ledger", "ledger.read");
+    expired["exp"] = json!(now() - 10);
+    let expired = key().sign(&expired);
+    let denied = Check::new("ledger", "GET", "/transactions/42")
+        .bearer(&expired)
+        .header("x-request-id", "req-2");
+    assert_eq!(s.check(denied).await.status, 401);
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/a/../b").header("x-request-id", "req-3"))
+            .await
+            .status,
+        403
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 3
+        })
+        .await,
+        "{:?}",
+        d.decisions()
+    );
+    let lines = d.decisions();
+    let a = &lines[0];
+    assert!(a["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(a["request_id"], "req-1");
+    assert_eq!(a["service"], "ledger");
+    assert_eq!(a["hop"], "mesh");
+    assert_eq!(a["principal"], PAYMENTS);
+    assert_eq!(a["kind"], "service");
+    assert_eq!(a["peer"], RECONCILER);
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/transactions/42");
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["rule"], "payments-read-transactions");
+    assert_eq!(a["reason"], serde_json::Value::Null);
+    assert_eq!(a["cached"], false);
+    assert!(a["latency_us"].as_u64().is_some());
+
+    let b = &lines[1];
+    assert_eq!(
+        (b["decision"].as_str(), b["status"].as_u64()),
+        (Some("deny"), Some(401))
+    );
+    assert_eq!(
+        (b["reason"].as_str(), b["detail"].as_str()),
+        (Some("invalid_token"), Some("expired"))
+    );
+    let c = &lines[2];
+    assert_eq!(
+        (c["reason"].as_str(), c["path"].as_str()),
+        (Some("bad_request"), Some("<non-canonical>"))
+    );
+
+    let text = std::fs::read_to_string(d.path().join("decisions.log")).unwrap();
+    for secret in [&t[..40], &expired[..40], "c00kie", "secret=query", "Bearer"] {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} leaked into the decision log"
+        );
+    }
+}
