@@ -52,7 +52,9 @@ impl Opts {
         let mut out = Vec::new();
         let mut it = args.iter();
         while let Some(k) = it.next() {
-            let k = k.strip_prefix("--").ok_or(format!("expected --option, got {k:?}"))?;
+            let k = k
+                .strip_prefix("--")
+                .ok_or(format!("expected --option, got {k:?}"))?;
             let v = it.next().ok_or(format!("--{k} needs a value"))?;
             out.push((k.to_string(), v.clone()));
         }
@@ -83,7 +85,9 @@ fn mint(o: &Opts) -> Result<(), Error> {
     let mut header = Header::new(alg);
     header.kid = Some(o.str("kid", "bench"));
     let count = o.num("count", 1)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let exp = now + o.num("ttl-secs", 3600)?;
     let (iss, sub, aud, scope) = (
         o.str("iss", "https://sts.hopwarden.local"),
@@ -132,8 +136,14 @@ impl FreshTokens {
     fn new(pem: &[u8], kid: &str) -> Result<Self, Error> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.to_string());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        Ok(FreshTokens { key: EncodingKey::from_ec_pem(pem)?, header, exp: now + 3600 })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        Ok(FreshTokens {
+            key: EncodingKey::from_ec_pem(pem)?,
+            header,
+            exp: now + 3600,
+        })
     }
 
     fn mint(&self, n: u64) -> String {
@@ -167,7 +177,10 @@ async fn run(o: &Opts) -> Result<(), Error> {
     // With --fresh-es256, every check carries a token minted just for it (distinct
     // `jti`): for memory tests with more distinct tokens than fit in a file.
     let fresh = match o.get("fresh-es256") {
-        Some(path) => Some(Arc::new(FreshTokens::new(&std::fs::read(path)?, &o.str("kid", "bench-ec"))?)),
+        Some(path) => Some(Arc::new(FreshTokens::new(
+            &std::fs::read(path)?,
+            &o.str("kid", "bench-ec"),
+        )?)),
         None => None,
     };
     let tokens: Arc<Vec<CheckRequest>> = Arc::new(match (o.get("token"), o.get("tokens")) {
@@ -184,7 +197,9 @@ async fn run(o: &Opts) -> Result<(), Error> {
     let channels = o.num("connections", 4)?;
     let mut clients = Vec::new();
     for _ in 0..channels {
-        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
         clients.push(AuthorizationClient::new(channel));
     }
     let pid = o.get("server-pid").map(str::parse::<u64>).transpose()?;

@@ -36,5 +36,6 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build (binary and examples: the end-to-end tests run them)"
 cargo build --locked --bins --examples
+cargo run --quiet --locked -- test policies
 echo "== cargo test"
 cargo test --all-targets --locked

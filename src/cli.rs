@@ -1,4 +1,5 @@
-//! The command line: `serve` and `validate`.
+//! The command line: `serve`, `validate`, `token`, and the offline tools `test`,
+//! `explain` and `review`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,23 @@ pub enum Command {
     },
     /// Mint a development token signed with the built-in dev key (local testing only).
     Token(TokenArgs),
+    /// Run the policy test suites (`*_test.yaml`) beside the policies.
+    Test {
+        /// The directory holding policies and suites; default: the config's `policies`.
+        dir: Option<PathBuf>,
+        /// The server config file (read only when DIR is not given).
+        #[arg(
+            long,
+            short,
+            env = "HOPWARDEN_CONFIG",
+            default_value = "hopwarden.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Explain the decision for one request: credentials, each rule, the answer.
+    Explain(crate::explain::ExplainArgs),
+    /// The access matrix: who may do what on each service, with over-broad grants flagged.
+    Review(crate::review::ReviewArgs),
 }
 
 /// Loads the config, printing every error with its location.
@@ -119,6 +137,97 @@ pub fn validate(path: &Path) -> ExitCode {
         rules
     );
     ExitCode::SUCCESS
+}
+
+/// `hopwarden test [DIR]`: exit 0 when every case passes and every suite loads.
+pub fn test(dir: Option<&Path>, config: &Path) -> ExitCode {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => match load_config(config) {
+            Ok(c) => c.spec.policies,
+            Err(code) => return code,
+        },
+    };
+    let policies = match PolicySet::load_dir(&dir) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match crate::suite::Report::run_dir(&dir, &policies) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: cannot read directory: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if report.files.is_empty() {
+        eprintln!(
+            "error: {}: no policy test suites (*_test.yaml)",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut failures = Vec::new();
+    for (path, result) in &report.files {
+        match result {
+            Ok(cases) => {
+                println!(
+                    "running {} case{} from {} (dry-run modes ignored: every rule is checked as enforced)",
+                    cases.len(),
+                    if cases.len() == 1 { "" } else { "s" },
+                    path.display()
+                );
+                for case in cases {
+                    let status = if case.failure.is_some() {
+                        "FAILED"
+                    } else {
+                        "ok"
+                    };
+                    println!("case {} ... {status}", case.name);
+                    if let Some(why) = &case.failure {
+                        failures.push((path, &case.name, why));
+                    }
+                }
+            }
+            Err(errors) => {
+                println!("error loading {}", path.display());
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+        println!();
+    }
+    if !failures.is_empty() {
+        println!("failures:");
+        for (path, name, why) in &failures {
+            println!("---- {}: {name} ----", path.display());
+            println!("{why}");
+            println!();
+        }
+    }
+    let unexercised = report.unexercised(&policies);
+    if !unexercised.is_empty() {
+        println!(
+            "warning: {} rule(s) not exercised by any case:",
+            unexercised.len()
+        );
+        for (service, rule) in &unexercised {
+            println!("  {service}: {rule}");
+        }
+        println!();
+    }
+    let (passed, failed) = report.counts();
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || report.has_load_errors() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `hopwarden token` arguments.

@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => cli::validate(&config),
         Command::Token(args) => cli::token(&args),
+        Command::Test { dir, config } => cli::test(dir.as_deref(), &config),
+        Command::Explain(args) => hopwarden::explain::run(&args),
+        Command::Review(args) => hopwarden::review::run(&args),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-use super::spec::{ClauseSpec, Effect, FromSpec, PolicySpec, RuleSpec, WhenSpec};
+use super::spec::{ClauseSpec, Effect, FromSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 use super::PolicyError;
 use crate::principal::PrincipalKind;
 use crate::request::Hop;
@@ -20,6 +20,8 @@ use crate::yaml::{self, Location};
 pub struct ServicePolicy {
     pub(super) service: String,
     pub(super) audiences: Vec<String>,
+    /// The policy-level `mode`.
+    pub(super) mode: Mode,
     /// Deny rules in file order: any match denies.
     pub(super) deny: Vec<Rule>,
     /// Allow rules in file order: the first full match allows.
@@ -48,6 +50,17 @@ impl ServicePolicy {
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.deny.iter().chain(self.allow.iter())
     }
+
+    /// Whether the whole policy is in `mode: dry-run`: the engine then turns a final
+    /// denial into an allow marked with `x-hopwarden-dry-run`.
+    pub fn is_dry_run(&self) -> bool {
+        self.mode == Mode::DryRun
+    }
+
+    /// The policy-level mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
 }
 
 /// One compiled rule.
@@ -56,6 +69,8 @@ pub struct Rule {
     pub(super) id: Arc<str>,
     pub(super) description: Option<String>,
     pub(super) effect: Effect,
+    /// `DryRun` only on deny rules (checked at compile time).
+    pub(super) mode: Mode,
     pub(super) from: FromClause,
     /// `None`: any action; otherwise any clause must match.
     pub(super) to: Option<Vec<ActionClause>>,
@@ -72,6 +87,26 @@ impl Rule {
     /// Allow or deny.
     pub fn effect(&self) -> Effect {
         self.effect
+    }
+
+    /// Enforced, or (deny rules only) dry-run.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Who the rule is about.
+    pub fn from(&self) -> &FromClause {
+        &self.from
+    }
+
+    /// The actions it covers; `None` means every action.
+    pub fn to(&self) -> Option<&[ActionClause]> {
+        self.to.as_deref()
+    }
+
+    /// Its `when` conditions.
+    pub fn when(&self) -> &When {
+        &self.when
     }
 
     /// Scopes an allow rule requires (all of them).
@@ -300,6 +335,7 @@ impl<'a> FileContext<'a> {
         ServicePolicy {
             service: spec.service,
             audiences,
+            mode: spec.mode,
             deny,
             allow,
             header_inputs,
@@ -333,6 +369,13 @@ impl<'a> FileContext<'a> {
         let anonymous = matches!(from, FromClause::Anonymous);
         let deny = spec.effect == Effect::Deny;
         let to = spec.to.map(|clauses| self.to(index, &id, clauses, deny));
+        if spec.mode == Mode::DryRun && spec.effect == Effect::Allow {
+            let at = self.key_in(index, "mode");
+            let message = format!(
+                "rule {id:?}: `mode: dry-run` is only for deny rules; to trial allow rules, put the whole policy in dry-run (`mode: dry-run` at the top of the file)"
+            );
+            self.error(at, message);
+        }
         let scopes = spec.scopes.unwrap_or_default();
         if !scopes.is_empty() && spec.effect == Effect::Deny {
             let at = self.key_in(index, "scopes");
@@ -364,6 +407,7 @@ impl<'a> FileContext<'a> {
             id: id.into(),
             description: spec.description,
             effect: spec.effect,
+            mode: spec.mode,
             from,
             to,
             scopes,

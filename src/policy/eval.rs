@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::compile::{ActionClause, Callers, FromClause, Rule, ServicePolicy, When};
-use super::spec::Effect;
+use super::spec::{Effect, Mode};
 use crate::principal::Principal;
 use crate::request::{Action, Hop};
 
@@ -48,56 +48,156 @@ pub enum Evaluation {
     NoMatch,
 }
 
+/// [`ServicePolicy::evaluate_traced`]'s answer: the evaluation and any dry-run
+/// deny rule that matched on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// What the enforced rules decided.
+    pub evaluation: Evaluation,
+    /// The first `mode: dry-run` deny rule that matched, when no enforced deny rule
+    /// did: the request would have been denied by it.
+    pub would_deny: Option<Arc<str>>,
+}
+
+/// Whether `mode: dry-run` on rules is honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Enforcement {
+    /// As written: a dry-run deny rule never denies (what the server does).
+    AsWritten,
+    /// Every rule as if enforced (what `hopwarden test` checks).
+    AllEnforced,
+}
+
+/// What happened to one rule during an evaluation, in evaluation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleOutcome {
+    /// `from`, `to`, `when` (and for allow rules, scopes) matched: the rule decided.
+    Matched,
+    /// A dry-run deny rule matched; evaluation went on as if it had not.
+    WouldDeny,
+    /// An allow rule matched in everything but its scopes; evaluation went on.
+    MissingScopes,
+    /// Some condition did not hold.
+    NotMatched,
+    /// Not looked at: an earlier rule decided.
+    NotEvaluated,
+}
+
+/// Sees each rule as evaluation reaches it. The no-op `()` observer compiles away,
+/// so `evaluate` and `explain` share one implementation of the evaluation order.
+pub(super) trait Observer<'p> {
+    fn rule(&mut self, rule: &'p Rule, outcome: RuleOutcome);
+}
+
+impl Observer<'_> for () {
+    #[inline(always)]
+    fn rule(&mut self, _: &Rule, _: RuleOutcome) {}
+}
+
 impl ServicePolicy {
-    /// Evaluates the rules against one request.
+    /// Evaluates the rules against one request, as the server enforces them:
+    /// `mode: dry-run` deny rules never deny.
     pub fn evaluate(&self, input: &EvalInput<'_>) -> Evaluation {
+        self.run(input, Enforcement::AsWritten, &mut ()).evaluation
+    }
+
+    /// Like [`ServicePolicy::evaluate`], also naming the dry-run deny rule that would
+    /// have denied. Allocation-free, like `evaluate`.
+    pub fn evaluate_traced(&self, input: &EvalInput<'_>) -> Verdict {
+        self.run(input, Enforcement::AsWritten, &mut ())
+    }
+
+    /// Evaluates as if every rule were `mode: enforce` (what policy tests check, so a
+    /// suite keeps holding when a dry-run rule is switched on).
+    pub fn evaluate_enforced(&self, input: &EvalInput<'_>) -> Evaluation {
+        self.run(input, Enforcement::AllEnforced, &mut ())
+            .evaluation
+    }
+
+    /// The one implementation of the evaluation order.
+    pub(super) fn run<'p, O: Observer<'p>>(
+        &'p self,
+        input: &EvalInput<'_>,
+        enforcement: Enforcement,
+        observer: &mut O,
+    ) -> Verdict {
         // DESIGN.md, Policies: "Default deny. Deny rules win over allow rules."
         // and the request path: "deny rules, then allow rules, else default deny".
+        let mut would_deny: Option<Arc<str>> = None;
+        let verdict = |evaluation, would_deny| Verdict {
+            evaluation,
+            would_deny,
+        };
 
-        // 1. Any deny rule that matches denies, whatever the allow rules say.
-        if let Some(rule) = self.deny.iter().find(|r| r.matches_except_scopes(input)) {
-            return Evaluation::Deny {
+        // 1. Any enforced deny rule that matches denies, whatever the allow rules say;
+        //    a dry-run one is noted and passed over.
+        for rule in &self.deny {
+            if !rule.matches_except_scopes(input) {
+                observer.rule(rule, RuleOutcome::NotMatched);
+                continue;
+            }
+            if rule.mode == Mode::DryRun && enforcement == Enforcement::AsWritten {
+                observer.rule(rule, RuleOutcome::WouldDeny);
+                would_deny.get_or_insert_with(|| rule.id.clone());
+                continue;
+            }
+            observer.rule(rule, RuleOutcome::Matched);
+            let evaluation = Evaluation::Deny {
                 rule: rule.id.clone(),
             };
+            return verdict(evaluation, None);
         }
         // 2. The first allow rule that matches, scopes included, allows.
         let mut short_of_scopes: Option<&Rule> = None;
-        for rule in self.allow.iter().filter(|r| r.matches_except_scopes(input)) {
+        for rule in &self.allow {
+            if !rule.matches_except_scopes(input) {
+                observer.rule(rule, RuleOutcome::NotMatched);
+                continue;
+            }
             let held = match input.principal {
                 Some(p) => p.has_scopes(&rule.scopes),
                 None => rule.scopes.is_empty(),
             };
             if held {
-                return Evaluation::Allow {
+                observer.rule(rule, RuleOutcome::Matched);
+                let evaluation = Evaluation::Allow {
                     rule: rule.id.clone(),
                 };
+                return verdict(evaluation, would_deny);
             }
+            observer.rule(rule, RuleOutcome::MissingScopes);
             short_of_scopes.get_or_insert(rule);
         }
         // 3. A caller with a token that lacks scopes gets `insufficient_scope`;
         //    without a token there is nothing to add scopes to, so plain no-match.
         if let (Some(rule), Some(p)) = (short_of_scopes, input.principal) {
             if p.has_token() {
-                return Evaluation::InsufficientScope {
+                let evaluation = Evaluation::InsufficientScope {
                     rule: rule.id.clone(),
                     required: rule.scopes.clone(),
                 };
+                return verdict(evaluation, would_deny);
             }
         }
         // 4. Default deny.
-        Evaluation::NoMatch
+        verdict(Evaluation::NoMatch, would_deny)
     }
 }
 
 impl Rule {
     /// Whether `from`, `to` and `when` all match.
-    fn matches_except_scopes(&self, input: &EvalInput<'_>) -> bool {
+    pub(super) fn matches_except_scopes(&self, input: &EvalInput<'_>) -> bool {
         self.from.matches(self.effect, input.principal)
-            && self
-                .to
-                .as_ref()
-                .is_none_or(|clauses| clauses.iter().any(|c| c.matches(input.action)))
+            && self.to_matches(input.action)
             && self.when.matches(input)
+    }
+
+    /// Whether any `to` clause matches (or there is no `to`).
+    pub(super) fn to_matches(&self, action: &Action) -> bool {
+        self.to
+            .as_ref()
+            .is_none_or(|clauses| clauses.iter().any(|c| c.matches(action)))
     }
 }
 
@@ -119,60 +219,91 @@ impl FromClause {
 impl Callers {
     /// Each named field must match; within a list, any entry.
     pub fn matches(&self, p: &Principal) -> bool {
+        self.principal_ok(p) && self.peer_ok(p) && self.kind_ok(p) && self.issuer_ok(p)
+    }
+
+    pub(super) fn principal_ok(&self, p: &Principal) -> bool {
         self.principals
             .as_ref()
             .is_none_or(|list| list.iter().any(|pat| pat.matches(&p.id)))
-            && self.peers.as_ref().is_none_or(|list| {
-                p.peer
-                    .as_ref()
-                    .is_some_and(|peer| list.iter().any(|pat| pat.matches(peer.as_str())))
-            })
-            && self
-                .kinds
+    }
+
+    pub(super) fn peer_ok(&self, p: &Principal) -> bool {
+        self.peers.as_ref().is_none_or(|list| {
+            p.peer
                 .as_ref()
-                .is_none_or(|list| list.contains(&p.kind))
-            && self.issuers.as_ref().is_none_or(|list| {
-                p.issuer
-                    .as_ref()
-                    .is_some_and(|iss| list.iter().any(|i| i == iss))
-            })
+                .is_some_and(|peer| list.iter().any(|pat| pat.matches(peer.as_str())))
+        })
+    }
+
+    pub(super) fn kind_ok(&self, p: &Principal) -> bool {
+        self.kinds
+            .as_ref()
+            .is_none_or(|list| list.contains(&p.kind))
+    }
+
+    pub(super) fn issuer_ok(&self, p: &Principal) -> bool {
+        self.issuers.as_ref().is_none_or(|list| {
+            p.issuer
+                .as_ref()
+                .is_some_and(|iss| list.iter().any(|i| i == iss))
+        })
     }
 }
 
 impl ActionClause {
     /// Methods (if named) and a path or gRPC pattern (if any are named).
     pub fn matches(&self, action: &Action) -> bool {
-        let method = self
-            .methods
+        self.method_ok(action) && self.target_ok(action)
+    }
+
+    pub(super) fn method_ok(&self, action: &Action) -> bool {
+        self.methods
             .as_ref()
-            .is_none_or(|m| m.contains(&action.method));
-        let target = (self.paths.is_empty() && self.grpc.is_empty())
+            .is_none_or(|m| m.contains(&action.method))
+    }
+
+    pub(super) fn target_ok(&self, action: &Action) -> bool {
+        (self.paths.is_empty() && self.grpc.is_empty())
             || self.paths.iter().any(|p| p.matches(&action.path))
             || action
                 .grpc
                 .as_deref()
-                .is_some_and(|g| self.grpc.iter().any(|p| p.matches(g)));
-        method && target
+                .is_some_and(|g| self.grpc.iter().any(|p| p.matches(g)))
     }
 }
 
 impl When {
     /// Hop, headers and claims, each if named.
     pub fn matches(&self, input: &EvalInput<'_>) -> bool {
-        self.hop.is_none_or(|hop| hop == input.hop)
-            && self.headers.iter().all(|(name, values)| {
-                input
-                    .headers
-                    .get(name)
-                    .is_some_and(|v| values.iter().any(|want| want == v))
-            })
+        self.hop_ok(input.hop)
+            && self
+                .headers
+                .iter()
+                .all(|(name, values)| header_ok(name, values, input.headers))
             && (self.claims.is_empty()
                 || input.principal.is_some_and(|p| {
-                    self.claims.iter().all(|(name, values)| {
-                        p.claims.get(name).is_some_and(|v| claim_matches(v, values))
-                    })
+                    self.claims
+                        .iter()
+                        .all(|(name, values)| claim_ok(name, values, p))
                 }))
     }
+
+    pub(super) fn hop_ok(&self, hop: Hop) -> bool {
+        self.hop.is_none_or(|want| want == hop)
+    }
+}
+
+/// Whether header `name` holds one of `values` exactly.
+pub(super) fn header_ok(name: &str, values: &[String], headers: &HashMap<String, String>) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| values.iter().any(|want| want == v))
+}
+
+/// Whether claim `name` matches one of `values`.
+pub(super) fn claim_ok(name: &str, values: &[String], p: &Principal) -> bool {
+    p.claims.get(name).is_some_and(|v| claim_matches(v, values))
 }
 
 /// A claim matches when it is a string equal to a wanted value, an array holding
@@ -492,5 +623,83 @@ rules:
         let g = http("GET", "/g");
         assert_eq!(eval(&p, Some(&me), Hop::Gateway, &g), allow("gateway"));
         assert_eq!(eval(&p, Some(&me), Hop::Mesh, &g), NO);
+    }
+
+    #[test]
+    fn dry_run_deny_rules_record_instead_of_denying() {
+        let p = policy(
+            "service: t
+rules:
+  - {id: trial-no-b, effect: deny, mode: dry-run, to: [{paths: [/b/**]}]}
+  - {id: trial-no-c, effect: deny, mode: dry-run, to: [{paths: [/c]}]}
+  - {id: no-c, effect: deny, to: [{paths: [/c]}]}
+  - {id: trial-no-c2, effect: deny, mode: dry-run, to: [{paths: [/c]}]}
+  - {id: trial-everything, effect: deny, mode: dry-run, to: [{paths: [/d]}]}
+  - {id: all, to: [{paths: [/**]}], scopes: [t.x]}
+",
+        );
+        assert!(!p.is_dry_run());
+        let me = token("me", &["t.x"]);
+        let bare = token("me", &[]);
+        let would = |e: Evaluation, r: Option<&str>| Verdict {
+            evaluation: e,
+            would_deny: r.map(Into::into),
+        };
+        let cases: &[(&Principal, &str, Verdict, Evaluation)] = &[
+            // Matched a dry-run deny rule: allowed, and the would-deny is recorded.
+            (
+                &me,
+                "/b/1",
+                would(allow("all"), Some("trial-no-b")),
+                deny("trial-no-b"),
+            ),
+            // No dry-run rule matched: nothing recorded.
+            (&me, "/a", would(allow("all"), None), allow("all")),
+            // An enforced deny rule still denies; the would-deny is not reported then.
+            (&me, "/c", would(deny("no-c"), None), deny("trial-no-c")),
+            // Other denials keep the would-deny.
+            (
+                &bare,
+                "/d",
+                would(short("all", &["t.x"]), Some("trial-everything")),
+                deny("trial-everything"),
+            ),
+        ];
+        for (who, path, traced, enforced) in cases {
+            let headers = HashMap::new();
+            let action = http("GET", path);
+            let input = EvalInput {
+                principal: Some(who),
+                hop: Hop::Mesh,
+                action: &action,
+                headers: &headers,
+            };
+            assert_eq!(p.evaluate_traced(&input), *traced, "{path}");
+            assert_eq!(p.evaluate(&input), traced.evaluation, "{path}");
+            // Policy tests check what would be enforced with every rule switched on.
+            assert_eq!(p.evaluate_enforced(&input), *enforced, "{path}");
+        }
+    }
+
+    #[test]
+    fn dry_run_policy_is_flagged_not_applied_here() {
+        let p = policy(
+            "service: t
+mode: dry-run
+rules:
+  - {id: a, to: [{paths: [/a]}]}
+",
+        );
+        assert!(p.is_dry_run());
+        assert_eq!(p.mode(), Mode::DryRun);
+        // The policy evaluates as usual; turning a denial into an allow is the engine's job.
+        let me = token("me", &[]);
+        assert_eq!(eval(&p, Some(&me), Hop::Mesh, &http("GET", "/b")), NO);
+        assert_eq!(
+            eval(&p, Some(&me), Hop::Mesh, &http("GET", "/a")),
+            allow("a")
+        );
+        assert!(!policy("service: t\nmode: enforce\n").is_dry_run());
+        assert!(!policy("service: t\n").is_dry_run());
     }
 }

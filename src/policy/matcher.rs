@@ -150,6 +150,63 @@ impl PathPattern {
     }
 }
 
+impl PathPattern {
+    /// Whether the pattern uses `*` or `**` (a `{param}` is one named segment and
+    /// is not counted: it is how one resource is addressed).
+    pub fn has_wildcard(&self) -> bool {
+        self.raw.contains('*')
+    }
+
+    /// Whether every path `other` matches, `self` matches too.
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        let (mut a, mut b) = (self.segments.iter(), other.segments.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (Some(Segment::Rest), _) => return true,
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(_), Some(Segment::Rest)) => return false,
+                (Some(Segment::One), Some(_)) => {}
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) => {
+                    let same = if self.ignore_case {
+                        x.eq_ignore_ascii_case(y)
+                    } else {
+                        x == y && !other.ignore_case
+                    };
+                    if !same {
+                        return false;
+                    }
+                }
+                (Some(Segment::Literal(_)), Some(Segment::One)) => return false,
+            }
+        }
+    }
+
+    /// Whether some path matches both patterns.
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        let fold = self.ignore_case || other.ignore_case;
+        let (mut a, mut b) = (self.segments.iter(), other.segments.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (Some(Segment::Rest), _) | (_, Some(Segment::Rest)) => return true,
+                (None, None) => return true,
+                (None, Some(_)) | (Some(_), None) => return false,
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) => {
+                    let same = if fold {
+                        x.eq_ignore_ascii_case(y)
+                    } else {
+                        x == y
+                    };
+                    if !same {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -202,6 +259,39 @@ impl GrpcPattern {
                 Some(m) => **m == *method,
                 None => !method.is_empty() && !method.contains('/'),
             }
+    }
+}
+
+impl GrpcPattern {
+    /// Whether every method `other` matches, `self` matches too.
+    pub fn covers(&self, other: &GrpcPattern) -> bool {
+        self.service == other.service
+            && match (&self.method, &other.method) {
+                (None, _) => true,
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Whether some method matches both patterns.
+    pub fn overlaps(&self, other: &GrpcPattern) -> bool {
+        self.service == other.service
+            && match (&self.method, &other.method) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
+    /// Whether the pattern is `Service/*`.
+    pub fn has_wildcard(&self) -> bool {
+        self.method.is_none()
+    }
+}
+
+impl fmt::Display for GrpcPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let method = self.method.as_deref().unwrap_or("*");
+        write!(f, "{}/{method}", self.service)
     }
 }
 
@@ -273,6 +363,53 @@ impl IdPattern {
         })
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether the pattern is `*` or a glob.
+    pub fn has_wildcard(&self) -> bool {
+        self.kind != IdKind::Exact
+    }
+
+    /// Whether every id `other` matches, `self` matches too.
+    pub fn covers(&self, other: &IdPattern) -> bool {
+        match (self.kind, other.kind) {
+            (IdKind::Any, _) => true,
+            (_, IdKind::Any) => false,
+            (_, IdKind::Exact) => self.matches(&other.raw),
+            (IdKind::Exact, IdKind::Glob) => false,
+            // A `*` segment covers a `*` segment; a literal covers only itself.
+            (IdKind::Glob, IdKind::Glob) => {
+                let (a, b): (Vec<&str>, Vec<&str>) = (
+                    self.raw.split('/').collect(),
+                    other.raw.split('/').collect(),
+                );
+                a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| *x == "*" || x == y)
+            }
+        }
+    }
+
+    /// Whether some id matches both patterns.
+    pub fn overlaps(&self, other: &IdPattern) -> bool {
+        match (self.kind, other.kind) {
+            (IdKind::Any, _) | (_, IdKind::Any) => true,
+            (IdKind::Exact, _) => other.matches(&self.raw),
+            (_, IdKind::Exact) => self.matches(&other.raw),
+            (IdKind::Glob, IdKind::Glob) => {
+                let (a, b): (Vec<&str>, Vec<&str>) = (
+                    self.raw.split('/').collect(),
+                    other.raw.split('/').collect(),
+                );
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(&b)
+                        .all(|(x, y)| *x == "*" || *y == "*" || x == y)
+            }
+        }
+    }
+
     /// Whether `id` matches.
     /// The id itself, when the pattern has no wildcard.
     pub fn exact(&self) -> Option<&str> {
@@ -296,6 +433,12 @@ impl IdPattern {
                 }
             }
         }
+    }
+}
+
+impl fmt::Display for IdPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
     }
 }
 
@@ -529,5 +672,55 @@ mod tests {
             assert_eq!(err.unwrap_err().to_string(), *want, "{pattern:?}");
         }
         assert!(IdPattern::peer("*").is_ok());
+    }
+
+    #[test]
+    fn pattern_relations() {
+        let p = |raw: &str| PathPattern::parse(raw).unwrap();
+        // (a, b, a covers b, a overlaps b)
+        let cases: &[(&str, &str, bool, bool)] = &[
+            ("/**", "/a/{id}", true, true),
+            ("/a/**", "/a", true, true),
+            ("/a/**", "/b/**", false, false),
+            ("/a/*", "/a/{id}", true, true),
+            ("/a/{id}", "/a/**", false, true),
+            ("/a/x", "/a/{id}", false, true),
+            ("/a/x", "/a/y", false, false),
+            ("/a", "/a/b", false, false),
+            ("/", "/**", false, true),
+        ];
+        for (a, b, covers, overlaps) in cases {
+            assert_eq!(p(a).covers(&p(b)), *covers, "{a} covers {b}");
+            assert_eq!(p(a).overlaps(&p(b)), *overlaps, "{a} overlaps {b}");
+        }
+        assert!(p("/admin/**").ignoring_case().covers(&p("/ADMIN/x")));
+        assert!(!p("/admin/**").covers(&p("/ADMIN/x")));
+        let id = |raw: &str| IdPattern::principal(raw).unwrap();
+        let cases: &[(&str, &str, bool, bool)] = &[
+            ("*", "a", true, true),
+            ("a", "*", false, true),
+            ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/n/sa/x", true, true),
+            (
+                "spiffe://td/ns/*/sa/x",
+                "spiffe://td/ns/*/sa/*",
+                false,
+                true,
+            ),
+            ("spiffe://td/ns/*/sa/*", "spiffe://td/ns/*/sa/x", true, true),
+            (
+                "spiffe://td/ns/a/sa/*",
+                "spiffe://td/ns/b/sa/*",
+                false,
+                false,
+            ),
+        ];
+        for (a, b, covers, overlaps) in cases {
+            assert_eq!(id(a).covers(&id(b)), *covers, "{a} covers {b}");
+            assert_eq!(id(a).overlaps(&id(b)), *overlaps, "{a} overlaps {b}");
+        }
+        let g = |raw: &str| GrpcPattern::parse(raw).unwrap();
+        assert!(g("p.S/*").covers(&g("p.S/M")) && !g("p.S/M").covers(&g("p.S/*")));
+        assert!(g("p.S/M").overlaps(&g("p.S/*")) && !g("p.S/M").overlaps(&g("p.T/M")));
+        assert_eq!(g("p.S/*").to_string(), "p.S/*");
     }
 }

@@ -13,7 +13,7 @@ use crate::principal::PrincipalKind;
 use crate::request::Hop;
 
 /// Whether a rule allows or denies what it matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// The rule grants access (the default).
@@ -33,6 +33,33 @@ impl Effect {
     }
 }
 
+/// Whether a policy or rule is enforced or only trialled.
+///
+/// A `dry-run` deny rule that matches does not deny: evaluation goes on as if it had
+/// not matched and the result records it as a would-deny. A `dry-run` policy is
+/// evaluated normally and the engine turns a final denial into an allow marked with
+/// `x-hopwarden-dry-run`, so allow rules can be trialled too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+pub enum Mode {
+    /// The default: decisions take effect.
+    #[default]
+    #[serde(rename = "enforce")]
+    Enforce,
+    /// Decisions are recorded, not enforced.
+    #[serde(rename = "dry-run")]
+    DryRun,
+}
+
+impl Mode {
+    /// The name used in policy files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+        }
+    }
+}
+
 /// One policy file: the rules protecting one service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +68,9 @@ pub struct PolicySpec {
     pub service: String,
     /// Token audiences the service accepts; default `[service]`.
     pub audiences: Option<Vec<String>>,
+    /// `enforce` (default) or `dry-run` for the whole policy.
+    #[serde(default)]
+    pub mode: Mode,
     /// Rules in file order; none means everything is denied.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
@@ -57,6 +87,9 @@ pub struct RuleSpec {
     /// `allow` (default) or `deny`.
     #[serde(default)]
     pub effect: Effect,
+    /// `enforce` (default) or `dry-run` (deny rules only).
+    #[serde(default)]
+    pub mode: Mode,
     /// Who the rule is about; omitted means any authenticated caller.
     pub from: Option<FromSpec>,
     /// Which actions the rule is about (any clause); omitted means every action.

@@ -25,8 +25,8 @@ fn one_error_per_kind() {
     #[rustfmt::skip]
     let cases: &[(&str, &str)] = &[
         // serde: unknown keys and wrong types, located by serde_yaml
-        ("service: t\nrule: []\n", "a.yaml:2:1: unknown field `rule`, expected one of `service`, `audiences`, `rules`"),
-        ("service: t\nrules:\n  - id: r\n    form: {}\n", "a.yaml:4:5: rules[0]: unknown field `form`, expected one of `id`, `description`, `effect`, `from`, `to`, `scopes`, `when`"),
+        ("service: t\nrule: []\n", "a.yaml:2:1: unknown field `rule`, expected one of `service`, `audiences`, `mode`, `rules`"),
+        ("service: t\nrules:\n  - id: r\n    form: {}\n", "a.yaml:4:5: rules[0]: unknown field `form`, expected one of `id`, `description`, `effect`, `mode`, `from`, `to`, `scopes`, `when`"),
         ("service: t\nrules:\n  - id: r\n    from: {principal: [a]}\n", "a.yaml:4:12: rules[0].from: unknown field `principal`, expected one of `principals`, `peers`, `kinds`, `issuers`, `anonymous`"),
         ("service: t\nrules:\n  - id: r\n    effect: maybe\n", "a.yaml:4:13: rules[0].effect: unknown variant `maybe`, expected `allow` or `deny`"),
         ("service: t\nrules:\n  - id: r\n    from: {kinds: [robot]}\n", "a.yaml:4:20: rules[0].from.kinds[0]: unknown variant `robot`, expected `service` or `user`"),
@@ -34,6 +34,9 @@ fn one_error_per_kind() {
         ("service: t\nrules:\n  - id: r\n    scopes: a.b\n", "a.yaml:4:13: rules[0].scopes: invalid type: string \"a.b\", expected a sequence"),
         ("service: t\nrules:\n  - description: no id\n", "a.yaml:3:5: rules[0]: missing field `id`"),
         ("rules: []\n", "a.yaml:1:1: missing field `service`"),
+        // dry-run
+        ("service: t\nmode: trial\n", "a.yaml:2:7: mode: unknown variant `trial`, expected `enforce` or `dry-run`"),
+        (&rule("    mode: dry-run\n    to: [{paths: [/a]}]\n"), "a.yaml:4:5: rule \"r\": `mode: dry-run` is only for deny rules; to trial allow rules, put the whole policy in dry-run (`mode: dry-run` at the top of the file)"),
         ("", "a.yaml:1:1: expected a mapping at the top level, found an empty document"),
         // names
         ("service: Ledger\n", "a.yaml:1:10: invalid service name \"Ledger\": use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit"),
@@ -119,7 +122,7 @@ fn duplicate_services_and_all_errors_collected() {
         "p/a.yaml:3:28: path pattern \"x\": must start with '/'",
         "p/a.yaml:4:28: rule \"r2\": a deny rule cannot require scopes (it would stop applying to callers that lack them, which is almost always a mistake)",
         "p/b.yaml:2:10: duplicate service \"ledger\" (also defined in p/a.yaml)",
-        "p/c.yaml:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `rules`",
+        "p/c.yaml:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `mode`, `rules`",
     ];
     assert_eq!(
         errors(&[("p/a.yaml", a), ("p/b.yaml", b), ("p/c.yaml", c)]),
