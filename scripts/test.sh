@@ -36,6 +36,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo build (binary and examples: the end-to-end tests run them)"
 cargo build --locked --bins --examples
+echo "== hopwarden test policies (the example policies' own suites)"
 cargo run --quiet --locked -- test policies
 echo "== cargo test"
 cargo test --all-targets --locked
