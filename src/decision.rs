@@ -21,8 +21,30 @@ pub struct Allowed {
     pub principal: String,
     /// The caller's kind; `None` for an anonymous caller.
     pub kind: Option<PrincipalKind>,
-    /// The allow rule that matched.
+    /// The allow rule that matched (`dry-run` when only dry-run let it through).
     pub rule: Arc<str>,
+    /// Set when enforcement would have denied the request but a `mode: dry-run`
+    /// policy or rule let it through.
+    pub dry_run: Option<WouldDeny>,
+}
+
+/// A denial that dry-run mode turned into an allow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WouldDeny {
+    /// Why enforcement would have denied.
+    pub reason: DenyReason,
+    /// The rule that would have denied, if one did.
+    pub rule: Option<Arc<str>>,
+}
+
+impl WouldDeny {
+    /// The `x-hopwarden-dry-run` header value, e.g. `would-deny; reason=deny_rule; rule=x`.
+    pub fn header(&self) -> String {
+        match &self.rule {
+            Some(rule) => format!("would-deny; reason={}; rule={rule}", self.reason.as_str()),
+            None => format!("would-deny; reason={}", self.reason.as_str()),
+        }
+    }
 }
 
 impl Allowed {
@@ -41,6 +63,8 @@ pub struct Denied {
     pub rule: Option<Arc<str>>,
     /// The caller, when one was identified.
     pub principal: Option<String>,
+    /// The caller's kind, when one was identified.
+    pub kind: Option<PrincipalKind>,
 }
 
 /// Why a request was denied. The variant names are what logs and metrics show.
@@ -174,6 +198,7 @@ impl Decision {
             reason,
             rule: None,
             principal: None,
+            kind: None,
         })
     }
 }

@@ -15,8 +15,8 @@ use tracing::Instrument;
 use crate::authn::jwt::{now_secs, TokenError};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
-use crate::decision::{Allowed, Decision, Denied, DenyReason};
-use crate::decision_log::{DecisionLog, DecisionRecord};
+use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
+use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord};
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::Principal;
 use crate::request::{Action, AuthzRequest, Hop};
@@ -207,8 +207,10 @@ impl Engine {
                         reason: DenyReason::WrongAudience,
                         rule: None,
                         principal: Some(token.subject.clone()),
+                        kind: Some(token.kind),
                     };
-                    return Ok((Decision::Deny(denied), token.exp));
+                    let decision = dry_run(Decision::Deny(denied), None, policy.is_dry_run());
+                    return Ok((decision, token.exp));
                 }
                 (Some(token.principal(peer)), token.exp)
             }
@@ -219,7 +221,10 @@ impl Engine {
                     "keys for the token's issuer are not loaded".into(),
                 ))
             }
-            Err(e) => return Ok((Decision::deny(DenyReason::InvalidToken(e.as_str())), None)),
+            Err(e) => {
+                let decision = Decision::deny(DenyReason::InvalidToken(e.as_str()));
+                return Ok((dry_run(decision, None, policy.is_dry_run()), None));
+            }
         };
         let input = EvalInput {
             principal: principal.as_ref(),
@@ -227,8 +232,41 @@ impl Engine {
             action,
             headers: &req.headers,
         };
-        let decision = to_decision(policy.evaluate(&input), principal.as_ref());
-        Ok((decision, deadline))
+        let verdict = policy.evaluate_traced(&input);
+        let decision = to_decision(verdict.evaluation, principal.as_ref());
+        Ok((
+            dry_run(decision, verdict.would_deny, policy.is_dry_run()),
+            deadline,
+        ))
+    }
+}
+
+/// Applies dry-run: a `mode: dry-run` deny rule that matched (`would_deny`) is noted on
+/// an allow; in a dry-run policy every denial becomes an allow that says what
+/// enforcement would have done. The request goes through; the log and metrics tell.
+fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: bool) -> Decision {
+    match decision {
+        Decision::Allow(mut allowed) => {
+            allowed.dry_run = would_deny.map(|rule| WouldDeny {
+                reason: DenyReason::DenyRule,
+                rule: Some(rule),
+            });
+            Decision::Allow(allowed)
+        }
+        Decision::Deny(denied) if policy_dry_run => {
+            let (reason, rule) = match (denied.rule, would_deny) {
+                (Some(rule), _) => (denied.reason, Some(rule)),
+                (None, Some(rule)) => (DenyReason::DenyRule, Some(rule)),
+                (None, None) => (denied.reason, None),
+            };
+            Decision::Allow(Allowed {
+                kind: denied.kind,
+                principal: denied.principal.unwrap_or_default(),
+                rule: Arc::from("dry-run"),
+                dry_run: Some(WouldDeny { reason, rule }),
+            })
+        }
+        deny => deny,
     }
 }
 
@@ -243,6 +281,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             reason,
             rule,
             principal: caller.clone(),
+            kind: principal.map(|p| p.kind),
         })
     };
     match evaluation {
@@ -251,6 +290,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             principal: caller.clone().unwrap_or_default(),
             kind: principal.map(|p| p.kind),
             rule,
+            dry_run: None,
         }),
         // DESIGN: with no credential at all the answer is 401, whatever refused it.
         Evaluation::Deny { rule } if principal.is_none() => {
@@ -307,6 +347,16 @@ impl Engine {
                 record.kind = Some(a.kind_str().to_string());
                 record.rule = Some(a.rule.to_string());
                 record.status = 200;
+                if let Some(would) = &a.dry_run {
+                    let rule = would.rule.as_deref().unwrap_or("default");
+                    record.dry_run = Some(DryRunRecord {
+                        rule: rule.to_string(),
+                        reason: would.reason.as_str().to_string(),
+                    });
+                    if let Some(service) = known_service {
+                        self.metrics.would_deny(service, rule);
+                    }
+                }
                 ("allow", "none")
             }
             Some(Decision::Deny(d)) => {

@@ -355,6 +355,7 @@ async fn explain(
                             reason: DenyReason::WrongAudience,
                             rule: None,
                             principal: Some(token.subject.clone()),
+                            kind: Some(token.kind),
                         };
                         return Ok(finish(report, Decision::Deny(denied)));
                     }

@@ -229,3 +229,125 @@ async fn decision_log_lines_field_by_field() {
         );
     }
 }
+
+#[tokio::test]
+async fn dry_run_allows_and_logs_what_enforce_would_deny() {
+    // A new policy rolled out in dry-run, and an enforced one with a dry-run deny rule.
+    let trial = r#"
+service: email
+mode: dry-run
+rules:
+  - id: notifications-send-generic
+    from: { principals: ["spiffe://hopwarden.local/ns/notifications/sa/notifications-worker"] }
+    to: [{ methods: [POST], paths: ["/send/generic"] }]
+    scopes: [email.send]
+"#;
+    let ledger = r#"
+service: ledger
+rules:
+  - id: payments-read
+    from: { principals: ["spiffe://hopwarden.local/ns/payments/sa/payments"] }
+    to: [{ methods: [GET], paths: ["/transactions/**"] }]
+  - id: no-archive-reads
+    effect: deny
+    mode: dry-run
+    to: [{ paths: ["/transactions/archive/**"] }]
+"#;
+    let d = Deployment::new(&[("email.yaml", trial), ("ledger.yaml", ledger)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let worker = "spiffe://hopwarden.local/ns/notifications/sa/notifications-worker";
+
+    // Enforced, this would be a 403 (not the worker): dry-run lets it through and says so.
+    let a = s
+        .check(Check::new("email", "POST", "/send/generic").bearer(&token(PAYMENTS, "email", "")))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-hopwarden-rule"), Some("dry-run"));
+    assert_eq!(
+        a.header("x-hopwarden-dry-run"),
+        Some("would-deny; reason=no_matching_rule")
+    );
+    // Missing scope: would be insufficient_scope on the rule.
+    let a = s
+        .check(Check::new("email", "POST", "/send/generic").bearer(&token(worker, "email", "")))
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("x-hopwarden-dry-run"),
+        Some("would-deny; reason=insufficient_scope; rule=notifications-send-generic")
+    );
+    // What the policy allows is a plain allow, with no dry-run header.
+    let a = s
+        .check(Check::new("email", "POST", "/send/generic").bearer(&token(
+            worker,
+            "email",
+            "email.send",
+        )))
+        .await;
+    assert_eq!((a.status, a.header("x-hopwarden-dry-run")), (200, None));
+    assert_eq!(
+        a.header("x-hopwarden-rule"),
+        Some("notifications-send-generic")
+    );
+
+    // A dry-run deny rule in an enforced policy: allowed by the allow rule, marked.
+    let t = token(PAYMENTS, "ledger", "");
+    let a = s
+        .check(Check::new("ledger", "GET", "/transactions/archive/2019").bearer(&t))
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-hopwarden-rule"), Some("payments-read"));
+    assert_eq!(
+        a.header("x-hopwarden-dry-run"),
+        Some("would-deny; reason=deny_rule; rule=no-archive-reads")
+    );
+    // The enforced policy still denies what no rule allows.
+    assert_eq!(
+        s.check(Check::new("ledger", "POST", "/transactions/1").bearer(&t))
+            .await
+            .status,
+        403
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 5
+        })
+        .await
+    );
+    let lines = d.decisions();
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(
+        lines[0]["dry_run"],
+        json!({"rule": "default", "reason": "no_matching_rule"})
+    );
+    assert_eq!(
+        lines[1]["dry_run"],
+        json!({"rule": "notifications-send-generic", "reason": "insufficient_scope"})
+    );
+    assert_eq!(lines[2]["dry_run"], serde_json::Value::Null);
+    assert_eq!(
+        lines[3]["dry_run"],
+        json!({"rule": "no-archive-reads", "reason": "deny_rule"})
+    );
+    assert_eq!(lines[4]["decision"], "deny");
+
+    let page = get(s.handle.admin_addr.unwrap(), "/metrics").await.1;
+    let cases: &[(&str, f64)] = &[
+        (
+            r#"hopwarden_dry_run_would_deny_total{service="email",rule="default"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_dry_run_would_deny_total{service="email",rule="notifications-send-generic"}"#,
+            1.0,
+        ),
+        (
+            r#"hopwarden_dry_run_would_deny_total{service="ledger",rule="no-archive-reads"}"#,
+            1.0,
+        ),
+    ];
+    for (series, want) in cases {
+        assert_eq!(sample(&page, series), Some(*want), "{series}\n{page}");
+    }
+}

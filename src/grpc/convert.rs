@@ -19,6 +19,8 @@ pub const PRINCIPAL_HEADER: &str = "x-hopwarden-principal";
 pub const KIND_HEADER: &str = "x-hopwarden-principal-kind";
 /// The allow rule's id.
 pub const RULE_HEADER: &str = "x-hopwarden-rule";
+/// Set when only dry-run let the request through; says what enforcement would do.
+pub const DRY_RUN_HEADER: &str = "x-hopwarden-dry-run";
 const OWN_PREFIX: &str = "x-hopwarden-";
 
 /// Why a `CheckRequest` could not be read; answered with a clean deny.
@@ -88,11 +90,14 @@ pub fn to_check_response(outcome: &Outcome, req: &AuthzRequest) -> CheckResponse
         Decision::Allow(allowed) => {
             // All three are always set, so a client's copy is overwritten even when
             // Envoy's `allowed_headers` kept it from us (empty principal: anonymous).
-            let headers = vec![
+            let mut headers = vec![
                 overwrite(PRINCIPAL_HEADER, &allowed.principal),
                 overwrite(KIND_HEADER, allowed.kind_str()),
                 overwrite(RULE_HEADER, &allowed.rule),
             ];
+            if let Some(would) = &allowed.dry_run {
+                headers.push(overwrite(DRY_RUN_HEADER, &would.header()));
+            }
             // Envoy applies removals after sets, so remove only client-sent
             // x-hopwarden-* names we do not set ourselves; ours overwrite theirs.
             let ours: Vec<&str> = headers
@@ -181,6 +186,9 @@ fn metadata(outcome: &Outcome) -> Struct {
         Decision::Allow(a) => {
             put("principal", &a.principal);
             put("principal_kind", a.kind_str());
+            if let Some(would) = &a.dry_run {
+                put("dry_run", &would.header());
+            }
         }
         Decision::Deny(d) => {
             put("reason", d.reason.as_str());
