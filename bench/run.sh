@@ -76,6 +76,7 @@ issuers:
     algorithms: [RS256, ES256]
 cache: {max_entries: 100000, token_max_entries: 100000, ttl: 60s, deny_ttl: 5s}
 log: {format: json, level: warn}
+worker_threads: 1
 admin: {listen: "127.0.0.1:18192"}
 decision_log: {to: $work/decisions.log}
 EOF

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             hopwarden::telemetry::init(&config.spec.log);
-            let runtime = match tokio::runtime::Runtime::new() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(n) = config.spec.worker_threads {
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");

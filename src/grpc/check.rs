@@ -29,7 +29,7 @@ impl Authorization for CheckService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
-        let req = match AuthzRequest::try_from(&check) {
+        let req = match AuthzRequest::try_from(check) {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable check request; denying");

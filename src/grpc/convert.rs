@@ -31,26 +31,28 @@ pub enum ConvertError {
     MissingHttp,
 }
 
-impl TryFrom<&CheckRequest> for AuthzRequest {
+impl TryFrom<CheckRequest> for AuthzRequest {
     type Error = ConvertError;
 
-    fn try_from(check: &CheckRequest) -> Result<Self, Self::Error> {
-        let attrs = check.attributes.as_ref().ok_or(ConvertError::MissingHttp)?;
+    /// Takes the request apart by value: the headers (token included) are moved, not
+    /// copied, on every check.
+    fn try_from(check: CheckRequest) -> Result<Self, Self::Error> {
+        let mut attrs = check.attributes.ok_or(ConvertError::MissingHttp)?;
         let http = attrs
             .request
-            .as_ref()
-            .and_then(|r| r.http.as_ref())
+            .take()
+            .and_then(|r| r.http)
             .ok_or(ConvertError::MissingHttp)?;
         // Envoy sends `header_map` instead of `headers` when the filter sets
         // `encode_raw_headers: true`; accept both.
-        let headers = match &http.header_map {
+        let headers = match http.header_map {
             Some(map) if http.headers.is_empty() => {
                 // Repeated headers are joined with "," as Envoy does for `headers`
                 // (RFC 9110 5.3), so no repeat can shadow another.
                 let mut joined: HashMap<String, String> = HashMap::new();
-                for h in &map.headers {
+                for h in map.headers {
                     let value = if h.raw_value.is_empty() {
-                        h.value.clone()
+                        h.value
                     } else {
                         String::from_utf8_lossy(&h.raw_value).into_owned()
                     };
@@ -64,21 +66,18 @@ impl TryFrom<&CheckRequest> for AuthzRequest {
                 }
                 joined
             }
-            _ => http.headers.clone(),
+            _ => http.headers,
         };
-        let non_empty = |s: &String| (!s.is_empty()).then(|| s.clone());
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
         Ok(AuthzRequest {
-            service: attrs.context_extensions.get("service").cloned(),
-            hop: attrs.context_extensions.get("hop").cloned(),
-            method: http.method.clone(),
-            path: http.path.clone(),
-            host: http.host.clone(),
+            service: attrs.context_extensions.remove("service"),
+            hop: attrs.context_extensions.remove("hop"),
+            method: http.method,
+            path: http.path,
+            host: http.host,
             headers,
-            source_principal: attrs.source.as_ref().and_then(|p| non_empty(&p.principal)),
-            destination_principal: attrs
-                .destination
-                .as_ref()
-                .and_then(|p| non_empty(&p.principal)),
+            source_principal: attrs.source.and_then(|p| non_empty(p.principal)),
+            destination_principal: attrs.destination.and_then(|p| non_empty(p.principal)),
         })
     }
 }
@@ -232,11 +231,11 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let req = AuthzRequest::try_from(&check).unwrap();
+        let req = AuthzRequest::try_from(check).unwrap();
         assert_eq!(req.header("x-tenant"), Some("acme,evil"));
         assert_eq!(req.header("authorization"), Some("Bearer a"));
         assert_eq!(
-            AuthzRequest::try_from(&CheckRequest::default()).err(),
+            AuthzRequest::try_from(CheckRequest::default()).err(),
             Some(ConvertError::MissingHttp)
         );
     }
