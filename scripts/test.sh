@@ -39,4 +39,10 @@ cargo build --locked --bins --examples
 echo "== hopwarden test policies (the example policies' own suites)"
 cargo run --quiet --locked -- test policies
 echo "== cargo test"
-cargo test --all-targets --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+# One closing line for the whole suite (the last binaries cargo runs are the examples,
+# which hold no tests, so cargo's own last line would read "0 passed").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
