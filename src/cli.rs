@@ -74,6 +74,35 @@ pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Loads a policy directory, printing every error with its location.
+pub fn load_policies(dir: &Path) -> Result<PolicySet, ExitCode> {
+    PolicySet::load_dir(dir).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+/// The policy directory: `dir` if given, else the config's.
+pub fn policy_dir(dir: Option<&Path>, config: &Path) -> Result<PathBuf, ExitCode> {
+    match dir {
+        Some(d) => Ok(d.to_path_buf()),
+        None => load_config(config).map(|c| c.spec.policies),
+    }
+}
+
+/// A small runtime for offline commands that load keys (validate, explain).
+pub fn offline_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `hopwarden validate`: exit 0 when everything loads, 1 otherwise.
 pub fn validate(path: &Path) -> ExitCode {
     let config = match load_config(path) {
@@ -91,15 +120,9 @@ pub fn validate(path: &Path) -> ExitCode {
             None
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match offline_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     for issuer in &config.issuers {
         // URLs are not fetched: validation must work offline, in CI.
@@ -141,21 +164,13 @@ pub fn validate(path: &Path) -> ExitCode {
 
 /// `hopwarden test [DIR]`: exit 0 when every case passes and every suite loads.
 pub fn test(dir: Option<&Path>, config: &Path) -> ExitCode {
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => match load_config(config) {
-            Ok(c) => c.spec.policies,
-            Err(code) => return code,
-        },
+    let dir = match policy_dir(dir, config) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
-    let policies = match PolicySet::load_dir(&dir) {
+    let policies = match load_policies(&dir) {
         Ok(set) => set,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let report = match crate::suite::Report::run_dir(&dir, &policies) {
         Ok(r) => r,

@@ -139,24 +139,13 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let policies = match PolicySet::load_dir(&config.spec.policies) {
+    let policies = match crate::cli::load_policies(&config.spec.policies) {
         Ok(set) => set,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::offline_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(explain(args, &config, &policies)) {
         Ok(report) => {

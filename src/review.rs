@@ -197,21 +197,13 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
 
 /// `hopwarden review`: prints the review; exit 1 only when something cannot be read.
 pub fn run(args: &ReviewArgs) -> ExitCode {
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => match crate::cli::load_config(&args.config) {
-            Ok(c) => c.spec.policies,
-            Err(code) => return code,
-        },
+    let dir = match crate::cli::policy_dir(args.dir.as_deref(), &args.config) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
-    let policies = match PolicySet::load_dir(&dir) {
+    let policies = match crate::cli::load_policies(&dir) {
         Ok(set) => set,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let usage = if args.usage.is_empty() {
         None

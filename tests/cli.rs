@@ -9,9 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Check, PAYMENTS};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
+use common::{dev_token, Check, PAYMENTS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hopwarden");
 
@@ -212,15 +210,6 @@ fn example_config(dir: &Path) -> PathBuf {
     let path = dir.join("hopwarden.yaml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn dev_token(sub: &str, aud: &str, scope: &str) -> String {
-    let pem = std::fs::read(repo().join("dev/dev-key.pem")).unwrap();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("hopwarden-dev-1".into());
-    let now = common::now();
-    let claims = json!({"iss": "https://sts.hopwarden.local", "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": now + 300});
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
 
 async fn check(addr: &str, req: Check) -> common::Answer {

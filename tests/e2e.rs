@@ -8,9 +8,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::stack::{envoy_binary, hopwarden_healthy, Stack, StackSpec};
-use common::PAYMENTS;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use common::{dev_token, PAYMENTS};
+use serde_json::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,16 +40,6 @@ fn start_stack(dir: &tempfile::TempDir) -> Stack {
         fixed_ports: false,
     };
     Stack::start(&spec).unwrap_or_else(|e| panic!("stack did not start: {e}"))
-}
-
-/// A token signed with the committed dev key (the one the example config trusts).
-fn dev_token(sub: &str, aud: &str, scope: &str) -> String {
-    let pem = std::fs::read(repo().join("dev/dev-key.pem")).unwrap();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("hopwarden-dev-1".into());
-    let now = common::now();
-    let claims = json!({"iss": "https://sts.hopwarden.local", "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": now + 300});
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
 
 struct Reply {

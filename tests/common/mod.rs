@@ -109,6 +109,23 @@ pub fn token(sub: &str, aud: &str, scope: &str) -> String {
     key().sign(&claims(sub, aud, scope))
 }
 
+/// A token signed with the committed dev key (`dev/dev-key.pem`, kid
+/// `hopwarden-dev-1`), which the example config trusts: any claims.
+pub fn dev_signed(claims: &Value) -> String {
+    let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/dev/dev-key.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("hopwarden-dev-1".into());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+/// A dev-key token from the example config's issuer, valid for 5 minutes.
+pub fn dev_token(sub: &str, aud: &str, scope: &str) -> String {
+    let now = now();
+    dev_signed(
+        &json!({"iss": "https://sts.hopwarden.local", "sub": sub, "aud": aud, "scope": scope, "iat": now, "exp": now + 300}),
+    )
+}
+
 pub const PAYMENTS: &str = "spiffe://hopwarden.local/ns/payments/sa/payments";
 pub const RECONCILER: &str = "spiffe://hopwarden.local/ns/ledger/sa/reconciler";
 
