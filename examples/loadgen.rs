@@ -208,68 +208,55 @@ async fn run(o: &Opts) -> Result<(), Error> {
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    // Closed loop (no --rate): `concurrency` workers send `requests` checks as fast as
+    // answers come back. Open loop: check n is due at start + n/rate whether or not
+    // earlier ones have returned, and its latency counts from that due time.
     let rate = o.num("rate", 0)?;
-    if rate == 0 {
-        // Closed loop: `concurrency` workers, `requests` checks in all.
-        let total = o.num("requests", 100_000)?;
-        for w in 0..concurrency {
-            let mut client = clients[w as usize % clients.len()].clone();
-            let (tokens, next, errors) = (tokens.clone(), next.clone(), errors.clone());
-            let fresh = fresh.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        return hist;
-                    }
-                    let req = match &fresh {
-                        Some(f) => check_request(&f.mint(n)),
-                        None => tokens[(n % tokens.len() as u64) as usize].clone(),
-                    };
-                    let t = Instant::now();
-                    if client.check(req).await.is_err() {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = hist.record(t.elapsed().as_micros() as u64);
-                }
-            }));
-        }
+    let (total, schedule) = if rate == 0 {
+        (o.num("requests", 100_000)?, None)
     } else {
-        // Open loop: request n is due at start + n/rate, whether or not earlier ones
-        // have returned; latency counts from that due time.
-        let seconds = o.num("seconds", 10)?;
-        let total = rate * seconds;
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let base = Instant::now();
-        for w in 0..concurrency {
-            let mut client = clients[w as usize % clients.len()].clone();
-            let (tokens, next, errors) = (tokens.clone(), next.clone(), errors.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        return hist;
-                    }
-                    let due = base + interval * n as u32;
-                    tokio::time::sleep_until(due.into()).await;
-                    // Tokio's timer wakes up to a millisecond late; that slop is ours,
-                    // not the server's. A larger lag is a real backlog and counts.
-                    let woke = Instant::now();
-                    let start = if woke - due < Duration::from_millis(2) {
-                        woke
-                    } else {
-                        due
-                    };
-                    let req = tokens[(n % tokens.len() as u64) as usize].clone();
-                    if client.check(req).await.is_err() {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = hist.record(start.elapsed().as_micros() as u64);
+        (
+            rate * o.num("seconds", 10)?,
+            Some((Instant::now(), interval)),
+        )
+    };
+    for w in 0..concurrency {
+        let mut client = clients[w as usize % clients.len()].clone();
+        let (tokens, next, errors) = (tokens.clone(), next.clone(), errors.clone());
+        let fresh = fresh.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return hist;
                 }
-            }));
-        }
+                let req = match &fresh {
+                    Some(f) => check_request(&f.mint(n)),
+                    None => tokens[(n % tokens.len() as u64) as usize].clone(),
+                };
+                let start = match schedule {
+                    None => Instant::now(),
+                    Some((base, interval)) => {
+                        let due = base + interval * n as u32;
+                        tokio::time::sleep_until(due.into()).await;
+                        // Tokio's timer wakes up to a millisecond late; that slop is
+                        // ours, not the server's. A larger lag is a real backlog.
+                        let woke = Instant::now();
+                        if woke - due < Duration::from_millis(2) {
+                            woke
+                        } else {
+                            due
+                        }
+                    }
+                };
+                if client.check(req).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = hist.record(start.elapsed().as_micros() as u64);
+            }
+        }));
     }
     let mut hist = Histogram::<u64>::new(3)?;
     for t in tasks {

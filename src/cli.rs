@@ -124,18 +124,13 @@ pub fn validate(path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    for issuer in &config.issuers {
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let stores = crate::authn::jwks::key_stores(&config.issuers, &reqwest::Client::new(), &metrics);
+    for (issuer, keys) in &stores {
         // URLs are not fetched: validation must work offline, in CI.
         if matches!(issuer.keys, KeySource::Url(_)) {
             continue;
         }
-        let keys = crate::authn::jwks::IssuerKeys::new(
-            &issuer.spec.issuer,
-            issuer.keys.clone(),
-            issuer.spec.refetch_min_interval,
-            reqwest::Client::new(),
-            std::sync::Arc::new(crate::telemetry::Metrics::new()),
-        );
         if let Err(e) = runtime.block_on(keys.refresh()) {
             eprintln!(
                 "error: {}: issuer {:?}: {e}",

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::authn::jwks::IssuerKeys;
 use crate::authn::jwt::{now_secs, JwtVerifier, TokenError};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::TokenCache;
@@ -393,22 +392,12 @@ async fn explain(
 /// The authenticator the server would build; keys are loaded only when a token
 /// needs them (file keys are read, URL keys fetched).
 async fn authenticator(config: &Config, load_keys: bool) -> Authenticator {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_default();
+    let http = crate::authn::jwks::http_client().unwrap_or_default();
     // A registry of our own: nothing scrapes it, the constructor just needs one.
     let metrics = Arc::new(crate::telemetry::Metrics::new());
-    let mut issuers = Vec::new();
-    for issuer in &config.issuers {
-        let keys = Arc::new(IssuerKeys::new(
-            &issuer.spec.issuer,
-            issuer.keys.clone(),
-            issuer.spec.refetch_min_interval,
-            http.clone(),
-            metrics.clone(),
-        ));
-        if load_keys {
+    let issuers = crate::authn::jwks::key_stores(&config.issuers, &http, &metrics);
+    if load_keys {
+        for (issuer, keys) in &issuers {
             if let Err(e) = keys.refresh().await {
                 eprintln!(
                     "warning: issuer {:?}: keys not loaded: {e}",
@@ -416,7 +405,6 @@ async fn authenticator(config: &Config, load_keys: bool) -> Authenticator {
                 );
             }
         }
-        issuers.push((issuer.clone(), keys));
     }
     Authenticator::new(
         JwtVerifier::new(issuers),

@@ -127,23 +127,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             source,
         }
     })?;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let issuers: Vec<_> = config
-        .issuers
-        .iter()
-        .map(|issuer| {
-            let keys = Arc::new(IssuerKeys::new(
-                &issuer.spec.issuer,
-                issuer.keys.clone(),
-                issuer.spec.refetch_min_interval,
-                http.clone(),
-                metrics.clone(),
-            ));
-            (issuer.clone(), keys)
-        })
-        .collect();
+    let http = crate::authn::jwks::http_client()?;
+    let issuers = crate::authn::jwks::key_stores(&config.issuers, &http, &metrics);
     let cache = &config.spec.cache;
     let authn = Authenticator::new(
         JwtVerifier::new(issuers.clone()),

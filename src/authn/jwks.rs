@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
-use crate::config::KeySource;
+use crate::config::{Issuer, KeySource};
 use crate::telemetry::Metrics;
 
 /// JWKS documents larger than this are refused; real ones are a few KiB.
@@ -312,6 +312,35 @@ impl IssuerKeys {
                 .ok_or(KeyLookupError::UnknownKey),
         }
     }
+}
+
+/// The HTTP client every JWKS fetch uses. Redirects are not followed: a key set must
+/// come from the URL the config names, not wherever that URL points next.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// One key store per configured issuer, none loaded yet.
+pub fn key_stores(
+    issuers: &[Issuer],
+    http: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Vec<(Issuer, Arc<IssuerKeys>)> {
+    issuers
+        .iter()
+        .map(|issuer| {
+            let keys = IssuerKeys::new(
+                &issuer.spec.issuer,
+                issuer.keys.clone(),
+                issuer.spec.refetch_min_interval,
+                http.clone(),
+                metrics.clone(),
+            );
+            (issuer.clone(), Arc::new(keys))
+        })
+        .collect()
 }
 
 async fn read(path: &PathBuf) -> Result<Vec<u8>, JwksError> {
