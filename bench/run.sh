@@ -21,8 +21,8 @@ mkdir -p "$work" "$results"
 : > "$work/raw.jsonl"
 
 QUICK=${QUICK:-}
-REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
-DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4 || echo 10)}
+REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 5)}
+DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4 || echo 6)}
 CONNS=${CONNS:-32}
 TOKENS=${TOKENS:-$([ -n "$QUICK" ] && echo 60000 || echo 200000)}
 MEMORY_TOKENS=${MEMORY_TOKENS:-$([ -n "$QUICK" ] && echo 250000 || echo 1000000)}
@@ -77,6 +77,8 @@ issuers:
 cache: {max_entries: 100000, token_max_entries: 100000, ttl: 60s, deny_ttl: 5s}
 log: {format: json, level: warn}
 worker_threads: 1
+# b and c give Envoy no metadata either; with it on Envoy runs ~7% more instructions.
+dynamic_metadata: false
 admin: {listen: "127.0.0.1:18192"}
 decision_log: {to: $work/decisions.log}
 EOF

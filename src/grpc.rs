@@ -1,6 +1,7 @@
 //! The gRPC edge: ext_authz `Check` and `grpc.health.v1.Health` on one port.
 
 pub mod check;
+pub mod coalesce;
 pub mod convert;
 
 use std::future::Future;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -32,6 +34,7 @@ pub async fn set_health(reporter: &HealthReporter, serving: bool) {
 /// in-flight checks finish.
 pub async fn serve(
     engine: Arc<Engine>,
+    options: convert::ResponseOptions,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -41,10 +44,15 @@ pub async fn serve(
     // Nagle's algorithm would hold small responses for the peer's delayed ACK (40 ms
     // on Linux): every accepted connection gets TCP_NODELAY. (`Server::tcp_nodelay`
     // only applies when tonic binds the socket itself.)
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Answers finished together leave in one write (see coalesce.rs).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|conn| conn.map(coalesce::Coalescing::new));
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(AuthorizationServer::new(check::CheckService::new(engine)))
+        .add_service(AuthorizationServer::new(check::CheckService::new(
+            engine, options,
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -209,6 +209,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let serve_engine = engine.clone();
+    let options = crate::grpc::convert::ResponseOptions {
+        dynamic_metadata: config.spec.dynamic_metadata,
+    };
     let ready_flag = readiness.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
@@ -219,7 +222,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             crate::grpc::set_health(&reporter, false).await;
             tokio::time::sleep(HEALTH_GRACE).await;
         };
-        crate::grpc::serve(serve_engine, health_service, listener, shutdown).await
+        crate::grpc::serve(serve_engine, options, health_service, listener, shutdown).await
     });
     tracing::info!(addr = %local_addr, "hopwarden listening");
     Ok(ServerHandle {

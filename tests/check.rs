@@ -51,6 +51,60 @@ async fn allowed_with_identity_headers_and_metadata() {
 }
 
 #[tokio::test]
+async fn dynamic_metadata_can_be_turned_off() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "dynamic_metadata: false\n")).await;
+    let allowed = s
+        .check(read_tx().bearer(&token(PAYMENTS, "ledger", "ledger.read")))
+        .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(allowed.header("x-hopwarden-principal"), Some(PAYMENTS));
+    assert!(allowed.metadata.is_empty(), "{allowed:?}");
+    let denied = s.check(read_tx()).await;
+    assert_eq!(denied.status, 401, "{denied:?}");
+    assert!(denied.metadata.is_empty(), "{denied:?}");
+}
+
+/// Answers leave in batches (grpc/coalesce.rs): many checks in flight on one
+/// connection must each get their own answer.
+#[tokio::test]
+async fn concurrent_checks_on_one_connection_get_their_own_answers() {
+    let (_d, s) = ledger_server().await;
+    let good = token(PAYMENTS, "ledger", "ledger.read");
+    let mut tasks = Vec::new();
+    for i in 0..300u32 {
+        let s_client = s.client.clone();
+        let check = match i % 3 {
+            0 => Check::new("ledger", "GET", &format!("/transactions/{i}")).bearer(&good),
+            1 => Check::new("ledger", "POST", &format!("/refunds/{i}")).bearer(&good),
+            _ => Check::new("ledger", "GET", &format!("/transactions/{i}")),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut client = s_client;
+            let r = client.check(check.build()).await.expect("check RPC");
+            (i, Answer::from(r.into_inner()))
+        }));
+    }
+    for t in tasks {
+        let (i, a) = t.await.unwrap();
+        match i % 3 {
+            0 => {
+                assert_eq!(a.status, 200, "{i}: {a:?}");
+                assert_eq!(
+                    a.header("x-hopwarden-rule"),
+                    Some("payments-read-transactions")
+                );
+            }
+            1 => {
+                assert_eq!(a.status, 403, "{i}: {a:?}");
+                assert_eq!(a.rule(), Some("payments-never-refund"), "{i}: {a:?}");
+            }
+            _ => assert_eq!(a.status, 401, "{i}: {a:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn missing_token_is_401_with_challenge() {
     let (_d, s) = ledger_server().await;
     let a = s.check(read_tx()).await;

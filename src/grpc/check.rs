@@ -5,7 +5,7 @@ use std::sync::Arc;
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
-use super::convert::to_check_response;
+use super::convert::{to_check_response, ResponseOptions};
 use crate::decision::DenyReason;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::request::AuthzRequest;
@@ -13,12 +13,13 @@ use crate::request::AuthzRequest;
 /// Answers Envoy's checks with the engine.
 pub struct CheckService {
     engine: Arc<Engine>,
+    options: ResponseOptions,
 }
 
 impl CheckService {
     /// A service over an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        CheckService { engine }
+    pub fn new(engine: Arc<Engine>, options: ResponseOptions) -> Self {
+        CheckService { engine, options }
     }
 }
 
@@ -37,11 +38,16 @@ impl Authorization for CheckService {
                 return Ok(Response::new(to_check_response(
                     &outcome,
                     &AuthzRequest::default(),
+                    self.options,
                 )));
             }
         };
         match self.engine.check(&req).await {
-            Ok(outcome) => Ok(Response::new(to_check_response(&outcome, &req))),
+            Ok(outcome) => Ok(Response::new(to_check_response(
+                &outcome,
+                &req,
+                self.options,
+            ))),
             Err(e) => Err(to_status(&e)),
         }
     }

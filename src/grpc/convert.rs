@@ -83,8 +83,12 @@ impl TryFrom<CheckRequest> for AuthzRequest {
 }
 
 /// The `CheckResponse` for a decision.
-pub fn to_check_response(outcome: &Outcome, req: &AuthzRequest) -> CheckResponse {
-    let metadata = Some(metadata(outcome));
+pub fn to_check_response(
+    outcome: &Outcome,
+    req: &AuthzRequest,
+    options: ResponseOptions,
+) -> CheckResponse {
+    let metadata = options.dynamic_metadata.then(|| metadata(outcome));
     match &*outcome.decision {
         Decision::Allow(allowed) => {
             // All three are always set, so a client's copy is overwritten even when
@@ -159,6 +163,21 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
+    }
+}
+
+/// What answers carry besides the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseOptions {
+    /// Decision facts in Envoy's dynamic metadata.
+    pub dynamic_metadata: bool,
+}
+
+impl Default for ResponseOptions {
+    fn default() -> Self {
+        ResponseOptions {
+            dynamic_metadata: true,
+        }
     }
 }
 
