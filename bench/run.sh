@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/bench/work
 results=$root/bench/results
+shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
 : > "$work/raw.jsonl"
 
@@ -38,7 +39,11 @@ loadgen=$root/target/release/examples/loadgen
 "$envoy" --version | head -1
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$shm"
+}
 trap cleanup EXIT
 
 echo "== keys and tokens (minted now)"
@@ -80,7 +85,9 @@ worker_threads: 1
 # b and c give Envoy no metadata either; with it on Envoy runs ~7% more instructions.
 dynamic_metadata: false
 admin: {listen: "127.0.0.1:18192"}
-decision_log: {to: $work/decisions.log}
+# On tmpfs: every record is still serialized and written, but the kernel's writeback
+# of a fast-growing file on this VM's disk stalled the tails by tens of milliseconds.
+decision_log: {to: $shm/decisions.log}
 EOF
 
 wait_http() { # port path
@@ -94,7 +101,7 @@ wait_http() { # port path
 hw_pid=
 start_hopwarden() {
   [ -z "$hw_pid" ] || { kill "$hw_pid" 2>/dev/null || true; wait "$hw_pid" 2>/dev/null || true; }
-  rm -f "$work/decisions.log"
+  rm -f "$shm/decisions.log"
   "$hopwarden" serve --config "$work/hopwarden.yaml" >"$work/hopwarden.log" 2>&1 &
   hw_pid=$!
   pids+=("$hw_pid")
@@ -119,11 +126,14 @@ start_envoy() { # setup
 }
 
 # wrk output -> one JSON line in raw.jsonl
-record_wrk() { # setup scenario rep outfile
+record_wrk() { # setup scenario rep outfile envoy_ticks hopwarden_ticks
   python3 - "$@" >> "$work/raw.jsonl" <<'EOF'
 import json, re, sys
-setup, scenario, rep, path = sys.argv[1:5]
+setup, scenario, rep, path, envoy_ticks, hw_ticks = sys.argv[1:7]
 text = open(path).read()
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+# /proc ticks are 10 ms: CPU time per request in microseconds.
+per_req = lambda ticks: int(ticks) * 1e4 / max(requests, 1)
 def lat(p):
     m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, text, re.M)
     if not m: return None
@@ -134,20 +144,26 @@ non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errors = re.search(r"Socket errors:.*", text)
 print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": int(rep),
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
-  "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None}))
+  "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
+  "envoy_cpu_us_per_req": per_req(envoy_ticks),
+  "hopwarden_cpu_us_per_req": per_req(hw_ticks) if setup == "d" else None}))
 EOF
 }
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a pid
 
 run_wrk() { # setup scenario rep
   local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+  local e0 h0
+  e0=$(ticks "${envoy_pid[$s]}"); h0=$(ticks "$hw_pid")
   if [ "$scenario" = reused ]; then
     wrk "${args[@]}" -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
   else
     wrk "${args[@]}" -s "$work/rotate.lua" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
   fi
-  record_wrk "$s" "$scenario" "$rep" "$out"
-  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s %-8s rep %d: %8.0f req/s  p50 %6.0f us  p99 %6.0f us  non-2xx %d" % (r["setup"], r["scenario"], r["rep"], r["throughput"], r["p50_us"] or -1, r["p99_us"] or -1, r["non_2xx"]))'
+  record_wrk "$s" "$scenario" "$rep" "$out" $(($(ticks "${envoy_pid[$s]}") - e0)) $(($(ticks "$hw_pid") - h0))
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s %-8s rep %d: %8.0f req/s  p50 %6.0f us  p99 %6.0f us  non-2xx %d  envoy cpu %5.1f us/req" % (r["setup"], r["scenario"], r["rep"], r["throughput"], r["p50_us"] or -1, r["p99_us"] or -1, r["non_2xx"], r["envoy_cpu_us_per_req"]))'
 }
 
 echo "== Envoy: a b c d interleaved, $REPS repetitions, ${DURATION}s each, $CONNS connections"
@@ -177,6 +193,13 @@ for scenario in reused rotating; do
   done
 done
 for s in a b c d; do kill "${envoy_pid[$s]}" 2>/dev/null || true; done
+
+echo "== the machine's floor: loopback TCP echo, same pacing as the fixed-rate runs"
+for r in 1000 5000; do
+  "$loadgen" floor --rate "$r" --seconds "$DURATION" --concurrency 128 --label "floor-$r" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="floor"; print(json.dumps(r))' >> "$work/raw.jsonl"
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f /s  p50 %5d us  p99 %6d us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"]))'
+done
 
 echo "== hopwarden alone (gRPC load generator, server CPU from /proc)"
 alone() { # label args...

@@ -7,6 +7,7 @@
 //! loadgen run  --addr 127.0.0.1:9191 (--token T | --tokens FILE | --fresh-es256 KEY.pem --kid K)
 //!              (--concurrency N --requests N | --rate R --seconds S [--concurrency N])
 //!              [--server-pid PID] [--label NAME]
+//! loadgen floor --rate R --seconds S [--concurrency N] [--label NAME]
 //! ```
 //!
 //! `run` prints one JSON line: checks, errors, throughput, latency percentiles (µs,
@@ -41,6 +42,11 @@ fn main() -> Result<(), Error> {
             .enable_all()
             .build()?
             .block_on(run(&opts)),
+        "floor" => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(floor(&opts)),
         other => Err(format!("unknown command {other:?}").into()),
     }
 }
@@ -172,6 +178,98 @@ fn rss_bytes(pid: u64) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Open loop: waits until request `n` is due and returns the instant its latency
+/// counts from. Closed loop (no schedule): now.
+async fn paced_start(schedule: Option<(Instant, Duration)>, n: u64) -> Instant {
+    let Some((base, interval)) = schedule else {
+        return Instant::now();
+    };
+    let due = base + interval * n as u32;
+    tokio::time::sleep_until(due.into()).await;
+    // Tokio's timer wakes up to a millisecond late; that slop is ours, not the
+    // server's. A larger lag is a real backlog.
+    let woke = Instant::now();
+    if woke - due < Duration::from_millis(2) {
+        woke
+    } else {
+        due
+    }
+}
+
+/// The machine's own floor for `run --rate`: the same pacing and clock, with a
+/// 256-byte echo over loopback TCP (a server thread, TCP_NODELAY) in place of a
+/// check. No gRPC, no hopwarden: what is left is wake-ups and the kernel.
+async fn floor(o: &Opts) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("echo runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while s.read_exact(&mut buf).await.is_ok() {
+                        if s.write_all(&buf).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    let rate = o.num("rate", 1000)?.max(1);
+    let total = rate * o.num("seconds", 10)?;
+    let schedule = Some((Instant::now(), Duration::from_secs_f64(1.0 / rate as f64)));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.num("concurrency", 32)? {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut buf = [7u8; 256];
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return hist;
+                }
+                let start = paced_start(schedule, n).await;
+                if s.write_all(&buf).await.is_err() || s.read_exact(&mut buf).await.is_err() {
+                    return hist;
+                }
+                let _ = hist.record(start.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "label": o.str("label", ""),
+            "round_trips": hist.len(),
+            "throughput": hist.len() as f64 / elapsed,
+            "p50_us": hist.value_at_quantile(0.50),
+            "p90_us": hist.value_at_quantile(0.90),
+            "p99_us": hist.value_at_quantile(0.99),
+            "max_us": hist.max(),
+        })
+    );
+    Ok(())
+}
+
 async fn run(o: &Opts) -> Result<(), Error> {
     let addr = o.str("addr", "127.0.0.1:9191");
     // With --fresh-es256, every check carries a token minted just for it (distinct
@@ -236,21 +334,7 @@ async fn run(o: &Opts) -> Result<(), Error> {
                     Some(f) => check_request(&f.mint(n)),
                     None => tokens[(n % tokens.len() as u64) as usize].clone(),
                 };
-                let start = match schedule {
-                    None => Instant::now(),
-                    Some((base, interval)) => {
-                        let due = base + interval * n as u32;
-                        tokio::time::sleep_until(due.into()).await;
-                        // Tokio's timer wakes up to a millisecond late; that slop is
-                        // ours, not the server's. A larger lag is a real backlog.
-                        let woke = Instant::now();
-                        if woke - due < Duration::from_millis(2) {
-                            woke
-                        } else {
-                            due
-                        }
-                    }
-                };
+                let start = paced_start(schedule, n).await;
                 if client.check(req).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
