@@ -229,7 +229,7 @@ impl JwtVerifier {
         if !valid {
             return Err(TokenError::BadSignature);
         }
-        check_times(&claims, &trusted.config, now)?;
+        let exp = check_times(&claims, &trusted.config, now)?;
         let spec = &trusted.config.spec;
         let subject = claims
             .get(&spec.principal_claim)
@@ -243,7 +243,7 @@ impl JwtVerifier {
             kind: spec.kind,
             scopes: scopes(&claims),
             audiences: string_or_array(claims.get("aud")),
-            exp: claims.get("exp").and_then(Value::as_u64),
+            exp,
             leeway: spec.leeway,
             claims: Arc::new(claims),
         })
@@ -258,7 +258,12 @@ fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenErr
 }
 
 /// RFC 7519 4.1.4/4.1.5/4.1.6 with the issuer's leeway; numeric dates must be numbers.
-fn check_times(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result<(), TokenError> {
+/// Returns `exp` as checked: the caches bound their entries by this same value.
+fn check_times(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    now: u64,
+) -> Result<Option<u64>, TokenError> {
     let spec = &issuer.spec;
     let leeway = spec.leeway.as_secs();
     let date = |name: &str| -> Result<Option<u64>, TokenError> {
@@ -293,7 +298,7 @@ fn check_times(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result
             return Err(TokenError::LifetimeTooLong);
         }
     }
-    Ok(())
+    Ok(exp)
 }
 
 /// Scopes from `scope` (RFC 8693 4.2: space-delimited string; some issuers send an
@@ -447,7 +452,7 @@ mod tests {
         ];
         for (issuer, input, want) in cases {
             assert_eq!(
-                &check_times(&claims(input.clone()), issuer, now),
+                &check_times(&claims(input.clone()), issuer, now).map(|_| ()),
                 want,
                 "{input}"
             );
