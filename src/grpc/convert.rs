@@ -173,14 +173,6 @@ pub struct ResponseOptions {
     pub dynamic_metadata: bool,
 }
 
-impl Default for ResponseOptions {
-    fn default() -> Self {
-        ResponseOptions {
-            dynamic_metadata: true,
-        }
-    }
-}
-
 /// Decision facts for Envoy's dynamic metadata (namespace
 /// `envoy.filters.http.ext_authz`), so access logs can show them.
 fn metadata(outcome: &Outcome) -> Struct {
