@@ -274,17 +274,29 @@ async fn example_config_serves_dev_tokens_and_drains_on_sigterm() {
         "token leaked into the log: {line}"
     );
     assert!(!line.to_lowercase().contains("bearer"), "{line}");
-    let rest: Vec<String> =
-        std::iter::from_fn(|| serve.lines.recv_timeout(Duration::from_millis(500)).ok()).collect();
+    // The other two checks' lines (the cookie was on the last), then nothing more.
+    let is_decision = |l: &String| l.contains("\"decision\"");
+    let mut rest: Vec<String> = Vec::new();
+    while rest.iter().filter(|l| is_decision(l)).count() < 2 {
+        let l = serve
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a decision line for each check");
+        rest.push(l);
+    }
+    rest.extend(std::iter::from_fn(|| {
+        serve.lines.recv_timeout(Duration::from_millis(500)).ok()
+    }));
     for l in &rest {
         assert!(
             !l.contains("s3cr3t") && !l.contains(&t_pem[..40]),
             "secret in the log: {l}"
         );
     }
-    assert!(
-        rest.iter().any(|l| l.contains("\"decision\"")),
-        "one line per decision"
+    assert_eq!(
+        rest.iter().filter(|l| is_decision(l)).count(),
+        2,
+        "one line per decision: {rest:?}"
     );
 
     serve.signal("TERM");
