@@ -17,6 +17,16 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/bench/work
 results=$root/bench/results
+hw_pid=
+declare -A envoy_pid=()
+shm=
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+cleanup() {
+  # Only the processes still current: earlier pids may have been reused.
+  for p in $hw_pid "${envoy_pid[@]}"; do stop "$p"; done
+  [ -z "$shm" ] || rm -rf "$shm"
+}
+trap cleanup EXIT
 shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
 : > "$work/raw.jsonl"
@@ -37,14 +47,6 @@ cargo build --release --locked --bin hopwarden --example loadgen 2>&1 | tail -1
 hopwarden=$root/target/release/hopwarden
 loadgen=$root/target/release/examples/loadgen
 "$envoy" --version | head -1
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$shm"
-}
-trap cleanup EXIT
 
 echo "== keys and tokens (minted now)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
@@ -98,30 +100,26 @@ wait_http() { # port path
   echo "error: nothing on :$1$2" >&2; return 1
 }
 
-hw_pid=
 start_hopwarden() {
-  [ -z "$hw_pid" ] || { kill "$hw_pid" 2>/dev/null || true; wait "$hw_pid" 2>/dev/null || true; }
+  [ -z "$hw_pid" ] || stop "$hw_pid"
   rm -f "$shm/decisions.log"
   "$hopwarden" serve --config "$work/hopwarden.yaml" >"$work/hopwarden.log" 2>&1 &
   hw_pid=$!
-  pids+=("$hw_pid")
   wait_http 18192 /readyz
 }
 
 declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004)
 declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004)
 declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden)
-declare -A envoy_pid=()
 start_envoy() { # setup
   local s=$1
-  [ -z "${envoy_pid[$s]:-}" ] || { kill "${envoy_pid[$s]}" 2>/dev/null || true; wait "${envoy_pid[$s]}" 2>/dev/null || true; }
+  [ -z "${envoy_pid[$s]:-}" ] || stop "${envoy_pid[$s]}"
   sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
       -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" \
       "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
   "$envoy" -c "$work/envoy-$s.yaml" --concurrency 1 --disable-hot-restart -l error \
     >"$work/envoy-$s.log" 2>&1 &
   envoy_pid[$s]=$!
-  pids+=("${envoy_pid[$s]}")
   wait_http "${admin[$s]}" /ready
 }
 
@@ -192,7 +190,8 @@ for scenario in reused rotating; do
     done
   done
 done
-for s in a b c d; do kill "${envoy_pid[$s]}" 2>/dev/null || true; done
+for s in a b c d; do stop "${envoy_pid[$s]}"; done
+envoy_pid=()
 
 echo "== the machine's floor: loopback TCP echo, same pacing as the fixed-rate runs"
 for r in 1000 5000; do
@@ -206,7 +205,7 @@ alone() { # label args...
   local label=$1; shift
   "$loadgen" run --addr 127.0.0.1:18191 --server-pid "$hw_pid" --label "$label" "$@" \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="alone"; print(json.dumps(r))' >> "$work/raw.jsonl"
-  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"]))'
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0)))'
 }
 n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
 start_hopwarden

@@ -17,7 +17,9 @@ td=hopwarden.local
 days=${CERT_DAYS:-30}
 mkdir -p "$out"
 
-if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/ca-key.pem" ]; then
+# A CA that is missing or expires within a day is made anew (leaves are signed below).
+if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/ca-key.pem" ] ||
+   ! openssl x509 -checkend 86400 -noout -in "$out/ca.pem" >/dev/null 2>&1; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -keyout "$out/ca-key.pem" -out "$out/ca.pem" -days "$days" \
     -subj "/O=hopwarden dev/CN=hopwarden dev CA" \
