@@ -66,14 +66,12 @@ impl Authenticator {
         };
         let token = bearer_token(header)?;
         let key: Fingerprint = Sha256::digest(token.as_bytes()).into();
-        let hit = self.tokens.get(&key);
+        // The cache entry never outlives `exp`, but the clock is checked again so a
+        // hit can never be more lenient than a fresh verification.
+        let hit = self.tokens.get(&key).filter(|cached| cached.is_live(now));
         self.metrics.cache("token", hit.is_some());
         if let Some(cached) = hit {
-            // The cache entry never outlives `exp`, but the clock is checked again
-            // so a hit can never be more lenient than a fresh verification.
-            if cached.is_live(now) {
-                return Ok(Credential::Token(cached, peer));
-            }
+            return Ok(Credential::Token(cached, peer));
         }
         let verified = Arc::new(self.verifier.verify(token, now).await?);
         self.tokens.insert(key, verified.clone(), now);

@@ -259,7 +259,7 @@ pub struct TokenArgs {
     #[arg(long, default_value = crate::token::DEV_ISSUER)]
     pub iss: String,
     /// An extra claim, NAME=VALUE (VALUE as JSON if it parses, else a string).
-    #[arg(long = "claim", value_parser = parse_claim)]
+    #[arg(long = "claim", value_parser = parse_pair)]
     pub claims: Vec<(String, String)>,
     /// Sign with this PEM key instead of the dev key (needs --allow-non-dev-key).
     #[arg(long)]
@@ -275,7 +275,8 @@ pub struct TokenArgs {
     pub jwks: bool,
 }
 
-fn parse_claim(s: &str) -> Result<(String, String), String> {
+/// `NAME=VALUE` command-line pairs (claims, headers).
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
     Ok((k.to_string(), v.to_string()))
 }

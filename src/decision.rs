@@ -176,6 +176,14 @@ impl DenyReason {
 }
 
 impl Decision {
+    /// The HTTP status Envoy answers with: 200 (forwarded upstream), 401 or 403.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Decision::Allow(_) => 200,
+            Decision::Deny(d) => d.reason.status().code(),
+        }
+    }
+
     /// `allow` or `deny`, for logs.
     pub fn as_str(&self) -> &'static str {
         match self {

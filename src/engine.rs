@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
-use crate::authn::jwt::{now_secs, TokenError};
+use crate::authn::jwt::{now_secs, TokenError, VerifiedToken};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
@@ -203,12 +203,7 @@ impl Engine {
                 // Audience on every hop: a token minted for another service is not a
                 // credential here, whatever else it says.
                 if !token.is_for(policy.audiences()) {
-                    let denied = Denied {
-                        reason: DenyReason::WrongAudience,
-                        rule: None,
-                        principal: Some(token.subject.clone()),
-                        kind: Some(token.kind),
-                    };
+                    let denied = wrong_audience(&token);
                     let decision = dry_run(Decision::Deny(denied), None, policy.is_dry_run());
                     return Ok((decision, token.exp));
                 }
@@ -267,6 +262,16 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
             })
         }
         deny => deny,
+    }
+}
+
+/// The deny for a verified token whose audience does not name the service.
+pub(crate) fn wrong_audience(token: &VerifiedToken) -> Denied {
+    Denied {
+        reason: DenyReason::WrongAudience,
+        rule: None,
+        principal: Some(token.subject.clone()),
+        kind: Some(token.kind),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::authn::jwt::{now_secs, JwtVerifier, TokenError};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::TokenCache;
 use crate::config::Config;
-use crate::decision::{Decision, Denied, DenyReason};
+use crate::decision::{Decision, DenyReason};
 use crate::engine::to_decision;
 use crate::policy::{EvalInput, Mode, PolicySet, RuleOutcome, RuleTrace};
 use crate::principal::{Principal, PrincipalKind};
@@ -62,7 +62,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub path: String,
     /// A request header, NAME=VALUE; repeat for several.
-    #[arg(long = "header", short = 'H', value_parser = parse_pair)]
+    #[arg(long = "header", short = 'H', value_parser = crate::cli::parse_pair)]
     pub headers: Vec<(String, String)>,
     /// A bearer token, verified with the config's issuers.
     #[arg(long, conflicts_with_all = ["kind", "id", "issuer", "scopes", "claims"])]
@@ -80,7 +80,7 @@ pub struct ExplainArgs {
     #[arg(long = "scope", requires = "id")]
     pub scopes: Vec<String>,
     /// Asserted claim, NAME=VALUE (VALUE as JSON if it parses, else a string).
-    #[arg(long = "claim", value_parser = parse_pair, requires = "id")]
+    #[arg(long = "claim", value_parser = crate::cli::parse_pair, requires = "id")]
     pub claims: Vec<(String, String)>,
     /// The mTLS peer's SPIFFE ID (Envoy's source principal).
     #[arg(long)]
@@ -88,11 +88,6 @@ pub struct ExplainArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
-    Ok((k.to_string(), v.to_string()))
 }
 
 /// What `explain` found, in the order the server finds it.
@@ -262,11 +257,9 @@ async fn explain(
     };
     let finish = |mut report: Report, decision: Decision| {
         let text = describe_decision(&decision);
+        report.status = decision.http_status();
         if let Decision::Deny(d) = &decision {
-            report.status = d.reason.status().code();
             report.reason = Some(d.reason.as_str().to_string());
-        } else {
-            report.status = 200;
         }
         report.allowed = matches!(decision, Decision::Allow(_));
         report.rule = decision.rule().map(str::to_string);
@@ -339,12 +332,7 @@ async fn explain(
                         report.audience =
                             Some(format!("token aud {auds} does not name the service (accepts {wanted})"));
                         report.rules_skipped = Some("the token is not for this service".into());
-                        let denied = Denied {
-                            reason: DenyReason::WrongAudience,
-                            rule: None,
-                            principal: Some(token.subject.clone()),
-                            kind: Some(token.kind),
-                        };
+                        let denied = crate::engine::wrong_audience(&token);
                         return Ok(finish(report, Decision::Deny(denied)));
                     }
                     report.audience = Some(format!("token aud {auds} names the service (accepts {wanted})"));

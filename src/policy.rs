@@ -136,8 +136,12 @@ impl PolicySet {
 fn is_policy_file(name: &str) -> bool {
     !name.starts_with('.')
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
-        && !name.ends_with("_test.yaml")
-        && !name.ends_with("_test.yml")
+        && !is_suite_file(name)
+}
+
+/// A policy test suite (`hopwarden test`), which lives beside the policies.
+pub(crate) fn is_suite_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with("_test.yaml") || name.ends_with("_test.yml"))
 }
 
 /// One problem in a policy file.

@@ -77,7 +77,7 @@ pub fn find_suites(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && (name.ends_with("_test.yaml") || name.ends_with("_test.yml")) {
+        if crate::policy::is_suite_file(&name) {
             found.push(dir.join(name));
         }
     }
@@ -399,9 +399,10 @@ fn describe_expect(e: &ExpectSpec) -> String {
 
 /// Why a decision does not meet the expectation, if it does not.
 pub fn mismatch(expect: &ExpectSpec, got: &Decision) -> Option<String> {
-    let (allowed, status, reason) = match got {
-        Decision::Allow(_) => (true, 200, None),
-        Decision::Deny(d) => (false, d.reason.status().code(), Some(d.reason.as_str())),
+    let status = got.http_status();
+    let (allowed, reason) = match got {
+        Decision::Allow(_) => (true, None),
+        Decision::Deny(d) => (false, Some(d.reason.as_str())),
     };
     let ok = (expect.decision == Expected::Allow) == allowed
         && expect.rule.as_deref().is_none_or(|r| got.rule() == Some(r))

@@ -253,7 +253,7 @@ impl Metrics {
         let result = if generation.is_some() { "ok" } else { "error" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
         if let Some(g) = generation {
-            self.generation.set(i64::try_from(g).unwrap_or(i64::MAX));
+            self.set_generation(g);
         }
     }
 

@@ -60,9 +60,4 @@ impl When {
     pub fn claims(&self) -> &[(String, Vec<String>)] {
         &self.claims
     }
-
-    /// Whether no condition is named.
-    pub fn is_empty(&self) -> bool {
-        self.hop.is_none() && self.headers.is_empty() && self.claims.is_empty()
-    }
 }

@@ -50,16 +50,6 @@ pub enum Mode {
     DryRun,
 }
 
-impl Mode {
-    /// The name used in policy files and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::DryRun => "dry-run",
-        }
-    }
-}
-
 /// One policy file: the rules protecting one service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
