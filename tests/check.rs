@@ -782,8 +782,15 @@ async fn shutdown_drains_an_in_flight_check() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let t2 = other_key().sign(&claims(PAYMENTS, "ledger", "ledger.read"));
     let mut client = s.client.clone();
+    let fetches = jwks_server.hits();
     let in_flight = tokio::spawn(async move { client.check(read_tx().bearer(&t2).build()).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the check's refetch has reached the (slow) JWKS server.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            jwks_server.hits() > fetches
+        })
+        .await
+    );
     let started = std::time::Instant::now();
     s.handle.shutdown().await.expect("clean shutdown");
     let answer = in_flight

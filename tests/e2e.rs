@@ -8,12 +8,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::stack::{envoy_binary, hopwarden_healthy, Stack, StackSpec};
-use common::{dev_token, PAYMENTS};
+use common::{dev_token, repo, PAYMENTS};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn start_stack(dir: &tempfile::TempDir) -> Stack {
     // scripts/test.sh builds the examples first (`cargo test` alone builds them as

@@ -5,41 +5,13 @@
 //! review the diff by hand. Tokens are minted at test time with the dev key, and
 //! nothing volatile (exp, temp paths) appears in golden text.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hopwarden");
+use common::{dev_signed, now, repo, run_bin as run, run_bin_with};
 const TD: &str = "spiffe://hopwarden.local/ns";
 const STS: &str = "https://sts.hopwarden.local";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
-    run_with(args, cwd, |c| c)
-}
-
-fn run_with(
-    args: &[&str],
-    cwd: &Path,
-    env: impl FnOnce(&mut Command) -> &mut Command,
-) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("HOPWARDEN_CONFIG");
-    let out = env(&mut cmd).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Compares `actual` with `tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1.
 fn golden(name: &str, actual: &str) {
@@ -63,21 +35,6 @@ fn golden(name: &str, actual: &str) {
         "{} differs (UPDATE_GOLDEN=1 to accept)",
         path.display()
     );
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A token signed with the committed dev key, with any claims (expired ones too).
-fn dev_token(claims: serde_json::Value) -> String {
-    let pem = std::fs::read(repo().join("dev/dev-key.pem")).unwrap();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("hopwarden-dev-1".into());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
 
 fn token(sub: &str, aud: &str, scope: &str) -> String {
@@ -310,7 +267,7 @@ fn explain_allowed_via_token() {
 fn explain_rejected_tokens() {
     let sub = format!("{TD}/payments/sa/payments");
     let now = now();
-    let expired = dev_token(json!({
+    let expired = dev_signed(&json!({
         "iss": STS, "sub": sub, "aud": "ledger", "scope": "ledger.read",
         "iat": now - 3600, "exp": now - 600,
     }));
@@ -584,7 +541,7 @@ fn review_svg_without_graphviz_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("access.svg");
     let empty_path = tempfile::tempdir().unwrap();
-    let (code, out, err) = run_with(
+    let (code, out, err) = run_bin_with(
         &[
             "review",
             "policies",

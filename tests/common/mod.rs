@@ -92,6 +92,35 @@ pub fn jwks(keys: &[&RsaKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
 }
 
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `hopwarden` binary in `cwd`: exit code, stdout, stderr. A
+/// `HOPWARDEN_CONFIG` from the caller's shell is removed so it cannot change results.
+pub fn run_bin(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    run_bin_with(args, cwd, |c| c)
+}
+
+/// [`run_bin`] with more settings on the command (environment, say).
+pub fn run_bin_with(
+    args: &[&str],
+    cwd: &Path,
+    env: impl FnOnce(&mut std::process::Command) -> &mut std::process::Command,
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hopwarden"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("HOPWARDEN_CONFIG");
+    let out = env(&mut cmd).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
