@@ -33,8 +33,33 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = args.split_first().ok_or("usage: loadgen mint|run ...")?;
-    let opts = Opts::parse(rest)?;
+    let (cmd, rest) = args
+        .split_first()
+        .ok_or("usage: loadgen mint|run|floor ...")?;
+    // A mistyped option is an error, not a silent default.
+    let known: &[&str] = match cmd.as_str() {
+        "mint" => &[
+            "key", "kid", "alg", "count", "out", "iss", "sub", "aud", "scope", "ttl-secs",
+        ],
+        "run" => &[
+            "addr",
+            "token",
+            "tokens",
+            "fresh-es256",
+            "kid",
+            "concurrency",
+            "connections",
+            "requests",
+            "rate",
+            "seconds",
+            "server-pid",
+            "label",
+            "threads",
+        ],
+        "floor" => &["rate", "seconds", "concurrency", "label"],
+        other => return Err(format!("unknown command {other:?}").into()),
+    };
+    let opts = Opts::parse(rest, known)?;
     match cmd.as_str() {
         "mint" => mint(&opts),
         "run" => tokio::runtime::Builder::new_multi_thread()
@@ -47,20 +72,25 @@ fn main() -> Result<(), Error> {
             .enable_all()
             .build()?
             .block_on(floor(&opts)),
-        other => Err(format!("unknown command {other:?}").into()),
+        _ => unreachable!("checked above"),
     }
 }
 
 struct Opts(Vec<(String, String)>);
 
 impl Opts {
-    fn parse(args: &[String]) -> Result<Opts, Error> {
+    fn parse(args: &[String], known: &[&str]) -> Result<Opts, Error> {
         let mut out = Vec::new();
         let mut it = args.iter();
         while let Some(k) = it.next() {
             let k = k
                 .strip_prefix("--")
                 .ok_or(format!("expected --option, got {k:?}"))?;
+            if !known.contains(&k) {
+                return Err(
+                    format!("unknown option --{k} (known: --{})", known.join(", --")).into(),
+                );
+            }
             let v = it.next().ok_or(format!("--{k} needs a value"))?;
             out.push((k.to_string(), v.clone()));
         }
