@@ -510,22 +510,28 @@ fn review_usage_lists_unused_grants() {
     );
 }
 
+/// `hopwarden review policies --format dot --svg SVG`, with `env` applied.
+fn review_to_svg(
+    svg: &std::path::Path,
+    env: impl FnOnce(&mut std::process::Command) -> &mut std::process::Command,
+) -> (i32, String, String) {
+    let args = [
+        "review",
+        "policies",
+        "--format",
+        "dot",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    run_bin_with(&args, &repo(), env)
+}
+
 /// scripts/test.sh installs Graphviz, so `dot` missing here is a failure, not a skip.
 #[test]
 fn review_svg_renders_with_graphviz() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("access.svg");
-    let (code, out, err) = run(
-        &[
-            "review",
-            "policies",
-            "--format",
-            "dot",
-            "--svg",
-            svg.to_str().unwrap(),
-        ],
-        &repo(),
-    );
+    let (code, out, err) = review_to_svg(&svg, |c| c);
     assert_eq!(code, 0, "{err} (scripts/test.sh installs graphviz)");
     assert!(out.starts_with("digraph access {"), "{out}");
     let text = std::fs::read_to_string(&svg).unwrap();
@@ -541,18 +547,7 @@ fn review_svg_without_graphviz_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("access.svg");
     let empty_path = tempfile::tempdir().unwrap();
-    let (code, out, err) = run_bin_with(
-        &[
-            "review",
-            "policies",
-            "--format",
-            "dot",
-            "--svg",
-            svg.to_str().unwrap(),
-        ],
-        &repo(),
-        |c| c.env("PATH", empty_path.path()),
-    );
+    let (code, out, err) = review_to_svg(&svg, |c| c.env("PATH", empty_path.path()));
     assert_eq!(code, 1);
     assert!(out.starts_with("digraph access {"), "{out}");
     assert!(
