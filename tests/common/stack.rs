@@ -99,12 +99,28 @@ impl Ports {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 for a process that binds it later.
+///
+/// Not a port-0 bind: a port the kernel chose and we released is in its ephemeral
+/// range, where the next outgoing connection can take it before Envoy binds it (seen
+/// as "Address already in use" with three stacks starting at once). Ports below
+/// Linux's ephemeral range (32768+) and above the local stack's fixed ones are only
+/// ever taken by an explicit bind; the counter keeps this process from handing one
+/// out twice, and the process id spreads concurrent test processes apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 60) * 200;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A child process killed on drop, with its output in a log file.
