@@ -4,6 +4,7 @@
 //! beside it); a present but invalid token is an error even when the peer alone
 //! would be allowed, so a broken credential is never silently ignored.
 
+pub mod crypto;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
