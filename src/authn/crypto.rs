@@ -4,9 +4,11 @@
 //! checks. For RSA that means a new key object and new Montgomery constants each
 //! time: about 4 µs of a check that misses the caches, measured with perf on the
 //! bench machine. [`verify`] is jsonwebtoken's `crypto::verify` with one change:
-//! RSA and ECDSA signatures are checked with an aws-lc `ParsedPublicKey`, made once
-//! per key and kept. Every other algorithm, and every key aws-lc will not parse,
-//! goes to jsonwebtoken's own aws-lc verifiers, so their answers are unchanged.
+//! RSA and ECDSA signatures, with a key of the algorithm's own family, are checked
+//! with an aws-lc `ParsedPublicKey` made once per key and kept, with the same aws-lc
+//! parameters (and so the same RSA key-size limits) jsonwebtoken uses. Every other
+//! algorithm, key of another family, and key aws-lc will not parse goes to
+//! jsonwebtoken's own aws-lc verifiers, which give their usual answers.
 //!
 //! It is a function rather than an installed `CryptoProvider`: the process-wide
 //! default is fixed by whichever jsonwebtoken call comes first, and the tests (which
@@ -42,7 +44,8 @@ pub fn verify(
 /// ones over the life of the process: past this many the table starts over.
 const MAX_KEYS: usize = 256;
 
-/// A key's identity: the algorithm and the key material itself.
+/// A key's identity: the algorithm and the key material itself. Only keys of the
+/// algorithm's own family get one (see [`handles`]), so the family is implied.
 type KeyId = (Algorithm, Vec<u8>);
 
 /// Parsed public keys by identity.
@@ -71,6 +74,11 @@ impl KeyTable {
         algorithm: Algorithm,
         key: &DecodingKey,
     ) -> Option<Arc<ParsedPublicKey>> {
+        // Before the lookup: a key of another family (an HMAC secret, say) must never
+        // find an entry, even one with the same bytes.
+        if !handles(algorithm, key.family()) {
+            return None;
+        }
         let id = key_id(algorithm, key);
         if let Some(found) = self.read().get(&id) {
             return Some(found.clone());
@@ -91,32 +99,39 @@ impl KeyTable {
 
 fn key_id(algorithm: Algorithm, key: &DecodingKey) -> KeyId {
     let bytes = match key.kind() {
-        DecodingKeyKind::SecretOrDer(der) => der.clone(),
+        DecodingKeyKind::SecretOrDer(der) => [b"D", &der[..]].concat(),
         DecodingKeyKind::RsaModulusExponent { n, e } => {
             // Length-prefixed, so no modulus/exponent split reads as another.
-            let mut id = (n.len() as u64).to_be_bytes().to_vec();
-            id.extend_from_slice(n);
-            id.extend_from_slice(e);
-            id
+            [b"C", &(n.len() as u64).to_be_bytes()[..], n, e].concat()
         }
     };
     (algorithm, bytes)
 }
 
+/// The algorithms this module checks, each with the one key family it accepts.
+fn handles(algorithm: Algorithm, family: AlgorithmFamily) -> bool {
+    match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => family == AlgorithmFamily::Ec,
+        _ => rsa_parameters(algorithm).is_some() && family == AlgorithmFamily::Rsa,
+    }
+}
+
 /// What jsonwebtoken's aws-lc verifier would check the signature with, parsed.
 fn parse(algorithm: Algorithm, key: &DecodingKey) -> Option<ParsedPublicKey> {
-    let family = key.family();
+    if !handles(algorithm, key.family()) {
+        return None;
+    }
     match (rsa_parameters(algorithm), algorithm) {
-        (Some(params), _) if family == AlgorithmFamily::Rsa => match key.kind() {
+        (Some(params), _) => match key.kind() {
             DecodingKeyKind::SecretOrDer(der) => ParsedPublicKey::new(params, der).ok(),
             DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents { n, e }
                 .to_parsed_public_key(params)
                 .ok(),
         },
-        (None, Algorithm::ES256) if family == AlgorithmFamily::Ec => {
+        (None, Algorithm::ES256) => {
             ParsedPublicKey::new(&aws::ECDSA_P256_SHA256_FIXED, key.try_get_as_bytes().ok()?).ok()
         }
-        (None, Algorithm::ES384) if family == AlgorithmFamily::Ec => {
+        (None, Algorithm::ES384) => {
             ParsedPublicKey::new(&aws::ECDSA_P384_SHA384_FIXED, key.try_get_as_bytes().ok()?).ok()
         }
         _ => None,
@@ -229,8 +244,11 @@ mod tests {
         let p384 = ec(&aws::ECDSA_P384_SHA384_FIXED_SIGNING);
         let cases = [
             (Algorithm::RS256, &rsa, &other_rsa),
+            (Algorithm::RS384, &rsa, &other_rsa),
             (Algorithm::RS512, &rsa, &other_rsa),
             (Algorithm::PS256, &rsa, &other_rsa),
+            (Algorithm::PS384, &rsa, &other_rsa),
+            (Algorithm::PS512, &rsa, &other_rsa),
             (Algorithm::ES256, &p256, &rsa),
             (Algorithm::ES384, &p384, &p256),
         ];
@@ -292,6 +310,22 @@ mod tests {
         );
         assert_ne!(
             verify(&rs, b"a.b", &secret, Algorithm::RS256).ok(),
+            Some(true)
+        );
+        // Nor does a secret with the very bytes of an RSA key already parsed and kept.
+        let der = &rsa.public[1];
+        assert_eq!(verify(&rs, b"a.b", der, Algorithm::RS256).ok(), Some(true));
+        assert!(is_parsed(Algorithm::RS256, der));
+        let DecodingKeyKind::SecretOrDer(bytes) = der.kind() else {
+            panic!("DER")
+        };
+        let same_bytes = DecodingKey::from_secret(bytes);
+        assert_eq!(
+            verify(&rs, b"a.b", &same_bytes, Algorithm::RS256).ok(),
+            reference(&rs, b"a.b", &same_bytes, Algorithm::RS256)
+        );
+        assert_ne!(
+            verify(&rs, b"a.b", &same_bytes, Algorithm::RS256).ok(),
             Some(true)
         );
     }

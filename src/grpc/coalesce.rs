@@ -7,12 +7,13 @@
 //! scheduler has run out of other ready work: the checks that are ready finish and add
 //! their answers first, and one write carries all of them.
 //!
-//! The wait is tokio's deferred wake (what `yield_now` uses): it fires when the
-//! worker's run queue is empty, or at its periodic maintenance (every 61 tasks), so a
-//! flush waits for at most that much other work and never for a timer. A check that
-//! finishes meanwhile wakes the connection too (tokio polls it next, from the LIFO
-//! slot); that poll adds the answer to the buffer but does not write, which is what
-//! made answers leave in pairs when the flush only yielded once.
+//! The wait is tokio's deferred wake (what `yield_now` uses). The worker that polled
+//! the flush fires it when it finds no other work (local, injected or stealable) or
+//! at its periodic maintenance (every 61 scheduler ticks), so a flush waits for at
+//! most that much other work and never for a timer. A check that finishes meanwhile
+//! wakes the connection too (tokio polls it next, from the LIFO slot); that poll adds
+//! the answer to the buffer but does not write. When the flush gave up its wait at
+//! that first re-poll, answers left in pairs.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -66,11 +67,15 @@ impl Deferred {
         if self.fired.load(Ordering::Acquire) {
             return true;
         }
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if !task.will_wake(cx.waker()) {
-            *task = cx.waker().clone();
+        {
+            let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.will_wake(cx.waker()) {
+                *task = cx.waker().clone();
+            }
         }
-        false
+        // Read again: a wake that fired while the waker was being replaced went to
+        // the old one, and this poll must not then wait for it.
+        self.fired.load(Ordering::Acquire)
     }
 }
 
@@ -109,6 +114,8 @@ impl<S: AsyncWrite + Unpin> Coalescing<S> {
         }
         self.buf.clear();
         self.sent = 0;
+        // Whatever comes next is a new batch, with a hold of its own.
+        self.held = None;
         Poll::Ready(Ok(()))
     }
 
@@ -158,14 +165,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
         // Hold the flush until the scheduler has run the other ready checks; polls
         // before that (each finished check wakes this task) only gather frames.
         match &this.held {
-            // A write that the socket took only in part goes on without waiting.
+            // A write the socket took only in part goes on without waiting.
             _ if this.sent > 0 => {}
             None => {
                 this.held = Some(Deferred::start(cx));
                 return Poll::Pending;
             }
             Some(held) if !held.fired(cx) => return Poll::Pending,
-            Some(_) => this.held = None,
+            // Fired: write. If the socket is full the hold stays fired, so the retry
+            // does not wait again.
+            Some(_) => {}
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
@@ -283,6 +292,51 @@ mod tests {
         // Once this task lets the scheduler run, everything leaves in one write.
         io.flush().await.unwrap();
         assert_eq!(rec.writes(), vec![b"first;second;third;".to_vec()]);
+    }
+
+    /// A socket whose send buffer is full for the first write.
+    #[derive(Clone, Default)]
+    struct FullOnce(Recorder, Arc<Mutex<bool>>);
+
+    impl AsyncWrite for FullOnce {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut was_full = self.1.lock().unwrap();
+            if !*was_full {
+                *was_full = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            drop(was_full);
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_is_retried_without_waiting_again() {
+        let socket = FullOnce::default();
+        let mut io = Coalescing::new(socket.clone());
+        io.write_all(b"answer").await.unwrap();
+        let poll = |io: &mut Coalescing<FullOnce>| {
+            let waker = Waker::noop();
+            Pin::new(io).poll_flush(&mut Context::from_waker(waker))
+        };
+        assert!(poll(&mut io).is_pending(), "held");
+        tokio::task::yield_now().await; // the scheduler comes back: the hold fires
+        assert!(poll(&mut io).is_pending(), "the socket was full");
+        assert!(socket.0.writes().is_empty());
+        // The retry writes at once; a new hold here would wait for another pass.
+        assert!(matches!(poll(&mut io), Poll::Ready(Ok(()))));
+        assert_eq!(socket.0.writes(), vec![b"answer".to_vec()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
