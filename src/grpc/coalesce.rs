@@ -12,8 +12,9 @@
 //! at its periodic maintenance (every 61 scheduler ticks), so a flush waits for at
 //! most that much other work and never for a timer. A check that finishes meanwhile
 //! wakes the connection too (tokio polls it next, from the LIFO slot); that poll adds
-//! the answer to the buffer but does not write. When the flush gave up its wait at
-//! that first re-poll, answers left in pairs.
+//! the answer to the buffer but does not write (when the flush gave up its wait at
+//! that first re-poll, answers left in pairs), unless the flush has been held for
+//! [`HOLD_MAX`] already.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -21,6 +22,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
@@ -29,10 +31,17 @@ use tonic::transport::server::Connected;
 /// flush, so one busy connection cannot grow the buffer without bound.
 const HIGH_WATER: usize = 64 * 1024;
 
+/// The longest a flush is held once answers wait in the buffer. The scheduler's
+/// deferred wake can come as late as its maintenance tick, 61 tasks on; with checks
+/// that miss the caches (~70 µs each) that would be several milliseconds. Every
+/// finished check re-polls the connection, so past this the next one writes.
+const HOLD_MAX: Duration = Duration::from_millis(1);
+
 /// The deferred wake a held flush waits for.
 struct Deferred {
     fired: AtomicBool,
     task: Mutex<Waker>,
+    since: Instant,
 }
 
 impl Wake for Deferred {
@@ -54,6 +63,7 @@ impl Deferred {
         let deferred = Arc::new(Deferred {
             fired: AtomicBool::new(false),
             task: Mutex::new(cx.waker().clone()),
+            since: Instant::now(),
         });
         let waker = Waker::from(deferred.clone());
         // The first poll of `yield_now` hands the waker to the scheduler's defer list
@@ -171,7 +181,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
                 this.held = Some(Deferred::start(cx));
                 return Poll::Pending;
             }
-            Some(held) if !held.fired(cx) => return Poll::Pending,
+            Some(held) if !held.fired(cx) && held.since.elapsed() < HOLD_MAX => {
+                return Poll::Pending
+            }
             // Fired: write. If the socket is full the hold stays fired, so the retry
             // does not wait again.
             Some(_) => {}
@@ -337,6 +349,19 @@ mod tests {
         // The retry writes at once; a new hold here would wait for another pass.
         assert!(matches!(poll(&mut io), Poll::Ready(Ok(()))));
         assert_eq!(socket.0.writes(), vec![b"answer".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_flush_is_held_no_longer_than_hold_max() {
+        let rec = Recorder::default();
+        let mut io = Coalescing::new(rec.clone());
+        io.write_all(b"answer").await.unwrap();
+        assert!(poll_once(&mut io).await.is_pending());
+        // This task keeps the scheduler from coming back (as a long run of expensive
+        // checks would): once HOLD_MAX has passed, the next poll writes anyway.
+        std::thread::sleep(HOLD_MAX);
+        assert!(matches!(poll_once(&mut io).await, Poll::Ready(Ok(()))));
+        assert_eq!(rec.writes(), vec![b"answer".to_vec()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
