@@ -46,7 +46,7 @@ pub struct ConfigSpec {
     pub worker_threads: Option<usize>,
     /// Put the decision facts in Envoy's dynamic metadata (for access logs). Envoy
     /// parses and stores them on every request: off saves it about 7% of its
-    /// instructions per check (bench/README.md).
+    /// instructions per check (README.md, Benchmarks).
     #[serde(default = "default_true")]
     pub dynamic_metadata: bool,
     /// Admin HTTP (metrics, health); off when absent.

@@ -15,6 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
+use super::crypto;
 use crate::config::{Issuer, KeySource};
 use crate::telemetry::Metrics;
 
@@ -25,11 +26,34 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One verification key and the algorithms it may verify.
 pub struct VerifyKey {
-    /// The key, ready for `jsonwebtoken::crypto::verify`.
+    /// The key, for jsonwebtoken.
     pub key: DecodingKey,
     /// Algorithms this key may be used with: its family, narrowed by the JWK's own
     /// `alg` and, for EC keys, by the curve (RFC 7518 3.4: ES256 is P-256 only).
     pub algorithms: Vec<Algorithm>,
+    /// Its RSA/ECDSA forms parsed once, here, not per signature.
+    parsed: crypto::Parsed,
+}
+
+impl VerifyKey {
+    fn new(key: DecodingKey, algorithms: Vec<Algorithm>) -> VerifyKey {
+        let parsed = crypto::Parsed::new(&key, &algorithms);
+        VerifyKey {
+            key,
+            algorithms,
+            parsed,
+        }
+    }
+
+    /// Checks a token's `signature` over its `message` (see [`crypto::verify`]).
+    pub fn verify(
+        &self,
+        signature: &str,
+        message: &[u8],
+        algorithm: Algorithm,
+    ) -> jsonwebtoken::errors::Result<bool> {
+        crypto::verify(signature, message, &self.key, &self.parsed, algorithm)
+    }
 }
 
 /// A loaded key set.
@@ -76,10 +100,10 @@ impl KeySet {
         if secret.len() < 32 {
             return Err(JwksError::Parse("HMAC secret shorter than 32 bytes".into()));
         }
-        let key = Arc::new(VerifyKey {
-            key: DecodingKey::from_secret(secret),
-            algorithms: vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-        });
+        let key = Arc::new(VerifyKey::new(
+            DecodingKey::from_secret(secret),
+            vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        ));
         Ok(KeySet {
             by_kid: HashMap::new(),
             all: vec![key],
@@ -152,7 +176,7 @@ fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
         }
     };
     let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyKey { key, algorithms })
+    Some(VerifyKey::new(key, algorithms))
 }
 
 /// Why keys could not be loaded.

@@ -224,7 +224,8 @@ impl JwtVerifier {
         }
         let message_len = h64.len() + 1 + p64.len();
         let message = &token.as_bytes()[..message_len];
-        let valid = super::crypto::verify(sig, message, &key.key, alg)
+        let valid = key
+            .verify(sig, message, alg)
             .map_err(|_| TokenError::BadSignature)?;
         if !valid {
             return Err(TokenError::BadSignature);
@@ -358,7 +359,7 @@ pub fn self_test() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let (message, sig) = token.rsplit_once('.').ok_or("no signature")?;
         let key = jsonwebtoken::DecodingKey::from_secret(&secret);
-        match super::crypto::verify(sig, message.as_bytes(), &key, Algorithm::HS256) {
+        match jsonwebtoken::crypto::verify(sig, message.as_bytes(), &key, Algorithm::HS256) {
             Ok(true) => Ok(()),
             Ok(false) => Err("self-signed token did not verify".to_string()),
             Err(e) => Err(e.to_string()),
