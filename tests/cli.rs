@@ -306,3 +306,25 @@ async fn sighup_reloads_policies() {
     assert_eq!(v["generation"], 2);
     assert_eq!(v["services"], 1);
 }
+
+// `worker_threads: 1` runs on tokio's current-thread scheduler (main.rs): the same
+// server must answer, reload on SIGHUP (a blocking-pool task) and drain on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_reloads_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap() + "worker_threads: 1\n";
+    std::fs::write(&config, text).unwrap();
+    let mut serve = Serve::start(&config, dir.path());
+    let t = dev_token(PAYMENTS, "ledger", "ledger.read");
+    let allowed = Check::new("ledger", "GET", "/transactions/42").bearer(&t);
+    assert_eq!(check(&serve.addr, allowed.clone()).await.status, 200);
+    let refused = Check::new("ledger", "POST", "/refunds").bearer(&t);
+    assert_eq!(check(&serve.addr, refused).await.status, 403);
+    serve.signal("HUP");
+    serve.wait_for("policies reloaded");
+    assert_eq!(check(&serve.addr, allowed).await.status, 200);
+    serve.signal("TERM");
+    let status = serve.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+}
