@@ -16,6 +16,7 @@ SETUPS = {
     "b": "b: jwt_authn + rbac",
     "c": "c: jwt_authn cached + rbac",
     "d": "d: ext_authz -> hopwarden",
+    "e": "e: ext_authz -> no-op server",
 }
 SCENARIOS = {"reused": "one token reused", "rotating": "every token new"}
 
@@ -59,6 +60,7 @@ def main():
     alone = [r for r in rows if r["kind"] == "alone"]
     floor = {r["label"]: r for r in rows if r["kind"] == "floor"}
     memory = next((r for r in rows if r["kind"] == "memory"), None)
+    instructions = {r["setup"]: r for r in rows if r["kind"] == "instructions"}
 
     def get(scenario, setup, key):
         return envoy.get((scenario, setup), {}).get(key)
@@ -101,6 +103,25 @@ def main():
         growth = (memory["rss_after"] - memory["rss_caches_full"]) / 2**20
         target(f"memory: RSS growth after caches fill, {memory['tokens']:,} tokens <= 64 MiB", growth, 64, growth <= 64)
 
+    # Not targets: how hopwarden compares with a server that does no work, through
+    # Envoy (e) and alone (the gRPC floor), and what each setup asks of Envoy.
+    info = []
+    for scenario in SCENARIOS:
+        d, e = get(scenario, "d", "throughput"), get(scenario, "e", "throughput")
+        if d and e:
+            info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {get(scenario, 'e', 'throughput_vs_b'):.2f}x b")
+    floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
+    if hit and floor_sat:
+        info.append(f"alone, cache hit: {hit:.1f} us of CPU per check, {hit - floor_sat:.1f} us above the no-op server's {floor_sat:.1f}")
+    floor_rate = by_label.get("floor-grpc-rate-5000", {}).get("p99_us")
+    if floor_rate:
+        info.append(f"alone, p99 at 5,000/s: the no-op server's is {floor_rate} us")
+    if "b" in instructions:
+        b_instr = instructions["b"]["instructions_per_req"]
+        for setup, r in instructions.items():
+            info.append(f"Envoy instructions per request, {SETUPS[setup]}: {r['instructions_per_req']:,.0f} ({r['instructions_per_req'] / b_instr:.2f}x b)"
+                        + (f", non-2xx {r['non_2xx']}" if r["non_2xx"] else ""))
+
     # ---- text table
     lines = []
     lines.append(f"hopwarden benchmark, Envoy {envoy_version}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores")
@@ -129,6 +150,9 @@ def main():
             f"after {memory['tokens']:,} tokens {mib(memory['rss_after']):.0f} MiB"
         )
     lines.append("")
+    lines.append("for scale (not targets):")
+    lines.extend(f"  {i}" for i in info)
+    lines.append("")
     lines.append("targets:")
     for t in targets:
         v = "-" if t["value"] is None else f"{t['value']:.2f}"
@@ -147,6 +171,8 @@ def main():
         "alone": alone,
         "floor": list(floor.values()),
         "memory": memory,
+        "instructions": list(instructions.values()),
+        "info": info,
         "targets": targets,
     }
     json.dump(data, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
@@ -165,7 +191,7 @@ def main():
 
 def chart(envoy, envoy_version):
     """Grouped bars: throughput (left panel) and p99 (right panel) per scenario and setup."""
-    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728"}
+    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896"}
     width, height, pad = 960, 420, 60
     panel_w = (width - 3 * pad) / 2
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']
@@ -192,7 +218,7 @@ def chart(envoy, envoy_version):
                 out.append(f'<rect x="{x:.1f}" y="{y0 + plot_h - h:.1f}" width="{bar_w*0.9:.1f}" height="{h:.1f}" fill="{colors[setup]}"/>')
                 out.append(f'<text x="{x + bar_w*0.45:.1f}" y="{y0 + plot_h - h - 4:.1f}" text-anchor="middle" font-size="10">{m[key]:.0f}</text>')
     for i, (setup, name) in enumerate(SETUPS.items()):
-        x = pad + i * 215
+        x = pad + i * 180
         out.append(f'<rect x="{x}" y="{height - 40}" width="12" height="12" fill="{colors[setup]}"/>')
         out.append(f'<text x="{x + 18}" y="{height - 30}">{name}</text>')
     out.append("</svg>")

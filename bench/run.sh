@@ -12,18 +12,23 @@
 #   b  jwt_authn + rbac
 #   c  jwt_authn with jwt_cache_config + rbac
 #   d  ext_authz -> hopwarden
+#   e  ext_authz -> a server that allows everything unread (`loadgen allow-all`, with
+#      hopwarden's transport): what the hop costs before any server does any work
+# Envoy's instructions per request (callgrind) for a, b, d and e: a figure the VM's
+# noise does not move.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/bench/work
 results=$root/bench/results
 hw_pid=
+noop_pid=
 declare -A envoy_pid=()
 shm=
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cleanup() {
   # Only the processes still current: earlier pids may have been reused.
-  for p in $hw_pid "${envoy_pid[@]}"; do stop "$p"; done
+  for p in $hw_pid $noop_pid "${envoy_pid[@]}"; do stop "$p"; done
   [ -z "$shm" ] || rm -rf "$shm"
 }
 trap cleanup EXIT
@@ -40,8 +45,11 @@ MEMORY_TOKENS=${MEMORY_TOKENS:-$([ -n "$QUICK" ] && echo 250000 || echo 1000000)
 
 echo "== tools"
 envoy=$(scripts/install-envoy.sh)
-if ! command -v wrk >/dev/null 2>&1; then
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --locked --bin hopwarden --example loadgen 2>&1 | tail -1
 hopwarden=$root/target/release/hopwarden
@@ -108,15 +116,33 @@ start_hopwarden() {
   wait_http 18192 /readyz
 }
 
-declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004)
-declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004)
-declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden)
+noop_port=18193
+start_noop() {
+  [ -z "$noop_pid" ] || stop "$noop_pid"
+  : > "$work/noop.log"
+  "$loadgen" allow-all --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
+  noop_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q listening "$work/noop.log" && return 0
+    sleep 0.1
+  done
+  echo "error: loadgen allow-all did not start" >&2; return 1
+}
+
+setups=(a b c d e)
+declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004 [e]=18005)
+declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004 [e]=19005)
+declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop)
+envoy_config() { # setup -> $work/envoy-SETUP.yaml
+  local s=$1
+  sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
+      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" -e "s/__NOOP__/$noop_port/" \
+      "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
+}
 start_envoy() { # setup
   local s=$1
   [ -z "${envoy_pid[$s]:-}" ] || stop "${envoy_pid[$s]}"
-  sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
-      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" \
-      "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
+  envoy_config "$s"
   "$envoy" -c "$work/envoy-$s.yaml" --concurrency 1 --disable-hot-restart -l error \
     >"$work/envoy-$s.log" 2>&1 &
   envoy_pid[$s]=$!
@@ -144,7 +170,7 @@ print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": 
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
   "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
   "envoy_cpu_us_per_req": per_req(envoy_ticks),
-  "hopwarden_cpu_us_per_req": per_req(hw_ticks) if setup == "d" else None}))
+  "hopwarden_cpu_us_per_req": per_req(hw_ticks) if setup in ("d", "e") else None}))
 EOF
 }
 
@@ -154,30 +180,34 @@ run_wrk() { # setup scenario rep
   local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
   local e0 h0
-  e0=$(ticks "${envoy_pid[$s]}"); h0=$(ticks "$hw_pid")
+  # The authorization server's CPU: hopwarden for d, the no-op server for e.
+  local server=$hw_pid
+  [ "$s" != e ] || server=$noop_pid
+  e0=$(ticks "${envoy_pid[$s]}"); h0=$(ticks "$server")
   if [ "$scenario" = reused ]; then
     wrk "${args[@]}" -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
   else
     wrk "${args[@]}" -s "$work/rotate.lua" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
   fi
-  record_wrk "$s" "$scenario" "$rep" "$out" $(($(ticks "${envoy_pid[$s]}") - e0)) $(($(ticks "$hw_pid") - h0))
+  record_wrk "$s" "$scenario" "$rep" "$out" $(($(ticks "${envoy_pid[$s]}") - e0)) $(($(ticks "$server") - h0))
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s %-8s rep %d: %8.0f req/s  p50 %6.0f us  p99 %6.0f us  non-2xx %d  envoy cpu %5.1f us/req" % (r["setup"], r["scenario"], r["rep"], r["throughput"], r["p50_us"] or -1, r["p99_us"] or -1, r["non_2xx"], r["envoy_cpu_us_per_req"]))'
 }
 
-echo "== Envoy: a b c d interleaved, $REPS repetitions, ${DURATION}s each, $CONNS connections"
+echo "== Envoy: ${setups[*]} interleaved, $REPS repetitions, ${DURATION}s each, $CONNS connections"
 start_hopwarden
-for s in a b c d; do start_envoy "$s"; done
-# Sanity: every setup allows the good token and denies a missing one.
-for s in a b c d; do
+start_noop
+for s in "${setups[@]}"; do start_envoy "$s"; done
+# Sanity: every setup allows the good token; those that check deny a missing one.
+for s in "${setups[@]}"; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42")
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$s]}/transactions/42")
   echo "  $s: with token $ok, without $no"
   [ "$ok" = 200 ] || { echo "error: setup $s refused a valid token" >&2; exit 1; }
-  [ "$s" = a ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
+  [ "$s" = a ] || [ "$s" = e ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
 done
 for scenario in reused rotating; do
   for rep in $(seq 1 "$REPS"); do
-    for s in a b c d; do
+    for s in "${setups[@]}"; do
       if [ "$scenario" = rotating ]; then
         # Fresh caches for every run, so each token is new to everyone.
         [ "$s" != d ] || start_hopwarden
@@ -190,8 +220,53 @@ for scenario in reused rotating; do
     done
   done
 done
-for s in a b c d; do stop "${envoy_pid[$s]}"; done
+for s in "${setups[@]}"; do stop "${envoy_pid[$s]}"; done
 envoy_pid=()
+
+echo "== Envoy's instructions per request (callgrind, one token reused)"
+# Instructions, unlike seconds, do not move with the VM's neighbours: what each setup
+# asks of Envoy, beside the timings above. The kernel's share is not counted.
+for s in a b d e; do
+  envoy_config "$s"
+  rm -f "$work/callgrind-$s".*
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind-$s.out" \
+    "$envoy" -c "$work/envoy-$s.yaml" --concurrency 1 --disable-hot-restart -l error \
+    >"$work/envoy-cg-$s.log" 2>&1 &
+  envoy_pid[$s]=$!
+  for _ in $(seq 1 120); do curl -fs -o /dev/null "http://127.0.0.1:${admin[$s]}/ready" && break; sleep 1; done
+  url="http://127.0.0.1:${port[$s]}/transactions/42"
+  wrk -t1 -c4 -d3s -H "authorization: Bearer $token" "$url" >/dev/null
+  callgrind_control -z "${envoy_pid[$s]}" >/dev/null 2>&1
+  wrk -t1 -c4 -d"$((DURATION * 2))s" -H "authorization: Bearer $token" "$url" > "$work/wrk-cg-$s.txt"
+  callgrind_control -d "${envoy_pid[$s]}" >/dev/null 2>&1
+  stop "${envoy_pid[$s]}"
+  unset "envoy_pid[$s]"
+  python3 - "$s" "$work/wrk-cg-$s.txt" "$work/callgrind-$s.out".1* >> "$work/raw.jsonl" <<'PY'
+import json, re, sys
+setup, wrk, dumps = sys.argv[1], sys.argv[2], sys.argv[3:]
+text = open(wrk).read()
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+total = 0
+for path in dumps:  # the dump taken after the measured requests, not the exit's
+    for line in open(path):
+        if line.startswith(("summary:", "totals:")):
+            total += int(line.split()[1])
+            break
+print(json.dumps({"kind": "instructions", "setup": setup, "requests": requests,
+  "non_2xx": int(non2xx.group(1)) if non2xx else 0, "instructions_per_req": total / max(requests, 1)}))
+PY
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s: %8.0f instructions per request (%d requests, non-2xx %d)" % (r["setup"], r["instructions_per_req"], r["requests"], r["non_2xx"]))'
+done
+
+# One run of the gRPC load generator against a server (hopwarden unless told).
+alone() { # label args...
+  local label=$1; shift
+  "$loadgen" run --addr "${server_addr:-127.0.0.1:18191}" --server-pid "${server_pid:-$hw_pid}" --label "$label" "$@" \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="alone"; print(json.dumps(r))' >> "$work/raw.jsonl"
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0)))'
+}
+n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
 
 echo "== the machine's floor: loopback TCP echo, same pacing as the fixed-rate runs"
 for r in 1000 5000; do
@@ -199,15 +274,14 @@ for r in 1000 5000; do
     | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="floor"; print(json.dumps(r))' >> "$work/raw.jsonl"
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f /s  p50 %5d us  p99 %6d us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"]))'
 done
+echo "== the gRPC floor: the same load generator against the no-op server (hopwarden's transport)"
+start_noop
+server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
+alone floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
+alone floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+unset server_addr server_pid
 
 echo "== hopwarden alone (gRPC load generator, server CPU from /proc)"
-alone() { # label args...
-  local label=$1; shift
-  "$loadgen" run --addr 127.0.0.1:18191 --server-pid "$hw_pid" --label "$label" "$@" \
-    | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="alone"; print(json.dumps(r))' >> "$work/raw.jsonl"
-  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0)))'
-}
-n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
 start_hopwarden
 "$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
 alone saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"

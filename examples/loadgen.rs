@@ -8,6 +8,7 @@
 //!              (--concurrency N --requests N | --rate R --seconds S [--concurrency N])
 //!              [--server-pid PID] [--label NAME]
 //! loadgen floor --rate R --seconds S [--concurrency N] [--label NAME]
+//! loadgen allow-all --listen ADDR
 //! ```
 //!
 //! `run` prints one JSON line: checks, errors, throughput, latency percentiles (µs,
@@ -57,6 +58,7 @@ fn main() -> Result<(), Error> {
             "threads",
         ],
         "floor" => &["rate", "seconds", "concurrency", "label"],
+        "allow-all" => &["listen"],
         other => return Err(format!("unknown command {other:?}").into()),
     };
     let opts = Opts::parse(rest, known)?;
@@ -72,6 +74,11 @@ fn main() -> Result<(), Error> {
             .enable_all()
             .build()?
             .block_on(floor(&opts)),
+        // One thread, as hopwarden runs in the benchmark (`worker_threads: 1`).
+        "allow-all" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(allow_all(&opts.str("listen", "127.0.0.1:0"))),
         _ => unreachable!("checked above"),
     }
 }
@@ -300,6 +307,40 @@ async fn floor(o: &Opts) -> Result<(), Error> {
             "max_us": hist.max(),
         })
     );
+    Ok(())
+}
+
+/// Until killed: a gRPC ext_authz server that allows every check without reading
+/// it, with hopwarden's transport (`hopwarden::grpc::incoming`). The benchmark puts it
+/// behind Envoy (setup e) and under `run` (the gRPC floor): what it costs is what any
+/// ext_authz server costs here before it does any work.
+async fn allow_all(listen: &str) -> Result<(), Error> {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+        Authorization, AuthorizationServer,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+    use envoy_types::pb::google::rpc::Status;
+
+    struct AllowAll;
+    #[tonic::async_trait]
+    impl Authorization for AllowAll {
+        async fn check(
+            &self,
+            _: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            Ok(tonic::Response::new(CheckResponse {
+                status: Some(Status::default()),
+                ..Default::default()
+            }))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("allow-all: listening on {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(AllowAll))
+        .serve_with_incoming(hopwarden::grpc::incoming(listener))
+        .await?;
     Ok(())
 }
 

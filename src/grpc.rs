@@ -41,18 +41,26 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    // Nagle's algorithm would hold small responses for the peer's delayed ACK (40 ms
-    // on Linux): every accepted connection gets TCP_NODELAY. (`Server::tcp_nodelay`
-    // only applies when tonic binds the socket itself.)
-    // Answers finished together leave in one write (see coalesce.rs).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|conn| conn.map(coalesce::Coalescing::new));
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(AuthorizationServer::new(check::CheckService::new(
             engine, options,
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// The connections a gRPC server of ours accepts. Public so the benchmark's no-op
+/// server (`examples/loadgen.rs`) gets exactly hopwarden's transport.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<coalesce::Coalescing<tokio::net::TcpStream>>>
+{
+    // Nagle's algorithm would hold small responses for the peer's delayed ACK (40 ms
+    // on Linux): every accepted connection gets TCP_NODELAY. (`Server::tcp_nodelay`
+    // only applies when tonic binds the socket itself.)
+    // Answers finished together leave in one write (see coalesce.rs).
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|conn| conn.map(coalesce::Coalescing::new))
 }
