@@ -61,6 +61,9 @@ def main():
     floor = {r["label"]: r for r in rows if r["kind"] == "floor"}
     memory = next((r for r in rows if r["kind"] == "memory"), None)
     instructions = {r["setup"]: r for r in rows if r["kind"] == "instructions"}
+    # When the run started (recorded by run.sh), else now.
+    started = next((r["started"] for r in rows if r["kind"] == "meta"),
+                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def get(scenario, setup, key):
         return envoy.get((scenario, setup), {}).get(key)
@@ -108,38 +111,41 @@ def main():
     info = []
     for scenario in SCENARIOS:
         d, e = get(scenario, "d", "throughput"), get(scenario, "e", "throughput")
-        if d and e:
-            info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {get(scenario, 'e', 'throughput_vs_b'):.2f}x b")
+        e_vs_b = get(scenario, "e", "throughput_vs_b")
+        if d and e and e_vs_b is not None:
+            info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {e_vs_b:.2f}x b")
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
     if hit and floor_sat:
         info.append(f"alone, cache hit: {hit:.1f} us of CPU per check, {hit - floor_sat:.1f} us above the no-op server's {floor_sat:.1f}")
     floor_rate = by_label.get("floor-grpc-rate-5000", {}).get("p99_us")
     if floor_rate:
         info.append(f"alone, p99 at 5,000/s: the no-op server's is {floor_rate} us")
-    if "b" in instructions:
-        b_instr = instructions["b"]["instructions_per_req"]
+    b_instr = instructions.get("b", {}).get("instructions_per_req")
+    if b_instr:
         for setup, r in instructions.items():
             info.append(f"Envoy instructions per request, {SETUPS[setup]}: {r['instructions_per_req']:,.0f} ({r['instructions_per_req'] / b_instr:.2f}x b)"
                         + (f", non-2xx {r['non_2xx']}" if r["non_2xx"] else ""))
 
     # ---- text table
     lines = []
-    lines.append(f"hopwarden benchmark, Envoy {envoy_version}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores")
+    lines.append(f"hopwarden benchmark, Envoy {envoy_version}, started {started.replace('T', ' ')[:16]} UTC, {os.cpu_count()} cores")
     lines.append("")
-    lines.append(f"{'scenario':<18}{'setup':<28}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'x b thr':>9}{'paired':>8}{'x b p99':>9}{'envoy us':>9}{'hw us':>7}  runs")
+    lines.append(f"{'scenario':<18}{'setup':<28}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'x b thr':>9}{'paired':>8}{'x b p99':>9}{'envoy us':>9}{'authz us':>9}  runs")
     for (scenario, setup), m in envoy.items():
         f = lambda v, fmt: (fmt % v) if v is not None else "-"
         lines.append(
             f"{SCENARIOS[scenario]:<18}{SETUPS[setup]:<28}{f(m['throughput'], '%.0f'):>9}{f(m['p50_us'], '%.0f'):>9}"
             f"{f(m['p99_us'], '%.0f'):>9}{f(m['throughput_vs_b'], '%.2f'):>9}{f(m['throughput_vs_b_paired'], '%.2f'):>8}{f(m['p99_vs_b'], '%.2f'):>9}"
-            f"{f(m['envoy_cpu_us_per_req'], '%.0f'):>9}{f(m['hopwarden_cpu_us_per_req'], '%.0f'):>7}  {m['runs']}"
+            f"{f(m['envoy_cpu_us_per_req'], '%.0f'):>9}{f(m['hopwarden_cpu_us_per_req'], '%.0f'):>9}  {m['runs']}"
             + (f"  non-2xx {m['non_2xx']}" if m["non_2xx"] else "")
         )
     lines.append("")
-    lines.append(f"{'hopwarden alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}")
+    lines.append(f"{'server alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}")
     for r in alone:
         cpu = r.get("server_cpu_us_per_check")
         lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}")
+    if any(r["label"].startswith("floor-grpc") for r in alone):
+        lines.append("  (floor-grpc-*: the no-op server of setup e, not hopwarden)")
     for r in floor.values():
         lines.append(f"{r['label'] + ' (no server)':<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{'-':>14}{'-':>8}")
     if memory:
@@ -165,7 +171,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     data = {
         "envoy_version": envoy_version,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": started,
         "cores": os.cpu_count(),
         "envoy": [{"scenario": s, "setup": k, **m} for (s, k), m in envoy.items()],
         "alone": alone,
@@ -178,7 +184,7 @@ def main():
     json.dump(data, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
 
     md = ["# hopwarden benchmark results", "", "```", text, "```", ""]
-    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | hopwarden CPU µs/req |")
+    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | authz server CPU µs/req (d: hopwarden, e: no-op) |")
     md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (scenario, setup), m in envoy.items():
         f = lambda v, fmt: (fmt % v) if v is not None else "–"

@@ -2,7 +2,7 @@
 # hopwarden through Envoy against Envoy's own jwt_authn + RBAC, side by side, and
 # hopwarden alone under a gRPC load generator. Loopback only; stops by itself.
 #
-#   bench/run.sh            full run (about 15 minutes on 2 cores)
+#   bench/run.sh            full run (about 20 minutes on 2 cores)
 #   QUICK=1 bench/run.sh    one repetition, shorter runs (a smoke test of the harness)
 #
 # Prints one table and writes bench/results/results.{json,md} and chart.svg.
@@ -34,7 +34,8 @@ cleanup() {
 trap cleanup EXIT
 shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
-: > "$work/raw.jsonl"
+# When the run started: the report's date, even when it is regenerated later.
+echo "{\"kind\":\"meta\",\"started\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}" > "$work/raw.jsonl"
 
 QUICK=${QUICK:-}
 REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 5)}
@@ -234,6 +235,7 @@ for s in a b d e; do
     >"$work/envoy-cg-$s.log" 2>&1 &
   envoy_pid[$s]=$!
   for _ in $(seq 1 120); do curl -fs -o /dev/null "http://127.0.0.1:${admin[$s]}/ready" && break; sleep 1; done
+  curl -fs -o /dev/null "http://127.0.0.1:${admin[$s]}/ready" || { echo "error: Envoy under valgrind ($s) never got ready" >&2; exit 1; }
   url="http://127.0.0.1:${port[$s]}/transactions/42"
   wrk -t1 -c4 -d3s -H "authorization: Bearer $token" "$url" >/dev/null
   callgrind_control -z "${envoy_pid[$s]}" >/dev/null 2>&1
@@ -241,20 +243,21 @@ for s in a b d e; do
   callgrind_control -d "${envoy_pid[$s]}" >/dev/null 2>&1
   stop "${envoy_pid[$s]}"
   unset "envoy_pid[$s]"
-  python3 - "$s" "$work/wrk-cg-$s.txt" "$work/callgrind-$s.out".1* >> "$work/raw.jsonl" <<'PY'
+  # The dump taken after the measured requests (.1), not the one written at exit.
+  dump="$work/callgrind-$s.out.1"
+  [ -s "$dump" ] || { echo "error: no callgrind dump for $s" >&2; exit 1; }
+  python3 - "$s" "$work/wrk-cg-$s.txt" "$dump" >> "$work/raw.jsonl" <<'PY'
 import json, re, sys
-setup, wrk, dumps = sys.argv[1], sys.argv[2], sys.argv[3:]
+setup, wrk, dump = sys.argv[1:4]
 text = open(wrk).read()
 requests = int(re.search(r"(\d+) requests in", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-total = 0
-for path in dumps:  # the dump taken after the measured requests, not the exit's
-    for line in open(path):
-        if line.startswith(("summary:", "totals:")):
-            total += int(line.split()[1])
-            break
+non2xx = int(non2xx.group(1)) if non2xx else 0
+if requests == 0 or non2xx:
+    sys.exit(f"error: callgrind run of {setup}: {requests} requests, {non2xx} non-2xx")
+total = next(int(l.split()[1]) for l in open(dump) if l.startswith(("summary:", "totals:")))
 print(json.dumps({"kind": "instructions", "setup": setup, "requests": requests,
-  "non_2xx": int(non2xx.group(1)) if non2xx else 0, "instructions_per_req": total / max(requests, 1)}))
+  "non_2xx": non2xx, "instructions_per_req": total / requests}))
 PY
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s: %8.0f instructions per request (%d requests, non-2xx %d)" % (r["setup"], r["instructions_per_req"], r["requests"], r["non_2xx"]))'
 done
@@ -277,6 +280,7 @@ done
 echo "== the gRPC floor: the same load generator against the no-op server (hopwarden's transport)"
 start_noop
 server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
+"$loadgen" run --addr "$server_addr" --token "$token" --requests 5000 >/dev/null # warm-up, as for hopwarden
 alone floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
 alone floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
 unset server_addr server_pid
