@@ -151,10 +151,10 @@ start_envoy() { # setup
 }
 
 # wrk output -> one JSON line in raw.jsonl
-record_wrk() { # setup scenario rep outfile envoy_ticks hopwarden_ticks
+record_wrk() { # setup scenario rep outfile envoy_ticks authz_ticks
   python3 - "$@" >> "$work/raw.jsonl" <<'EOF'
 import json, re, sys
-setup, scenario, rep, path, envoy_ticks, hw_ticks = sys.argv[1:7]
+setup, scenario, rep, path, envoy_ticks, authz_ticks = sys.argv[1:7]
 text = open(path).read()
 requests = int(re.search(r"(\d+) requests in", text).group(1))
 # /proc ticks are 10 ms: CPU time per request in microseconds.
@@ -171,7 +171,7 @@ print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": 
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
   "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
   "envoy_cpu_us_per_req": per_req(envoy_ticks),
-  "hopwarden_cpu_us_per_req": per_req(hw_ticks) if setup in ("d", "e") else None}))
+  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e") else None}))
 EOF
 }
 
@@ -257,9 +257,9 @@ if requests == 0 or non2xx:
     sys.exit(f"error: callgrind run of {setup}: {requests} requests, {non2xx} non-2xx")
 total = next(int(l.split()[1]) for l in open(dump) if l.startswith(("summary:", "totals:")))
 print(json.dumps({"kind": "instructions", "setup": setup, "requests": requests,
-  "non_2xx": non2xx, "instructions_per_req": total / requests}))
+  "instructions_per_req": total / requests}))
 PY
-  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s: %8.0f instructions per request (%d requests, non-2xx %d)" % (r["setup"], r["instructions_per_req"], r["requests"], r["non_2xx"]))'
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %s: %8.0f instructions per request (%d requests)" % (r["setup"], r["instructions_per_req"], r["requests"]))'
 done
 
 # One run of the gRPC load generator against a server (hopwarden unless told).

@@ -227,15 +227,14 @@ mod tests {
         // An RSA algorithm with an HMAC secret (key confusion) is refused, as before.
         let rsa = rsa_keys();
         let rs = sign(Algorithm::RS256, &rsa.signing, b"a.b");
+        // Answered as jsonwebtoken answers it, and never as a valid signature.
+        let refused_as_jsonwebtoken_does = |key: &DecodingKey| {
+            let ours = check(&rs, b"a.b", key, Algorithm::RS256).ok();
+            assert_eq!(ours, reference(&rs, b"a.b", key, Algorithm::RS256));
+            assert_ne!(ours, Some(true));
+        };
         assert!(parse(Algorithm::RS256, &secret).is_none());
-        assert_eq!(
-            check(&rs, b"a.b", &secret, Algorithm::RS256).ok(),
-            reference(&rs, b"a.b", &secret, Algorithm::RS256)
-        );
-        assert_ne!(
-            check(&rs, b"a.b", &secret, Algorithm::RS256).ok(),
-            Some(true)
-        );
+        refused_as_jsonwebtoken_does(&secret);
         // Nor does a secret with the very bytes of an RSA key that is parsed.
         let der = &rsa.public[1];
         assert_eq!(check(&rs, b"a.b", der, Algorithm::RS256).ok(), Some(true));
@@ -243,14 +242,6 @@ mod tests {
         let DecodingKeyKind::SecretOrDer(bytes) = der.kind() else {
             panic!("DER")
         };
-        let same_bytes = DecodingKey::from_secret(bytes);
-        assert_eq!(
-            check(&rs, b"a.b", &same_bytes, Algorithm::RS256).ok(),
-            reference(&rs, b"a.b", &same_bytes, Algorithm::RS256)
-        );
-        assert_ne!(
-            check(&rs, b"a.b", &same_bytes, Algorithm::RS256).ok(),
-            Some(true)
-        );
+        refused_as_jsonwebtoken_does(&DecodingKey::from_secret(bytes));
     }
 }

@@ -7,11 +7,13 @@
 //! scheduler has run out of other ready work: the checks that are ready finish and add
 //! their answers first, and one write carries all of them.
 //!
-//! The wait is tokio's deferred wake (what `yield_now` uses). The worker that polled
-//! the flush fires it when it finds no other work (local, injected or stealable) or
-//! at its periodic maintenance (every 61 scheduler ticks), so a flush waits for at
-//! most that much other work and never for a timer. A check that finishes meanwhile
-//! wakes the connection too (tokio polls it next, from the LIFO slot); that poll adds
+//! The wait is tokio's deferred wake (what `yield_now` uses). Both schedulers fire it
+//! when the thread that polled the flush finds no other work (the multi-thread one:
+//! local, injected or stealable) or at its periodic maintenance (every 61 scheduler
+//! ticks), so a flush waits for at most that much other work and never for a timer.
+//! `worker_threads: 1` runs on the current-thread scheduler (main.rs), more on the
+//! multi-thread one. A check that finishes meanwhile wakes the connection too (the
+//! multi-thread scheduler polls it next, from the LIFO slot); that poll adds
 //! the answer to the buffer but does not write (when the flush gave up its wait at
 //! that first re-poll, answers left in pairs), unless the flush has been held for
 //! [`HOLD_MAX`] already.
