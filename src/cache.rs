@@ -52,19 +52,84 @@ fn lifetime(ttl: Duration, deadline: Option<u64>, now: u64) -> Option<Duration> 
     }
 }
 
-fn build<T: Clone + Send + Sync + 'static>(
-    max_entries: u64,
-) -> Option<Cache<Fingerprint, Entry<T>>> {
+type Table<T> = Cache<Fingerprint, Entry<T>, FingerprintHasher>;
+
+fn build<T: Clone + Send + Sync + 'static>(max_entries: u64) -> Option<Table<T>> {
     (max_entries > 0).then(|| {
         Cache::builder()
             .max_capacity(max_entries)
+            // Sized for the bound up front (about 16 bytes a slot): a cache filling
+            // with new tokens would otherwise rehash every entry at each doubling,
+            // on the request path.
+            .initial_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
             .expire_after(PerEntry)
-            .build()
+            .build_with_hasher(FingerprintHasher::new())
     })
 }
 
+/// moka's table hasher for fingerprints. They are SHA-256 digests already, so
+/// SipHash (std's default) over them buys nothing; a keyed multiply per 8 bytes
+/// spreads them as well. The key is random per process, so a caller who grinds
+/// tokens cannot aim them at one bucket.
+#[derive(Clone)]
+struct FingerprintHasher {
+    key: u64,
+}
+
+impl FingerprintHasher {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        FingerprintHasher {
+            // std's RandomState draws its keys from the OS.
+            key: std::collections::hash_map::RandomState::new().hash_one(0u64) | 1,
+        }
+    }
+}
+
+impl std::hash::BuildHasher for FingerprintHasher {
+    type Hasher = FoldHasher;
+
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher { state: self.key }
+    }
+}
+
+/// Folds each 8 bytes written into the state with a 64x64->128-bit multiply.
+struct FoldHasher {
+    state: u64,
+}
+
+impl FoldHasher {
+    fn mix(&mut self, word: u64) {
+        // An odd constant from the golden ratio; the high and low halves of the
+        // product are folded so both ends of the hash are well mixed (moka picks a
+        // segment with the top bits and a bucket with the bottom ones).
+        let product = u128::from(self.state ^ word) * 0x9E37_79B9_7F4A_7C15;
+        self.state = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl std::hash::Hasher for FoldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(last) ^ (rest.len() as u64) << 56);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
 fn get<T: Clone + Send + Sync + 'static>(
-    cache: &Option<Cache<Fingerprint, Entry<T>>>,
+    cache: &Option<Table<T>>,
     key: &Fingerprint,
     now: u64,
 ) -> Option<T> {
@@ -77,7 +142,7 @@ fn get<T: Clone + Send + Sync + 'static>(
 
 /// Verified tokens by token fingerprint.
 pub struct TokenCache {
-    inner: Option<Cache<Fingerprint, Entry<Arc<VerifiedToken>>>>,
+    inner: Option<Table<Arc<VerifiedToken>>>,
     ttl: Duration,
 }
 
@@ -114,7 +179,7 @@ impl TokenCache {
 
 /// Decisions by request fingerprint.
 pub struct DecisionCache {
-    inner: Option<Cache<Fingerprint, Entry<Arc<Decision>>>>,
+    inner: Option<Table<Arc<Decision>>>,
     allow_ttl: Duration,
     deny_ttl: Duration,
 }
@@ -208,6 +273,7 @@ pub fn decision_key(
 mod tests {
     use super::*;
     use crate::decision::DenyReason;
+    use std::collections::HashSet;
 
     #[test]
     fn lifetimes_never_pass_exp() {
@@ -236,6 +302,36 @@ mod tests {
         assert_eq!(cache.get(&[1; 32], 150).as_deref(), Some(&*d));
         assert_eq!(cache.get(&[1; 32], 200), None);
         assert_eq!(cache.get(&[2; 32], 150), None);
+    }
+
+    #[test]
+    fn fingerprint_hashes_are_keyed_and_spread() {
+        use std::hash::BuildHasher;
+        let hasher = FingerprintHasher::new();
+        let key = [7u8; 32];
+        let base = hasher.hash_one(key);
+        assert_ne!(
+            FingerprintHasher::new().hash_one(key),
+            base,
+            "a key per cache"
+        );
+        for i in 0..32 {
+            let mut other = key;
+            other[i] ^= 1;
+            assert_ne!(hasher.hash_one(other), base, "byte {i} ignored");
+        }
+        // moka picks a segment with the top bits and a bucket with the bottom ones:
+        // keys that differ only in their last bytes must spread at both ends.
+        let (mut top, mut bottom) = (HashSet::new(), HashSet::new());
+        for n in 0u32..4096 {
+            let mut k = [0u8; 32];
+            k[28..].copy_from_slice(&n.to_le_bytes());
+            let h = hasher.hash_one(k);
+            top.insert(h >> 58);
+            bottom.insert(h & 1023);
+        }
+        assert_eq!(top.len(), 64);
+        assert!(bottom.len() > 900, "{} of 1024 buckets", bottom.len());
     }
 
     #[test]
