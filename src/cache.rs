@@ -54,14 +54,18 @@ fn lifetime(ttl: Duration, deadline: Option<u64>, now: u64) -> Option<Duration> 
 
 type Table<T> = Cache<Fingerprint, Entry<T>, FingerprintHasher>;
 
+/// The largest bound a cache's table is sized for at startup.
+const PRESIZE_MAX: u64 = 1 << 20;
+
 fn build<T: Clone + Send + Sync + 'static>(max_entries: u64) -> Option<Table<T>> {
     (max_entries > 0).then(|| {
         Cache::builder()
             .max_capacity(max_entries)
-            // Sized for the bound up front (about 16 bytes a slot): a cache filling
-            // with new tokens would otherwise rehash every entry at each doubling,
-            // on the request path.
-            .initial_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+            // Sized for the bound up front: a cache filling with new tokens would
+            // otherwise rehash every entry at each doubling, on the request path.
+            // Up to a million entries (16 to 32 bytes of table each); a larger bound
+            // grows as before rather than taking its memory at startup.
+            .initial_capacity(usize::try_from(max_entries.min(PRESIZE_MAX)).unwrap_or(0))
             .expire_after(PerEntry)
             .build_with_hasher(FingerprintHasher::new())
     })
