@@ -339,6 +339,16 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_bound_starts_small() {
+        // Presized up to PRESIZE_MAX only: a bound this large must neither overflow the
+        // table size nor take its memory at startup.
+        let cache = DecisionCache::new(u64::MAX, Duration::from_secs(60), Duration::from_secs(5));
+        let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
+        cache.insert([3; 32], d.clone(), None, 0);
+        assert_eq!(cache.get(&[3; 32], 0).as_deref(), Some(&*d));
+    }
+
+    #[test]
     fn zero_entries_disables() {
         let cache = DecisionCache::new(0, Duration::from_secs(60), Duration::from_secs(5));
         cache.insert(
