@@ -547,6 +547,18 @@ rules:
     assert_eq!(s.check(read_tx().bearer(&t)).await.status, 403);
 }
 
+/// Policy reloads that failed so far, from the server's metrics: waiting on it instead
+/// of a fixed sleep proves the reload was tried before asserting it changed nothing.
+fn failed_reloads(s: &TestServer) -> u64 {
+    s.handle
+        .engine
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"hopwarden_policy_reloads_total{result="error"} "#))
+        .map_or(0, |n| n.trim().parse().expect("a counter"))
+}
+
 const FLIPPED: &str = r#"
 service: ledger
 rules:
@@ -579,11 +591,18 @@ async fn reload_flips_a_decision_and_invalid_reload_keeps_the_old_one() {
 
     // An invalid set (unknown key) is rejected; the last good set keeps serving.
     let gen = s.handle.engine.policies().generation;
+    let failed = failed_reloads(&s);
     d.write_policy(
         "ledger.yaml",
         "service: ledger\nrules:\n  - id: x\n    frm: {}\n",
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            failed_reloads(&s) > failed
+        })
+        .await,
+        "the invalid edit was never tried"
+    );
     assert_eq!(s.handle.engine.policies().generation, gen);
     assert_eq!(s.check(read_tx().bearer(&t)).await.status, 403);
     assert_eq!(
@@ -594,8 +613,15 @@ async fn reload_flips_a_decision_and_invalid_reload_keeps_the_old_one() {
     );
 
     // While any file is invalid, nothing else is published either: the set is all or nothing.
+    let failed = failed_reloads(&s);
     d.write_policy("email.yaml", "service: email\nrules: []\n");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            failed_reloads(&s) > failed
+        })
+        .await,
+        "the reload with an invalid file beside it was never tried"
+    );
     assert_eq!(s.handle.engine.policies().generation, gen);
 
     // Adding a file adds a service; deleting it removes it.
