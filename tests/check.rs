@@ -547,16 +547,22 @@ rules:
     assert_eq!(s.check(read_tx().bearer(&t)).await.status, 403);
 }
 
-/// Policy reloads that failed so far, from the server's metrics: waiting on it instead
-/// of a fixed sleep proves the reload was tried before asserting it changed nothing.
-fn failed_reloads(s: &TestServer) -> u64 {
-    s.handle
-        .engine
-        .metrics()
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"hopwarden_policy_reloads_total{result="error"} "#))
-        .map_or(0, |n| n.trim().parse().expect("a counter"))
+/// Makes `edit`, then waits until a policy reload has failed (the server's failed-reload
+/// counter goes up): unlike a fixed sleep, this proves the reload was tried before the
+/// test asserts it changed nothing. False if none failed within 10 s.
+async fn reload_fails_after(s: &TestServer, edit: impl FnOnce()) -> bool {
+    let failed = || {
+        s.handle
+            .engine
+            .metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"hopwarden_policy_reloads_total{result="error"} "#))
+            .map_or(0, |n| n.trim().parse::<u64>().expect("a counter"))
+    };
+    let before = failed();
+    edit();
+    eventually(Duration::from_secs(10), || async { failed() > before }).await
 }
 
 const FLIPPED: &str = r#"
@@ -591,15 +597,11 @@ async fn reload_flips_a_decision_and_invalid_reload_keeps_the_old_one() {
 
     // An invalid set (unknown key) is rejected; the last good set keeps serving.
     let gen = s.handle.engine.policies().generation;
-    let failed = failed_reloads(&s);
-    d.write_policy(
-        "ledger.yaml",
-        "service: ledger\nrules:\n  - id: x\n    frm: {}\n",
-    );
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            failed_reloads(&s) > failed
-        })
+        reload_fails_after(&s, || d.write_policy(
+            "ledger.yaml",
+            "service: ledger\nrules:\n  - id: x\n    frm: {}\n",
+        ))
         .await,
         "the invalid edit was never tried"
     );
@@ -613,12 +615,9 @@ async fn reload_flips_a_decision_and_invalid_reload_keeps_the_old_one() {
     );
 
     // While any file is invalid, nothing else is published either: the set is all or nothing.
-    let failed = failed_reloads(&s);
-    d.write_policy("email.yaml", "service: email\nrules: []\n");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            failed_reloads(&s) > failed
-        })
+        reload_fails_after(&s, || d
+            .write_policy("email.yaml", "service: email\nrules: []\n"))
         .await,
         "the reload with an invalid file beside it was never tried"
     );
