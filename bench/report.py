@@ -140,12 +140,14 @@ def main():
             + (f"  non-2xx {m['non_2xx']}" if m["non_2xx"] else "")
         )
     lines.append("")
-    lines.append(f"{'server alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}")
+    lines.append(f"{'server alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}{'engine p50':>12}{'engine p99':>12}")
     for r in alone:
         cpu = r.get("server_cpu_us_per_check")
-        lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}")
+        lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}{r.get('engine_p50_us', '-'):>12}{r.get('engine_p99_us', '-'):>12}")
     if any(r["label"].startswith("floor-grpc") for r in alone):
         lines.append("  (floor-grpc-*: the no-op server of setup e, not hopwarden)")
+    if any("engine_p99_us" in r for r in alone):
+        lines.append("  (engine: hopwarden's own time per check, from its decision log; the rest of the latency is transport and machine)")
     for r in floor.values():
         lines.append(f"{r['label'] + ' (no server)':<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{'-':>14}{'-':>8}")
     if memory:

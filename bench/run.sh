@@ -263,11 +263,30 @@ PY
 done
 
 # One run of the gRPC load generator against a server (hopwarden unless told).
+# Against hopwarden, also the time its engine took per check (the decision log's
+# latency_us: the engine's time from the decoded request to the decision), read from
+# the records this run added: what is left of the latency is transport and machine.
 alone() { # label args...
   local label=$1; shift
+  local log="" before=0
+  if [ -z "$server_addr" ]; then
+    log="$shm/decisions.log"
+    before=$(cat "$log" 2>/dev/null | wc -l)
+  fi
   "$loadgen" run --addr "${server_addr:-127.0.0.1:18191}" --server-pid "${server_pid:-$hw_pid}" --label "$label" "$@" \
-    | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="alone"; print(json.dumps(r))' >> "$work/raw.jsonl"
-  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0)))'
+    | python3 -c '
+import json, sys, time
+r = json.load(sys.stdin); r["kind"] = "alone"
+log, before = sys.argv[1], int(sys.argv[2])
+if log:
+    time.sleep(0.2)  # the decision log writes its batch every 20 ms
+    lat = sorted(json.loads(l)["latency_us"] for l in open(log).readlines()[before:])
+    if len(lat) < r["checks"]:
+        sys.exit("error: %s: %d decision records for %d checks" % (r["label"], len(lat), r["checks"]))
+    r["engine_p50_us"] = lat[len(lat) // 2]
+    r["engine_p99_us"] = lat[len(lat) * 99 // 100]
+print(json.dumps(r))' "$log" "$before" >> "$work/raw.jsonl"
+  tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d  engine p99 %s us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0), r.get("engine_p99_us", "-")))'
 }
 n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
 

@@ -18,6 +18,7 @@
 //! each request's scheduled start once it is more than the timer's slop late, so a
 //! stalled server cannot hide its queueing (no coordinated omission).
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,21 +216,94 @@ fn rss_bytes(pid: u64) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Open loop: waits until request `n` is due and returns the instant its latency
-/// counts from. Closed loop (no schedule): now.
-async fn paced_start(schedule: Option<(Instant, Duration)>, n: u64) -> Instant {
-    let Some((base, interval)) = schedule else {
-        return Instant::now();
-    };
-    let due = base + interval * n as u32;
-    if Instant::now() >= due {
-        // Every worker was still waiting on an answer when this check fell due:
-        // that wait is queueing, and it counts.
-        return due;
+/// Open-loop pacing: releases `total` checks, one every `1/rate` seconds.
+///
+/// tokio's timer ticks once a millisecond, so at 5,000/s `sleep_until` released checks
+/// five at a time, and the last of each burst queued behind the other four on both
+/// sides: a burst, not a rate. A periodic timerfd, registered with tokio's reactor,
+/// wakes the pacer at each due time instead (the kernel's hrtimer), and each expiry
+/// releases one check to whichever worker is free.
+struct Pacer {
+    released: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>,
+}
+
+impl Pacer {
+    fn start(rate: u64, total: u64) -> Result<Arc<Pacer>, Error> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        // SAFETY: a plain syscall; the fd is owned from here on and closed on drop.
+        let fd = unsafe {
+            let raw = libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            );
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            OwnedFd::from_raw_fd(raw)
+        };
+        let period = libc::timespec {
+            tv_sec: interval.as_secs() as libc::time_t,
+            tv_nsec: interval.subsec_nanos() as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: period,
+            it_value: period,
+        };
+        // SAFETY: `fd` is a timerfd and `spec` outlives the call.
+        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: an OwnedFd stays open, and is the same fd, until the AsyncFd drops it.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        let (release, released) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut left = total;
+            while left > 0 {
+                let Ok(mut ready) = fd.readable().await else {
+                    return;
+                };
+                let mut expiries = 0u64;
+                // SAFETY: reads 8 bytes into a u64, as timerfd(2) specifies.
+                let n = unsafe {
+                    libc::read(
+                        fd.get_ref().as_raw_fd(),
+                        (&mut expiries as *mut u64).cast(),
+                        8,
+                    )
+                };
+                if n != 8 {
+                    ready.clear_ready();
+                    continue;
+                }
+                // Stamped when released: a check that then waits for a free worker
+                // (all stuck on a slow server) counts that wait (no coordinated
+                // omission); the pacer's own lateness, if it had any, is ours.
+                let now = Instant::now();
+                for _ in 0..expiries.min(left) {
+                    let _ = release.send(now);
+                }
+                left -= expiries.min(left);
+            }
+        });
+        Ok(Arc::new(Pacer {
+            released: tokio::sync::Mutex::new(released),
+        }))
     }
-    tokio::time::sleep_until(due.into()).await;
-    // Only the timer's own lateness (up to a millisecond in tokio) is left: ours.
-    Instant::now()
+
+    /// Waits for the next check to be released and returns the instant its latency
+    /// counts from; `None` once all have been.
+    async fn next(&self) -> Option<Instant> {
+        self.released.lock().await.recv().await
+    }
+}
+
+/// When a check starts: when the pacer releases it, or at once in a closed loop.
+async fn start_of(pacer: Option<&Pacer>) -> Option<Instant> {
+    match pacer {
+        Some(p) => p.next().await,
+        None => Some(Instant::now()),
+    }
 }
 
 /// The machine's own floor for `run --rate`: the same pacing and clock, with a
@@ -268,21 +342,18 @@ async fn floor(o: &Opts) -> Result<(), Error> {
         s.set_nodelay(true)?;
         conns.push(s);
     }
-    let schedule = Some((Instant::now(), Duration::from_secs_f64(1.0 / rate as f64)));
-    let next = Arc::new(AtomicU64::new(0));
+    let pacer = Pacer::start(rate, total)?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for mut s in conns {
-        let next = next.clone();
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let mut buf = [7u8; 256];
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
+                let Some(start) = pacer.next().await else {
                     return hist;
-                }
-                let start = paced_start(schedule, n).await;
+                };
                 if s.write_all(&buf).await.is_err() || s.read_exact(&mut buf).await.is_err() {
                     return hist;
                 }
@@ -385,20 +456,19 @@ async fn run(o: &Opts) -> Result<(), Error> {
     // answers come back. Open loop: check n is due at start + n/rate whether or not
     // earlier ones have returned, and its latency counts from that due time.
     let rate = o.num("rate", 0)?;
-    let (total, schedule) = if rate == 0 {
+    let (total, pacer) = if rate == 0 {
         (o.num("requests", 100_000)?, None)
     } else {
-        let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        (
-            rate * o.num("seconds", 10)?,
-            Some((Instant::now(), interval)),
-        )
+        {
+            let total = rate * o.num("seconds", 10)?;
+            (total, Some(Pacer::start(rate, total)?))
+        }
     };
     for w in 0..concurrency {
         let mut client = clients[w as usize % clients.len()].clone();
         let (tokens, next, errors, denied) =
             (tokens.clone(), next.clone(), errors.clone(), denied.clone());
-        let fresh = fresh.clone();
+        let (fresh, pacer) = (fresh.clone(), pacer.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             loop {
@@ -410,7 +480,9 @@ async fn run(o: &Opts) -> Result<(), Error> {
                     Some(f) => check_request(&f.mint(n)),
                     None => tokens[(n % tokens.len() as u64) as usize].clone(),
                 };
-                let start = paced_start(schedule, n).await;
+                let Some(start) = start_of(pacer.as_deref()).await else {
+                    return hist;
+                };
                 match client.check(req).await {
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
