@@ -1,6 +1,6 @@
 //! The answer to a check, and how each kind of denial maps to an HTTP status.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::principal::PrincipalKind;
 
@@ -26,6 +26,44 @@ pub struct Allowed {
     /// Set when enforcement would have denied the request but a `mode: dry-run`
     /// policy or rule let it through.
     pub dry_run: Option<WouldDeny>,
+    /// The answer the transport encoded for this decision, kept so a cached decision
+    /// is encoded once rather than on every hit (see grpc/service.rs).
+    pub answer: AnswerMemo,
+}
+
+/// Bytes the transport keeps with a decision: opaque here, set once, and no part of
+/// what the decision is (equality ignores it; a clone starts empty, since a clone may
+/// be changed into another decision).
+#[derive(Default)]
+pub struct AnswerMemo(OnceLock<Arc<[u8]>>);
+
+impl AnswerMemo {
+    /// The kept bytes, made by `make` the first time.
+    pub fn get_or_init(&self, make: impl FnOnce() -> Arc<[u8]>) -> Arc<[u8]> {
+        self.0.get_or_init(make).clone()
+    }
+}
+
+impl Clone for AnswerMemo {
+    fn clone(&self) -> Self {
+        AnswerMemo::default()
+    }
+}
+
+impl PartialEq for AnswerMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for AnswerMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "AnswerMemo(set)"
+        } else {
+            "AnswerMemo(empty)"
+        })
+    }
 }
 
 /// A denial that dry-run mode turned into an allow.

@@ -259,6 +259,7 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
                 principal: denied.principal.unwrap_or_default(),
                 rule: Arc::from("dry-run"),
                 dry_run: Some(WouldDeny { reason, rule }),
+                answer: Default::default(),
             })
         }
         deny => deny,
@@ -296,6 +297,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             kind: principal.map(|p| p.kind),
             rule,
             dry_run: None,
+            answer: Default::default(),
         }),
         // DESIGN: with no credential at all the answer is 401, whatever refused it.
         Evaluation::Deny { rule } if principal.is_none() => {

@@ -3,11 +3,11 @@
 pub mod check;
 pub mod coalesce;
 pub mod convert;
+pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
@@ -43,9 +43,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(AuthorizationServer::new(check::CheckService::new(
-            engine, options,
-        )))
+        .add_service(service::AuthorizationService::new(
+            check::CheckService::new(engine, options),
+        ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

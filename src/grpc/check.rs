@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
-use tonic::{Request, Response, Status};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use tonic::Status;
+use tonic_prost::prost::Message;
 
-use super::convert::{to_check_response, ResponseOptions};
-use crate::decision::DenyReason;
+use super::convert::{carries_own_headers, to_check_response, ResponseOptions};
+use super::service::Answer;
+use crate::decision::{Decision, DenyReason};
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::request::AuthzRequest;
 
@@ -21,21 +23,15 @@ impl CheckService {
     pub fn new(engine: Arc<Engine>, options: ResponseOptions) -> Self {
         CheckService { engine, options }
     }
-}
 
-#[tonic::async_trait]
-impl Authorization for CheckService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let check = request.into_inner();
+    /// Answers one check.
+    pub async fn check(&self, check: CheckRequest) -> Result<Answer, Status> {
         let req = match AuthzRequest::try_from(check) {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable check request; denying");
                 let outcome = Outcome::denied(DenyReason::BadRequest);
-                return Ok(Response::new(to_check_response(
+                return Ok(Answer::Message(to_check_response(
                     &outcome,
                     &AuthzRequest::default(),
                     self.options,
@@ -43,13 +39,25 @@ impl Authorization for CheckService {
             }
         };
         match self.engine.check(&req).await {
-            Ok(outcome) => Ok(Response::new(to_check_response(
-                &outcome,
-                &req,
-                self.options,
-            ))),
+            Ok(outcome) => Ok(answer(&outcome, &req, self.options)),
             Err(e) => Err(to_status(&e)),
         }
+    }
+}
+
+/// An allow's answer depends on the request only through client-sent `x-hopwarden-*`
+/// headers (removed in the answer). Without them it is the same for every request the
+/// decision answers, cache hits included: encoded once.
+fn answer(outcome: &Outcome, req: &AuthzRequest, options: ResponseOptions) -> Answer {
+    match &*outcome.decision {
+        Decision::Allow(allowed) if !carries_own_headers(req) => {
+            Answer::Encoded(allowed.answer.get_or_init(|| {
+                to_check_response(outcome, req, options)
+                    .encode_to_vec()
+                    .into()
+            }))
+        }
+        _ => Answer::Message(to_check_response(outcome, req, options)),
     }
 }
 
@@ -58,5 +66,103 @@ impl Authorization for CheckService {
 fn to_status(e: &EngineError) -> Status {
     match e {
         EngineError::Unavailable(msg) => Status::unavailable(msg.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Allowed;
+    use crate::principal::PrincipalKind;
+    use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
+
+    fn allowed() -> Outcome {
+        Outcome {
+            decision: Arc::new(Decision::Allow(Allowed {
+                principal: "spiffe://example.org/ns/payments/sa/api".into(),
+                kind: Some(PrincipalKind::Service),
+                rule: Arc::from("payments-read"),
+                dry_run: None,
+                answer: Default::default(),
+            })),
+            service: Some("ledger".into()),
+            hop: None,
+            action: None,
+            cached: true,
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> AuthzRequest {
+        AuthzRequest {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn removed(response: &CheckResponse) -> Vec<String> {
+        match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok.headers_to_remove.clone(),
+            other => panic!("not an ok response: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_allow_is_encoded_once_and_decodes_to_the_built_answer() {
+        let outcome = allowed();
+        let req = request(&[("authorization", "Bearer x")]);
+        for dynamic_metadata in [false, true] {
+            let options = ResponseOptions { dynamic_metadata };
+            let outcome = Outcome {
+                decision: Arc::new((*outcome.decision).clone()),
+                ..allowed()
+            };
+            let (Answer::Encoded(first), Answer::Encoded(second)) = (
+                answer(&outcome, &req, options),
+                answer(&outcome, &request(&[("x-request-id", "2")]), options),
+            ) else {
+                panic!("an allow without x-hopwarden-* headers is pre-encoded");
+            };
+            // The second check reused the first one's bytes.
+            assert!(Arc::ptr_eq(&first, &second));
+            let decoded = Answer::Encoded(first).into_message().unwrap();
+            assert_eq!(decoded, to_check_response(&outcome, &req, options));
+        }
+    }
+
+    #[test]
+    fn client_sent_own_headers_get_their_own_answer_and_leave_the_kept_one_alone() {
+        let outcome = allowed();
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        let forged = request(&[("x-hopwarden-admin", "yes")]);
+        let Answer::Message(m) = answer(&outcome, &forged, options) else {
+            panic!("a request with x-hopwarden-* headers is answered for itself");
+        };
+        assert_eq!(removed(&m), ["x-hopwarden-admin"]);
+        // Neither before nor after does the kept answer remove anything.
+        let plain = answer(&outcome, &request(&[]), options)
+            .into_message()
+            .unwrap();
+        assert!(removed(&plain).is_empty());
+        let Answer::Message(again) = answer(&outcome, &forged, options) else {
+            panic!("still answered for itself");
+        };
+        assert_eq!(removed(&again), ["x-hopwarden-admin"]);
+    }
+
+    #[test]
+    fn denials_are_built_per_request() {
+        let outcome = Outcome::denied(DenyReason::BadRequest);
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        assert!(matches!(
+            answer(&outcome, &request(&[]), options),
+            Answer::Message(_)
+        ));
     }
 }

@@ -82,6 +82,11 @@ impl TryFrom<CheckRequest> for AuthzRequest {
     }
 }
 
+/// Whether the request carries headers named like the ones hopwarden sets.
+pub fn carries_own_headers(req: &AuthzRequest) -> bool {
+    req.headers.keys().any(|k| k.starts_with(OWN_PREFIX))
+}
+
 /// The `CheckResponse` for a decision.
 pub fn to_check_response(
     outcome: &Outcome,
