@@ -269,7 +269,7 @@ done
 alone() { # label args...
   local label=$1; shift
   local log="" before=0
-  if [ -z "$server_addr" ]; then
+  if [ -z "${server_addr:-}" ]; then
     log="$shm/decisions.log"
     before=$(cat "$log" 2>/dev/null | wc -l)
   fi
