@@ -14,9 +14,9 @@
 //! `run` prints one JSON line: checks, errors, throughput, latency percentiles (µs,
 //! from an HDR histogram), and with `--server-pid` the server's CPU time per check read
 //! from /proc (utime + stime, before and after). Closed loop (`--requests`) measures
-//! saturation; open loop (`--rate`) sends at a fixed rate and measures latency from
-//! each request's scheduled start once it is more than the timer's slop late, so a
-//! stalled server cannot hide its queueing (no coordinated omission).
+//! saturation; open loop (`--rate`) releases one check every 1/rate seconds and
+//! measures latency from its release, so a check that waits for a free worker behind a
+//! stalled server counts that wait (no coordinated omission).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,10 +280,11 @@ impl Pacer {
                 // (all stuck on a slow server) counts that wait (no coordinated
                 // omission); the pacer's own lateness, if it had any, is ours.
                 let now = Instant::now();
-                for _ in 0..expiries.min(left) {
+                let due = expiries.min(left);
+                for _ in 0..due {
                     let _ = release.send(now);
                 }
-                left -= expiries.min(left);
+                left -= due;
             }
         });
         Ok(Arc::new(Pacer {
@@ -453,16 +454,14 @@ async fn run(o: &Opts) -> Result<(), Error> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     // Closed loop (no --rate): `concurrency` workers send `requests` checks as fast as
-    // answers come back. Open loop: check n is due at start + n/rate whether or not
-    // earlier ones have returned, and its latency counts from that due time.
+    // answers come back. Open loop: the pacer releases a check every 1/rate seconds
+    // whether or not earlier ones have returned, and its latency counts from then.
     let rate = o.num("rate", 0)?;
     let (total, pacer) = if rate == 0 {
         (o.num("requests", 100_000)?, None)
     } else {
-        {
-            let total = rate * o.num("seconds", 10)?;
-            (total, Some(Pacer::start(rate, total)?))
-        }
+        let total = rate * o.num("seconds", 10)?;
+        (total, Some(Pacer::start(rate, total)?))
     };
     for w in 0..concurrency {
         let mut client = clients[w as usize % clients.len()].clone();

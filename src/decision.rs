@@ -27,7 +27,7 @@ pub struct Allowed {
     /// policy or rule let it through.
     pub dry_run: Option<WouldDeny>,
     /// The answer the transport encoded for this decision, kept so a cached decision
-    /// is encoded once rather than on every hit (see grpc/service.rs).
+    /// is encoded once rather than on every hit (see `answer` in grpc/check.rs).
     pub answer: AnswerMemo,
 }
 

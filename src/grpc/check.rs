@@ -47,7 +47,8 @@ impl CheckService {
 
 /// An allow's answer depends on the request only through client-sent `x-hopwarden-*`
 /// headers (removed in the answer). Without them it is the same for every request the
-/// decision answers, cache hits included: encoded once.
+/// decision answers, cache hits included: encoded once. (The service that dynamic
+/// metadata names is the policy's, which is part of the decision's cache key.)
 fn answer(outcome: &Outcome, req: &AuthzRequest, options: ResponseOptions) -> Answer {
     match &*outcome.decision {
         Decision::Allow(allowed) if !carries_own_headers(req) => {
@@ -111,14 +112,11 @@ mod tests {
 
     #[test]
     fn an_allow_is_encoded_once_and_decodes_to_the_built_answer() {
-        let outcome = allowed();
         let req = request(&[("authorization", "Bearer x")]);
         for dynamic_metadata in [false, true] {
             let options = ResponseOptions { dynamic_metadata };
-            let outcome = Outcome {
-                decision: Arc::new((*outcome.decision).clone()),
-                ..allowed()
-            };
+            // A new decision (and so an empty memo) per option.
+            let outcome = allowed();
             let (Answer::Encoded(first), Answer::Encoded(second)) = (
                 answer(&outcome, &req, options),
                 answer(&outcome, &request(&[("x-request-id", "2")]), options),

@@ -27,7 +27,7 @@ use super::check::CheckService;
 // Moved once per check into tonic's encoder; boxing the message would add an
 // allocation to every answer that is not pre-encoded.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Answer {
     /// Encoded as it is sent.
     Message(CheckResponse),
@@ -35,8 +35,9 @@ pub enum Answer {
     Encoded(Arc<[u8]>),
 }
 
+#[cfg(test)]
 impl Answer {
-    /// The answer as a message, decoding encoded bytes (for tests and in-process callers).
+    /// The answer as a message, decoding encoded bytes.
     pub fn into_message(self) -> Result<CheckResponse, tonic_prost::prost::DecodeError> {
         match self {
             Answer::Message(m) => Ok(m),
