@@ -151,10 +151,31 @@ pub fn validate(path: &Path) -> ExitCode {
     println!(
         "ok: {} issuer(s), {} service policy(ies), {} rule(s)",
         config.issuers.len(),
-        policies.map_or(0, |s| s.len()),
+        policies.as_ref().map_or(0, |s| s.len()),
         rules
     );
+    if let Some(set) = &policies {
+        println!("{}", allowed_headers(set));
+    }
     ExitCode::SUCCESS
+}
+
+/// The ext_authz filter setting that sends hopwarden only the headers it reads (the
+/// rest of a check's size, and Envoy's and hopwarden's work on it, is spent on nothing).
+fn allowed_headers(policies: &PolicySet) -> String {
+    let mut patterns: Vec<String> = policies
+        .read_headers()
+        .into_iter()
+        .map(|h| format!("{{ exact: {h} }}"))
+        .collect();
+    patterns.push(format!(
+        "{{ prefix: {} }}",
+        crate::request::OWN_HEADER_PREFIX
+    ));
+    format!(
+        "ext_authz, to send only what these policies read: allowed_headers: {{ patterns: [{}] }}",
+        patterns.join(", ")
+    )
 }
 
 /// `hopwarden test [DIR]`: exit 0 when every case passes and every suite loads.

@@ -117,6 +117,21 @@ impl PolicySet {
         names
     }
 
+    /// Every header hopwarden reads under these policies, sorted: its own inputs
+    /// ([`OWN_INPUT_HEADERS`]) and every rule's `when.headers`. Envoy's ext_authz
+    /// `allowed_headers` must keep all of them and the [`OWN_HEADER_PREFIX`] ones: a
+    /// header Envoy leaves out cannot trigger a deny rule that reads it.
+    ///
+    /// [`OWN_INPUT_HEADERS`]: crate::request::OWN_INPUT_HEADERS
+    /// [`OWN_HEADER_PREFIX`]: crate::request::OWN_HEADER_PREFIX
+    pub fn read_headers(&self) -> std::collections::BTreeSet<&str> {
+        let own = crate::request::OWN_INPUT_HEADERS.into_iter();
+        let rules = self
+            .services()
+            .flat_map(|p| p.header_inputs().iter().map(String::as_str));
+        own.chain(rules).collect()
+    }
+
     /// All service policies, sorted by name.
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServicePolicy>> {
         self.services.values()

@@ -77,6 +77,14 @@ pub struct AuthzRequest {
     pub destination_principal: Option<String>,
 }
 
+/// Headers hopwarden reads whatever its policies say: the bearer token, the content
+/// type (a gRPC request's `to` methods) and the request id (decision log).
+pub const OWN_INPUT_HEADERS: [&str; 3] = ["authorization", "content-type", "x-request-id"];
+
+/// The prefix of the headers hopwarden sets. Client copies are read so that an allow
+/// can remove them.
+pub const OWN_HEADER_PREFIX: &str = "x-hopwarden-";
+
 /// Headers whose values are credentials: never printed, even in debug output.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 

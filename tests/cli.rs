@@ -73,6 +73,59 @@ fn validate_accepts_the_example_config() {
     );
 }
 
+/// The `allowed_headers` line `validate` prints for `policies` in `dir`.
+fn printed_allowed_headers(dir: &Path) -> String {
+    let (code, out, err) = run(&["validate"], dir);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.lines().nth(1).unwrap_or_default();
+    let at = line
+        .find("allowed_headers: ")
+        .unwrap_or_else(|| panic!("{out}"));
+    line[at..].to_string()
+}
+
+#[test]
+fn validate_prints_the_headers_envoy_must_send_including_every_when_header() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/a.yaml"),
+        "service: a\nrules:\n  - id: tenant-only\n    effect: deny\n    when: {headers: {X-Tenant: [evil]}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/b.yaml"),
+        "service: b\nrules:\n  - id: debug\n    when: {headers: {x-debug: [\"1\"], x-tenant: [acme]}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: policies\n").unwrap();
+    assert_eq!(
+        printed_allowed_headers(dir.path()),
+        "allowed_headers: { patterns: [{ exact: authorization }, { exact: content-type }, \
+         { exact: x-debug }, { exact: x-request-id }, { exact: x-tenant }, { prefix: x-hopwarden- }] }"
+    );
+}
+
+/// The benchmark's ext_authz setups send only what hopwarden reads: exactly what
+/// `validate` prints for the benchmark's policies, so a rule reading a new header
+/// cannot be starved of it there.
+#[test]
+fn the_benchmark_envoy_configs_send_what_validate_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = repo().join("bench/policies");
+    std::fs::write(
+        dir.path().join("hopwarden.yaml"),
+        format!("policies: {}\n", policies.display()),
+    )
+    .unwrap();
+    let printed = printed_allowed_headers(dir.path());
+    for config in ["d-hopwarden", "e-noop"] {
+        let text =
+            std::fs::read_to_string(repo().join(format!("bench/envoy/{config}.yaml"))).unwrap();
+        assert!(text.contains(&printed), "{config}.yaml lacks {printed}");
+    }
+}
+
 #[test]
 fn validate_reports_every_error_with_location() {
     let dir = tempfile::tempdir().unwrap();

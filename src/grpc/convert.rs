@@ -11,7 +11,7 @@ use envoy_types::pb::google::rpc;
 
 use crate::decision::{Decision, DenyStatus};
 use crate::engine::Outcome;
-use crate::request::AuthzRequest;
+use crate::request::{AuthzRequest, OWN_HEADER_PREFIX};
 
 /// Identity headers hopwarden sets on allowed requests.
 pub const PRINCIPAL_HEADER: &str = "x-hopwarden-principal";
@@ -21,7 +21,6 @@ pub const KIND_HEADER: &str = "x-hopwarden-principal-kind";
 pub const RULE_HEADER: &str = "x-hopwarden-rule";
 /// Set when only dry-run let the request through; says what enforcement would do.
 pub const DRY_RUN_HEADER: &str = "x-hopwarden-dry-run";
-const OWN_PREFIX: &str = "x-hopwarden-";
 
 /// Why a `CheckRequest` could not be read; answered with a clean deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +83,7 @@ impl TryFrom<CheckRequest> for AuthzRequest {
 
 /// Whether the request carries headers named like the ones hopwarden sets.
 pub fn carries_own_headers(req: &AuthzRequest) -> bool {
-    req.headers.keys().any(|k| k.starts_with(OWN_PREFIX))
+    req.headers.keys().any(|k| k.starts_with(OWN_HEADER_PREFIX))
 }
 
 /// The `CheckResponse` for a decision.
@@ -115,7 +114,7 @@ pub fn to_check_response(
             let headers_to_remove = req
                 .headers
                 .keys()
-                .filter(|k| k.starts_with(OWN_PREFIX) && !ours.contains(&k.as_str()))
+                .filter(|k| k.starts_with(OWN_HEADER_PREFIX) && !ours.contains(&k.as_str()))
                 .cloned()
                 .collect();
             CheckResponse {

@@ -169,7 +169,7 @@ const KNOWN_METHODS: &[&str] = &[
 /// rule conditions, and `x-hopwarden-*` are headers we set ourselves.
 fn forbidden_header(name: &str) -> bool {
     matches!(name, "authorization" | "cookie" | "proxy-authorization")
-        || name.starts_with("x-hopwarden-")
+        || name.starts_with(crate::request::OWN_HEADER_PREFIX)
 }
 
 /// Compiles every source, collecting all errors across all files.
