@@ -140,23 +140,18 @@ pub fn validate(path: &Path) -> ExitCode {
             failed = true;
         }
     }
-    if failed {
+    // Policies that failed to load set `failed` too.
+    let (false, Some(policies)) = (failed, policies) else {
         return ExitCode::FAILURE;
-    }
-    let rules: usize = policies
-        .iter()
-        .flat_map(|s| s.services())
-        .map(|p| p.rules().count())
-        .sum();
+    };
+    let rules: usize = policies.services().map(|p| p.rules().count()).sum();
     println!(
         "ok: {} issuer(s), {} service policy(ies), {} rule(s)",
         config.issuers.len(),
-        policies.as_ref().map_or(0, |s| s.len()),
+        policies.len(),
         rules
     );
-    if let Some(set) = &policies {
-        println!("{}", allowed_headers(set));
-    }
+    println!("{}", allowed_headers(&policies));
     ExitCode::SUCCESS
 }
 

@@ -73,6 +73,17 @@ fn validate_accepts_the_example_config() {
     );
 }
 
+/// A directory with `hopwarden.yaml` (`policies: policies`) and these policy files.
+fn policy_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+    }
+    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: policies\n").unwrap();
+    dir
+}
+
 /// The `allowed_headers` line `validate` prints for `policies` in `dir`.
 fn printed_allowed_headers(dir: &Path) -> String {
     let (code, out, err) = run(&["validate"], dir);
@@ -86,19 +97,16 @@ fn printed_allowed_headers(dir: &Path) -> String {
 
 #[test]
 fn validate_prints_the_headers_envoy_must_send_including_every_when_header() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/a.yaml"),
-        "service: a\nrules:\n  - id: tenant-only\n    effect: deny\n    when: {headers: {X-Tenant: [evil]}}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/b.yaml"),
-        "service: b\nrules:\n  - id: debug\n    when: {headers: {x-debug: [\"1\"], x-tenant: [acme]}}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: policies\n").unwrap();
+    let dir = policy_dir(&[
+        (
+            "a.yaml",
+            "service: a\nrules:\n  - id: tenant-only\n    effect: deny\n    when: {headers: {X-Tenant: [evil]}}\n",
+        ),
+        (
+            "b.yaml",
+            "service: b\nrules:\n  - id: debug\n    when: {headers: {x-debug: [\"1\"], x-tenant: [acme]}}\n",
+        ),
+    ]);
     assert_eq!(
         printed_allowed_headers(dir.path()),
         "allowed_headers: { patterns: [{ exact: authorization }, { exact: content-type }, \
@@ -128,19 +136,13 @@ fn the_benchmark_envoy_configs_send_what_validate_prints() {
 
 #[test]
 fn validate_reports_every_error_with_location() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/a.yaml"),
-        "service: a\nrules:\n  - id: r1\n    form: {}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/b.yaml"),
-        "service: b\nrules:\n  - id: r2\n    to: [{paths: [\"/x/**/y\"]}]\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: policies\n").unwrap();
+    let dir = policy_dir(&[
+        ("a.yaml", "service: a\nrules:\n  - id: r1\n    form: {}\n"),
+        (
+            "b.yaml",
+            "service: b\nrules:\n  - id: r2\n    to: [{paths: [\"/x/**/y\"]}]\n",
+        ),
+    ]);
     let (code, out, err) = run(&["validate"], dir.path());
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("a.yaml:4:5: "), "{err}");
