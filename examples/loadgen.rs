@@ -383,7 +383,7 @@ async fn floor(o: &Opts) -> Result<(), Error> {
 }
 
 /// Until killed: a gRPC ext_authz server that allows every check without reading
-/// it, with hopwarden's transport (`hopwarden::grpc::incoming`). The benchmark puts it
+/// it, with hopwarden's transport (`hopwarden::grpc::transport`). The benchmark puts it
 /// behind Envoy (setup e) and under `run` (the gRPC floor): what it costs is what any
 /// ext_authz server costs here before it does any work.
 async fn allow_all(listen: &str) -> Result<(), Error> {
@@ -409,10 +409,8 @@ async fn allow_all(listen: &str) -> Result<(), Error> {
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("allow-all: listening on {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AllowAll))
-        .serve_with_incoming(hopwarden::grpc::incoming(listener))
-        .await?;
+    let never = std::future::pending();
+    hopwarden::grpc::transport::serve(listener, AuthorizationServer::new(AllowAll), never).await;
     Ok(())
 }
 

@@ -4,13 +4,18 @@ pub mod check;
 pub mod coalesce;
 pub mod convert;
 pub mod service;
+pub mod transport;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tonic::transport::server::TcpIncoming;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -35,32 +40,50 @@ pub async fn set_health(reporter: &HealthReporter, serving: bool) {
 pub async fn serve(
     engine: Arc<Engine>,
     options: convert::ResponseOptions,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    health: HealthServer<impl Health>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(service::AuthorizationService::new(
-            check::CheckService::new(engine, options),
-        ))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+) {
+    let routes = Routes {
+        authz: service::AuthorizationService::new(check::CheckService::new(engine, options)),
+        health,
+    };
+    transport::serve(listener, routes, shutdown).await
 }
 
-/// The connections a gRPC server of ours accepts. Public so the benchmark's no-op
-/// server (`examples/loadgen.rs`) gets exactly hopwarden's transport.
-pub fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<coalesce::Coalescing<tokio::net::TcpStream>>>
-{
-    // Nagle's algorithm would hold small responses for the peer's delayed ACK (40 ms
-    // on Linux): every accepted connection gets TCP_NODELAY. (`Server::tcp_nodelay`
-    // only applies when tonic binds the socket itself.)
-    // Answers finished together leave in one write (see coalesce.rs).
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|conn| conn.map(coalesce::Coalescing::new))
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The two services by path: health checks, and everything else to the
+/// Authorization service (which answers UNIMPLEMENTED for what it does not serve).
+struct Routes<H> {
+    authz: service::AuthorizationService,
+    health: HealthServer<H>,
+}
+
+// Not derived: that would ask `H: Clone`, and `HealthServer` shares `H` in an Arc.
+impl<H> Clone for Routes<H> {
+    fn clone(&self) -> Self {
+        Routes {
+            authz: self.authz.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl<H: Health> Service<http::Request<Incoming>> for Routes<H> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        if req.uri().path().starts_with(HEALTH_PREFIX) {
+            self.health.call(req)
+        } else {
+            self.authz.call(req)
+        }
+    }
 }

@@ -67,7 +67,7 @@ pub struct ServerHandle {
     pub engine: Arc<Engine>,
     reload: ReloadTrigger,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<()>,
     _watcher: notify::RecommendedWatcher,
     background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
@@ -89,8 +89,7 @@ impl ServerHandle {
             task.abort();
         }
         match tokio::time::timeout(self.drain_timeout, &mut self.task).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
                 // The drain deadline is the operator's choice; reaching it is not a

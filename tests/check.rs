@@ -836,3 +836,36 @@ async fn graceful_shutdown_stops_serving() {
     s.handle.shutdown().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn other_grpc_methods_are_unimplemented_on_the_same_port() {
+    use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+    let (_d, s) = ledger_server().await;
+    let mut grpc = tonic::client::Grpc::new(s.channel.clone());
+    for path in [
+        "/envoy.service.auth.v2.Authorization/Check",
+        "/envoy.service.auth.v3.Authorization/Other",
+        "/grpc.health.v1.Health/Other",
+        "/",
+    ] {
+        grpc.ready().await.unwrap();
+        let err = grpc
+            .unary(
+                tonic::Request::new(CheckRequest::default()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::<CheckRequest, CheckResponse>::default(),
+            )
+            .await
+            .expect_err(path);
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{path}");
+    }
+    // The connection still serves checks and health checks afterwards.
+    assert_eq!(s.check(read_tx()).await.status, 401);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}

@@ -36,7 +36,6 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::Connected;
 
 /// Above this many buffered bytes a write goes out at once, without waiting for a
 /// flush, so one busy connection cannot grow the buffer without bound.
@@ -235,14 +234,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
             this.read_gate = Some(Deferred::start(cx));
         }
         Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: Connected> Connected for Coalescing<S> {
-    type ConnectInfo = S::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 
