@@ -1,25 +1,31 @@
 //! `envoy.service.auth.v3.Authorization`, wired by hand instead of with the server
-//! envoy-types generates, for one reason: that server prost-encodes every answer. An
-//! allowed decision's answer depends only on the decision (and the server's fixed
-//! options), and a cache hit shares its decision with every other hit, so the bytes
-//! are encoded once per cached decision and copied after that. Encoding and dropping
-//! the message was about 6k instructions of a ~96k-instruction cache hit.
+//! envoy-types generates, for two reasons:
 //!
-//! Requests are still decoded into envoy-types' `CheckRequest` by tonic-prost; the
-//! routing below is what the generated server does, minus its boxing through
-//! `async_trait`.
+//! - That server prost-encodes every answer. An allowed decision's answer depends only
+//!   on the decision (and the server's fixed options), and a cache hit shares its
+//!   decision with every other hit, so the bytes are encoded once per cached decision
+//!   and copied after that. Encoding and dropping the message was about 6k
+//!   instructions of a ~96k-instruction cache hit.
+//! - `Check` is one unary call, and tonic's general machinery for it (a streaming
+//!   decoder, an encoding stream, codecs, compression checks) moved large futures
+//!   around for every check. Here the request body is read whole, its one
+//!   length-prefixed message decoded, and the answer sent as one data frame and the
+//!   `grpc-status` trailer: gRPC's wire format for a unary call, uncompressed.
+//!
+//! Errors use tonic's [`Status`] and its trailers-only responses, as tonic does.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::{http, Arc, BoxFuture, Context, Poll, Service, StdError};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
-use tonic_prost::prost::bytes::BufMut;
+use tonic::server::NamedService;
+use tonic::Status;
+use tonic_prost::prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic_prost::prost::Message;
-use tonic_prost::ProstDecoder;
 
 use super::check::CheckService;
 
@@ -67,9 +73,17 @@ impl NamedService for AuthorizationService {
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
+/// The largest check request read: tonic's default limit for a decoded message.
+/// Envoy sends headers and (only if `with_request_body` is set) part of the body.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// A gRPC message's prefix: a compressed flag and a big-endian length.
+const PREFIX: usize = 5;
+
 impl<B> Service<http::Request<B>> for AuthorizationService
 where
-    B: tonic::codegen::Body + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -84,58 +98,225 @@ where
         if req.uri().path() != CHECK_PATH {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let unary = Unary(self.checks.clone());
-        Box::pin(async move { Ok(Grpc::new(AnswerCodec).unary(unary, req).await) })
+        let checks = self.checks.clone();
+        Box::pin(async move {
+            let answer = match read_check(req).await {
+                Ok(check) => checks.check(check).await,
+                Err(status) => Err(status),
+            };
+            Ok(match answer {
+                Ok(answer) => respond(answer),
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 
-/// One `Check` call.
-struct Unary(Arc<CheckService>);
-
-impl UnaryService<CheckRequest> for Unary {
-    type Response = Answer;
-    type Future = BoxFuture<Response<Answer>, Status>;
-
-    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
-        let checks = self.0.clone();
-        Box::pin(async move { checks.check(request.into_inner()).await.map(Response::new) })
-    }
-}
-
-/// Decodes requests with tonic-prost; encodes [`Answer`]s.
-struct AnswerCodec;
-
-impl Codec for AnswerCodec {
-    type Encode = Answer;
-    type Decode = CheckRequest;
-    type Encoder = AnswerEncoder;
-    type Decoder = ProstDecoder<CheckRequest>;
-
-    fn encoder(&mut self) -> AnswerEncoder {
-        AnswerEncoder
-    }
-
-    fn decoder(&mut self) -> ProstDecoder<CheckRequest> {
-        ProstDecoder::default()
-    }
-}
-
-struct AnswerEncoder;
-
-impl Encoder for AnswerEncoder {
-    type Item = Answer;
-    type Error = Status;
-
-    fn encode(&mut self, item: Answer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        match item {
-            // The buffer grows as needed: prost's only error (too little room) cannot happen.
-            Answer::Message(m) => m
-                .encode(dst)
-                .map_err(|e| Status::internal(format!("encoding the answer: {e}"))),
-            Answer::Encoded(bytes) => {
-                dst.put_slice(&bytes);
-                Ok(())
-            }
+/// The one message of a unary request.
+async fn read_check<B>(req: http::Request<B>) -> Result<CheckRequest, Status>
+where
+    B: HttpBody,
+    B::Error: Into<StdError>,
+{
+    if let Some(encoding) = req.headers().get("grpc-encoding") {
+        if encoding != "identity" {
+            // The status and message tonic gives for an encoding it was not built with.
+            return Err(Status::unimplemented(format!(
+                "content is compressed with `{}` which is not supported",
+                encoding.to_str().unwrap_or("?")
+            )));
         }
+    }
+    let mut body = std::pin::pin!(req.into_body());
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Status::internal(format!("reading the request: {}", e.into())))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // request trailers carry nothing we read
+        };
+        if buf.len() + data.remaining() > PREFIX + MAX_MESSAGE {
+            return Err(Status::resource_exhausted(format!(
+                "check request larger than {MAX_MESSAGE} bytes"
+            )));
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            buf.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+    }
+    let Some((prefix, message)) = buf.split_first_chunk::<PREFIX>() else {
+        return Err(Status::internal("the request carries no message"));
+    };
+    let [compressed, len @ ..] = *prefix;
+    if compressed != 0 {
+        return Err(Status::internal(
+            "a compressed message without a grpc-encoding",
+        ));
+    }
+    if u32::from_be_bytes(len) as usize != message.len() {
+        return Err(Status::internal(
+            "the request body is not exactly one message",
+        ));
+    }
+    CheckRequest::decode(message)
+        .map_err(|e| Status::internal(format!("decoding the check request: {e}")))
+}
+
+/// A `200` with the answer as the one message and `grpc-status: 0` after it.
+fn respond(answer: Answer) -> http::Response<Body> {
+    let len = match &answer {
+        Answer::Message(m) => m.encoded_len(),
+        Answer::Encoded(bytes) => bytes.len(),
+    };
+    let mut data = BytesMut::with_capacity(PREFIX + len);
+    data.put_u8(0);
+    // An answer is a few hundred bytes; u32 cannot overflow.
+    data.put_u32(len as u32);
+    match answer {
+        // The buffer has room for the whole message: prost's only error cannot happen.
+        Answer::Message(m) => m.encode_raw(&mut data),
+        Answer::Encoded(bytes) => data.put_slice(&bytes),
+    }
+    let mut response = http::Response::new(Body::new(UnaryBody {
+        message: Some(data.freeze()),
+        done: false,
+    }));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// One message, then the trailers of a successful call.
+struct UnaryBody {
+    message: Option<Bytes>,
+    done: bool,
+}
+
+impl HttpBody for UnaryBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        self.done = true;
+        let mut trailers = http::HeaderMap::with_capacity(1);
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn framed(compressed: u8, message: &[u8]) -> Vec<u8> {
+        let mut v = vec![compressed];
+        v.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        v.extend_from_slice(message);
+        v
+    }
+
+    fn request(body: Vec<u8>) -> http::Request<Full<Bytes>> {
+        http::Request::new(Full::new(Bytes::from(body)))
+    }
+
+    fn check() -> CheckRequest {
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                context_extensions: [("service".into(), "ledger".into())].into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn read(req: http::Request<Full<Bytes>>) -> Result<CheckRequest, tonic::Code> {
+        read_check(req).await.map_err(|s| s.code())
+    }
+
+    #[tokio::test]
+    async fn one_message_is_decoded() {
+        let body = framed(0, &check().encode_to_vec());
+        assert_eq!(read(request(body)).await, Ok(check()));
+    }
+
+    #[tokio::test]
+    async fn anything_but_exactly_one_uncompressed_message_is_an_error() {
+        let message = check().encode_to_vec();
+        let mut two = framed(0, &message);
+        two.extend(framed(0, &message));
+        let mut short = framed(0, &message);
+        short.pop();
+        for (body, why) in [
+            (vec![], "no message"),
+            (vec![0, 0, 0], "a cut prefix"),
+            (two, "two messages"),
+            (short, "a cut message"),
+            (framed(1, &message), "the compressed flag"),
+            (framed(0, b"\xff\xff\xff"), "not protobuf"),
+        ] {
+            assert_eq!(
+                read(request(body)).await,
+                Err(tonic::Code::Internal),
+                "{why}"
+            );
+        }
+        let mut gzip = request(framed(0, &message));
+        gzip.headers_mut()
+            .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+        assert_eq!(read(gzip).await, Err(tonic::Code::Unimplemented));
+        let mut identity = request(framed(0, &message));
+        identity
+            .headers_mut()
+            .insert("grpc-encoding", http::HeaderValue::from_static("identity"));
+        assert_eq!(read(identity).await, Ok(check()));
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_refused_before_it_is_read_whole() {
+        let body = framed(0, &vec![0u8; MAX_MESSAGE + 1]);
+        assert_eq!(
+            read(request(body)).await,
+            Err(tonic::Code::ResourceExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_is_one_message_then_grpc_status_0() {
+        let response = respond(Answer::Message(CheckResponse::default()));
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        let body = response.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+        let bytes = body.to_bytes();
+        assert_eq!(
+            &bytes[..],
+            &framed(0, &CheckResponse::default().encode_to_vec())[..]
+        );
+        let encoded: Arc<[u8]> = check().encode_to_vec().into();
+        let response = respond(Answer::Encoded(encoded.clone()));
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], &framed(0, &encoded)[..]);
     }
 }
