@@ -11,10 +11,11 @@
 //! loop at once, and h2 reads everything the socket holds before any check runs, so
 //! all the answers left together too: Envoy then sat idle while hopwarden worked
 //! through the batch, and hopwarden while Envoy worked through the answers (about 15%
-//! of Envoy's time in the benchmark, one wait per ~25 requests). After a read that
-//! returned data, the next read waits for the same deferred wake as a held flush: the
-//! checks just read run and their answers leave before more are read, one read buffer
-//! of h2's (8 KiB, about eight checks from Envoy) at a time, and the two sides overlap.
+//! of Envoy's time in the benchmark, one wait per ~25 requests). Once reads have
+//! returned [`READ_BATCH`] bytes, the next read waits for the same kind of deferred
+//! wake as a held flush (and for at most [`HOLD_MAX`]): the checks just read run and
+//! their answers leave before more is read, about eight of Envoy's checks at a time,
+//! and the two sides overlap.
 //!
 //! The wait is tokio's deferred wake (what `yield_now` uses). Both schedulers fire it
 //! when the thread that polled the flush finds no other work (the multi-thread one:
@@ -46,6 +47,12 @@ const HIGH_WATER: usize = 64 * 1024;
 /// that miss the caches (~70 µs each) that would be several milliseconds. Every
 /// finished check re-polls the connection, so past this the next one writes.
 const HOLD_MAX: Duration = Duration::from_millis(1);
+
+/// How many bytes are read before the next read waits for the scheduler: about eight
+/// of Envoy's checks (a check with the `allowed_headers` that `hopwarden validate`
+/// prints is about 1 KiB). Counted in bytes, not reads, because h2 may read a few
+/// bytes at a time to finish a frame.
+const READ_BATCH: usize = 8 * 1024;
 
 /// The deferred wake a held flush waits for.
 struct Deferred {
@@ -108,7 +115,9 @@ pub struct Coalescing<S> {
     sent: usize,
     /// The deferred wake the current flush waits for, if it has started one.
     held: Option<Arc<Deferred>>,
-    /// The deferred wake the next read waits for, after a read that returned data.
+    /// Bytes read since the last wait.
+    read: usize,
+    /// The deferred wake the next read waits for, once `READ_BATCH` bytes were read.
     read_gate: Option<Arc<Deferred>>,
 }
 
@@ -120,6 +129,7 @@ impl<S> Coalescing<S> {
             buf: Vec::with_capacity(8 * 1024),
             sent: 0,
             held: None,
+            read: 0,
             read_gate: None,
         }
     }
@@ -220,17 +230,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         // h2 polls reads in a loop (once per stream it accepts), so the wait must
-        // outlast this poll of the connection: it ends when the scheduler comes back.
+        // outlast this poll of the connection: it ends when the scheduler comes back,
+        // or after HOLD_MAX (each finished check polls the connection again).
         if let Some(gate) = &this.read_gate {
-            if !gate.fired(cx) {
+            if !gate.fired(cx) && gate.since.elapsed() < HOLD_MAX {
                 return Poll::Pending;
             }
             this.read_gate = None;
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        // End of stream (nothing read) needs no wait: there is nothing more to pace.
-        if buf.filled().len() > before {
+        // End of stream (nothing read) is never held.
+        this.read += buf.filled().len() - before;
+        if this.read >= READ_BATCH {
+            this.read = 0;
             this.read_gate = Some(Deferred::start(cx));
         }
         Poll::Ready(Ok(()))
@@ -417,7 +430,7 @@ mod tests {
 
     /// Polls a read once, without waiting; how many bytes it read, if it was ready.
     fn read_once(io: &mut Coalescing<Source>, cx: &mut Context<'_>) -> Poll<usize> {
-        let mut space = [0u8; 64];
+        let mut space = vec![0u8; READ_BATCH];
         let mut buf = ReadBuf::new(&mut space);
         Pin::new(io)
             .poll_read(cx, &mut buf)
@@ -425,24 +438,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_read_with_data_the_next_waits_for_the_scheduler() {
-        let (mut io, reads) = Source::new(10);
-        // Within one poll of the connection, as h2 does once per accepted stream: the
-        // first read gets data, the ones after it wait and do not reach the socket.
+    async fn after_a_batch_of_bytes_the_next_read_waits_for_the_scheduler() {
+        let (mut io, reads) = Source::new(READ_BATCH / 4);
+        // Within one poll of the connection, as h2 does once per accepted stream:
+        // reads go on until READ_BATCH bytes have come in; the ones after that wait
+        // and do not reach the socket.
         std::future::poll_fn(|cx| {
-            assert_eq!(read_once(&mut io, cx), Poll::Ready(10));
+            for _ in 0..4 {
+                assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH / 4));
+            }
             assert!(read_once(&mut io, cx).is_pending());
             assert!(read_once(&mut io, cx).is_pending());
             Poll::Ready(())
         })
         .await;
-        assert_eq!(*reads.lock().unwrap(), 1);
+        assert_eq!(*reads.lock().unwrap(), 4);
         // The checks just read run (here: this task lets the scheduler run); then
-        // reading goes on, and the read after that waits again.
+        // reading goes on, and waits again after the next batch.
         tokio::task::yield_now().await;
         std::future::poll_fn(|cx| {
-            assert_eq!(read_once(&mut io, cx), Poll::Ready(10));
+            for _ in 0..4 {
+                assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH / 4));
+            }
             assert!(read_once(&mut io, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(*reads.lock().unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_no_longer_than_hold_max() {
+        let (mut io, reads) = Source::new(READ_BATCH);
+        std::future::poll_fn(|cx| {
+            assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH));
+            assert!(read_once(&mut io, cx).is_pending());
+            // This task keeps the scheduler from coming back (as a long run of
+            // expensive checks would): past HOLD_MAX the next read goes ahead.
+            std::thread::sleep(HOLD_MAX);
+            assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH));
             Poll::Ready(())
         })
         .await;

@@ -19,7 +19,7 @@ use std::pin::Pin;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::{Body as HttpBody, Frame};
 use tonic::body::Body;
 use tonic::codegen::{http, Arc, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::NamedService;
@@ -30,8 +30,8 @@ use tonic_prost::prost::Message;
 use super::check::CheckService;
 
 /// What the service answers with: a message, or one encoded earlier.
-// Moved once per check into tonic's encoder; boxing the message would add an
-// allocation to every answer that is not pre-encoded.
+// Moved once per check into `respond`; boxing the message would add an allocation to
+// every answer that is not pre-encoded.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Answer {
@@ -120,11 +120,21 @@ where
 {
     if let Some(encoding) = req.headers().get("grpc-encoding") {
         if encoding != "identity" {
-            // The status and message tonic gives for an encoding it was not built with.
-            return Err(Status::unimplemented(format!(
-                "content is compressed with `{}` which is not supported",
-                encoding.to_str().unwrap_or("?")
-            )));
+            // gRPC's answer to an encoding the server does not support: UNIMPLEMENTED,
+            // with the encodings it does accept.
+            let mut accepted = tonic::metadata::MetadataMap::new();
+            accepted.insert(
+                "grpc-accept-encoding",
+                tonic::metadata::MetadataValue::from_static("identity"),
+            );
+            return Err(Status::with_metadata(
+                tonic::Code::Unimplemented,
+                format!(
+                    "content is compressed with `{}` which is not supported",
+                    encoding.to_str().unwrap_or("?")
+                ),
+                accepted,
+            ));
         }
     }
     let mut body = std::pin::pin!(req.into_body());
@@ -135,16 +145,23 @@ where
         let Ok(mut data) = frame.into_data() else {
             continue; // request trailers carry nothing we read
         };
+        let had_prefix = buf.len() >= PREFIX;
         if buf.len() + data.remaining() > PREFIX + MAX_MESSAGE {
-            return Err(Status::resource_exhausted(format!(
-                "check request larger than {MAX_MESSAGE} bytes"
-            )));
+            return Err(too_large());
         }
         while data.has_remaining() {
             let chunk = data.chunk();
             buf.extend_from_slice(chunk);
             let n = chunk.len();
             data.advance(n);
+        }
+        // Once the prefix is in, its length decides: refuse early, or make room once.
+        if !had_prefix && buf.len() >= PREFIX {
+            let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if declared > MAX_MESSAGE {
+                return Err(too_large());
+            }
+            buf.reserve((PREFIX + declared).saturating_sub(buf.len()));
         }
     }
     let Some((prefix, message)) = buf.split_first_chunk::<PREFIX>() else {
@@ -163,6 +180,10 @@ where
     }
     CheckRequest::decode(message)
         .map_err(|e| Status::internal(format!("decoding the check request: {e}")))
+}
+
+fn too_large() -> Status {
+    Status::resource_exhausted(format!("check request larger than {MAX_MESSAGE} bytes"))
 }
 
 /// A `200` with the answer as the one message and `grpc-status: 0` after it.
@@ -221,9 +242,8 @@ impl HttpBody for UnaryBody {
         self.done
     }
 
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
-    }
+    // No exact size hint: hyper would turn it into a `content-length` header, one more
+    // for Envoy to parse per answer (tonic's answers carry none).
 }
 
 #[cfg(test)]
@@ -286,7 +306,10 @@ mod tests {
         let mut gzip = request(framed(0, &message));
         gzip.headers_mut()
             .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
-        assert_eq!(read(gzip).await, Err(tonic::Code::Unimplemented));
+        let refused = read_check(gzip).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented);
+        let answer = refused.into_http::<Body>();
+        assert_eq!(answer.headers()["grpc-accept-encoding"], "identity");
         let mut identity = request(framed(0, &message));
         identity
             .headers_mut()
@@ -307,6 +330,8 @@ mod tests {
     async fn the_answer_is_one_message_then_grpc_status_0() {
         let response = respond(Answer::Message(CheckResponse::default()));
         assert_eq!(response.headers()["content-type"], "application/grpc");
+        // hyper adds a content-length for an exact size hint; answers need none.
+        assert_eq!(response.body().size_hint().exact(), None);
         let body = response.into_body().collect().await.unwrap();
         assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
         let bytes = body.to_bytes();

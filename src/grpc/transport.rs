@@ -4,9 +4,9 @@
 //! tonic's `Server` does the same through a stack hopwarden does not use: an axum
 //! router, error-recovery, timeout and tracing layers, and a boxed request body, each
 //! a future or a dynamic call per check (about a tenth of a cached check's
-//! instructions). Envoy bounds every check with its own timeout, so the server-side
-//! `grpc-timeout` enforcement is not missed; a check Envoy has given up on runs to its
-//! end, as one in progress does on shutdown.
+//! instructions). What goes with it: the `grpc-timeout` a client sends is not enforced
+//! here. Envoy enforces its own timeout and resets the stream when it passes, and
+//! hyper then drops the check (as it does for any client that resets its stream).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,17 +19,24 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tonic::codegen::{http, Service, StdError};
 
 use super::coalesce::Coalescing;
 
-/// How long to wait before accepting again after an accept failed (out of file
-/// descriptors, say): without a pause the loop would spin on the same error.
+/// How long to wait before accepting again when the process is out of file
+/// descriptors or memory: without a pause the loop would spin on the same error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Concurrent checks per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS), hyper's
+/// default made explicit: it bounds what one client can start at once, and Envoy's
+/// HTTP/2 pool opens another connection for checks past it.
+const MAX_STREAMS: u32 = 200;
 
 /// Serves `service` on every connection `listener` accepts until `shutdown`
 /// completes; then stops accepting, asks the open connections to close (HTTP/2
-/// GOAWAY) and returns once their in-flight requests have been answered.
+/// GOAWAY) and returns once their in-flight requests have been answered. Dropping the
+/// future (the server's drain timeout aborts it) closes every connection at once.
 pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
 where
     S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
@@ -42,8 +49,13 @@ where
     B::Error: Into<StdError>,
 {
     let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    let connections = GracefulShutdown::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // gRPC has no use for a `date` header, and Envoy would parse one per answer.
+        .auto_date_header(false);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -51,12 +63,20 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    // Most accept errors concern one connection (reset before it was
+                    // accepted); running out of descriptors or memory concerns all.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    } else {
+                        tracing::debug!(error = %e, "accepting a gRPC connection failed");
+                    }
                     continue;
                 }
             },
         };
+        // Finished connections' tasks, so the set does not grow with every one.
+        while connections.try_join_next().is_some() {}
         // Nagle's algorithm would hold small answers for the peer's delayed ACK (40 ms
         // on Linux).
         if let Err(e) = stream.set_nodelay(true) {
@@ -66,8 +86,8 @@ where
         // a batch of checks is answered in pieces (see coalesce.rs).
         let io = TokioIo::new(Coalescing::new(stream));
         let conn = builder.serve_connection(io, TowerToHyperService::new(service.clone()));
-        let conn = connections.watch(conn);
-        tokio::spawn(async move {
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "gRPC connection ended with an error");
             }
@@ -75,5 +95,5 @@ where
     }
     // Closing the listener first: new clients are refused instead of left waiting.
     drop(listener);
-    connections.shutdown().await;
+    graceful.shutdown().await;
 }
