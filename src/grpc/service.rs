@@ -142,19 +142,14 @@ where
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| Status::internal(format!("reading the request: {}", e.into())))?;
-        let Ok(mut data) = frame.into_data() else {
+        let Ok(data) = frame.into_data() else {
             continue; // request trailers carry nothing we read
         };
         let had_prefix = buf.len() >= PREFIX;
         if buf.len() + data.remaining() > PREFIX + MAX_MESSAGE {
             return Err(too_large());
         }
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            buf.extend_from_slice(chunk);
-            let n = chunk.len();
-            data.advance(n);
-        }
+        buf.put(data);
         // Once the prefix is in, its length decides: refuse early, or make room once.
         if !had_prefix && buf.len() >= PREFIX {
             let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
