@@ -382,8 +382,8 @@ async fn floor(o: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
-/// Until killed: a gRPC ext_authz server that allows every check without reading
-/// it, with hopwarden's transport (`hopwarden::grpc::transport`). The benchmark puts it
+/// Until killed: a gRPC ext_authz server that allows every check without looking at
+/// it (tonic's generated code still decodes it), with hopwarden's transport (`hopwarden::grpc::transport`). The benchmark puts it
 /// behind Envoy (setup e) and under `run` (the gRPC floor): what it costs is what any
 /// ext_authz server costs here before it does any work.
 async fn allow_all(listen: &str) -> Result<(), Error> {

@@ -107,7 +107,8 @@ impl Deferred {
 }
 
 /// An IO stream whose writes are gathered until a flush that has let the other ready
-/// tasks run first, and whose reads, once one has returned data, wait for the same.
+/// tasks run first, and whose reads, once `READ_BATCH` bytes have come in, wait for
+/// the same.
 pub struct Coalescing<S> {
     inner: S,
     buf: Vec<u8>,

@@ -22,7 +22,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame};
 use tonic::body::Body;
 use tonic::codegen::{http, Arc, BoxFuture, Context, Poll, Service, StdError};
-use tonic::server::NamedService;
 use tonic::Status;
 use tonic_prost::prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic_prost::prost::Message;
@@ -65,10 +64,6 @@ impl AuthorizationService {
             checks: Arc::new(checks),
         }
     }
-}
-
-impl NamedService for AuthorizationService {
-    const NAME: &'static str = super::AUTHZ_SERVICE;
 }
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -151,30 +146,34 @@ where
         }
         buf.put(data);
         // Once the prefix is in, its length decides: refuse early, or make room once.
-        if !had_prefix && buf.len() >= PREFIX {
-            let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if let (false, Some(((_, declared), _))) = (had_prefix, split_prefix(&buf)) {
             if declared > MAX_MESSAGE {
                 return Err(too_large());
             }
             buf.reserve((PREFIX + declared).saturating_sub(buf.len()));
         }
     }
-    let Some((prefix, message)) = buf.split_first_chunk::<PREFIX>() else {
+    let Some(((compressed, declared), message)) = split_prefix(&buf) else {
         return Err(Status::internal("the request carries no message"));
     };
-    let [compressed, len @ ..] = *prefix;
-    if compressed != 0 {
+    if compressed {
         return Err(Status::internal(
             "a compressed message without a grpc-encoding",
         ));
     }
-    if u32::from_be_bytes(len) as usize != message.len() {
+    if declared != message.len() {
         return Err(Status::internal(
             "the request body is not exactly one message",
         ));
     }
     CheckRequest::decode(message)
         .map_err(|e| Status::internal(format!("decoding the check request: {e}")))
+}
+
+/// A gRPC message's prefix (compressed flag, declared length) and what follows it.
+fn split_prefix(buf: &[u8]) -> Option<((bool, usize), &[u8])> {
+    let ([compressed, len @ ..], rest) = buf.split_first_chunk::<PREFIX>()?;
+    Some(((*compressed != 0, u32::from_be_bytes(*len) as usize), rest))
 }
 
 fn too_large() -> Status {

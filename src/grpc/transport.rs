@@ -62,15 +62,13 @@ where
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                Err(e) if out_of_resources(&e) => {
+                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
                 Err(e) => {
-                    // Most accept errors concern one connection (reset before it was
-                    // accepted); running out of descriptors or memory concerns all.
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
-                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    } else {
-                        tracing::debug!(error = %e, "accepting a gRPC connection failed");
-                    }
+                    tracing::debug!(error = %e, "accepting a gRPC connection failed");
                     continue;
                 }
             },
@@ -96,4 +94,13 @@ where
     // Closing the listener first: new clients are refused instead of left waiting.
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Whether an accept failed for every connection (the process is out of descriptors
+/// or memory) rather than for one (a peer that reset before it was accepted).
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
