@@ -1,12 +1,16 @@
 //! The decision log: one JSON line per decision, to stdout or a file.
 //!
-//! Records are appended to a bounded in-memory batch that a writer thread takes every
-//! few milliseconds, so a slow disk never slows a check and no check pays for waking a
-//! thread (a channel wake-up per record cost more than the rest of a cached check).
-//! If the batch is full the record is dropped and counted
-//! (`hopwarden_decision_log_dropped_total`) rather than blocking the request path.
-//! A record holds no token and no header value except Envoy's `x-request-id`.
+//! Each record is written as its JSON line into a bounded in-memory buffer that a
+//! writer thread takes every few milliseconds, so a slow disk never slows a check and
+//! no check pays for waking a thread (a channel wake-up per record cost more than the
+//! rest of a cached check). The record borrows what it logs and the line is written
+//! where the check ran: nothing is allocated for it, and nothing allocated on the
+//! request path is freed by the writer thread (freeing across threads made every
+//! allocation of a check dearer). If the buffer is full the line is dropped and
+//! counted (`hopwarden_decision_log_dropped_total`) rather than blocking the request
+//! path. A record holds no token and no header value except Envoy's `x-request-id`.
 
+use std::borrow::Cow;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,44 +22,46 @@ use serde::Serialize;
 
 use crate::telemetry::Metrics;
 
-/// Records held for the writer before new ones are dropped.
-const QUEUE: usize = 64 * 1024;
+/// Bytes of lines held for the writer before new ones are dropped (about 50,000
+/// lines: more than two seconds of the fastest checks).
+const QUEUE_BYTES: usize = 16 << 20;
 /// How often the writer takes the batch.
 const INTERVAL: Duration = Duration::from_millis(20);
 
-/// One decision, as logged.
+/// One decision, as logged. It borrows from the check it describes; read back from a
+/// log, it owns its strings.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct DecisionRecord {
+pub struct DecisionRecord<'a> {
     /// RFC 3339, UTC, milliseconds.
-    pub timestamp: String,
+    pub timestamp: Cow<'a, str>,
     /// Envoy's `x-request-id`, to join with access logs.
-    pub request_id: Option<String>,
+    pub request_id: Option<Cow<'a, str>>,
     /// The resolved service.
-    pub service: Option<String>,
+    pub service: Option<Cow<'a, str>>,
     /// `gateway` or `mesh`.
-    pub hop: Option<String>,
+    pub hop: Option<Cow<'a, str>>,
     /// The caller's principal id (token subject or SPIFFE ID).
-    pub principal: Option<String>,
+    pub principal: Option<Cow<'a, str>>,
     /// `service`, `user` or `anonymous`.
-    pub kind: Option<String>,
+    pub kind: Option<Cow<'a, str>>,
     /// The mTLS peer's SPIFFE ID, as Envoy reported it.
-    pub peer: Option<String>,
+    pub peer: Option<Cow<'a, str>>,
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// The canonical path, or `<non-canonical>`.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// `allow`, `deny` or `error`.
-    pub decision: String,
+    pub decision: Cow<'a, str>,
     /// The HTTP status Envoy answers with (200 when forwarded; 0 on error).
     pub status: u16,
     /// The rule that decided.
-    pub rule: Option<String>,
+    pub rule: Option<Cow<'a, str>>,
     /// Why a request was denied (`deny_rule`, `invalid_token`, …).
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
     /// Detail behind the reason (`expired`, `bad_signature`, …).
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'a, str>>,
     /// Set when dry-run turned a denial into an allow: what enforcement would have done.
-    pub dry_run: Option<DryRunRecord>,
+    pub dry_run: Option<DryRunRecord<'a>>,
     /// Whether the decision came from the cache.
     pub cached: bool,
     /// Time to answer, in microseconds.
@@ -64,11 +70,11 @@ pub struct DecisionRecord {
 
 /// What a dry-run policy or rule would have denied.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct DryRunRecord {
+pub struct DryRunRecord<'a> {
     /// The rule that would have denied (`default` for a default deny).
-    pub rule: String,
+    pub rule: Cow<'a, str>,
     /// The deny reason enforcement would have given.
-    pub reason: String,
+    pub reason: Cow<'a, str>,
 }
 
 /// Where decision lines go.
@@ -92,7 +98,8 @@ pub struct DecisionLog {
 /// What the request path and the writer thread share.
 #[derive(Default)]
 struct Shared {
-    pending: Mutex<Vec<DecisionRecord>>,
+    /// Whole JSON lines, oldest first.
+    pending: Mutex<Vec<u8>>,
     closed: AtomicBool,
 }
 
@@ -129,17 +136,24 @@ impl DecisionLog {
         })
     }
 
-    /// Adds a record to the batch; never waits for I/O.
-    pub fn write(&self, record: DecisionRecord) {
+    /// Adds the record's line to the batch; never waits for I/O.
+    pub fn write(&self, record: &DecisionRecord<'_>) {
         let Some(shared) = &self.shared else { return };
         let Ok(mut pending) = shared.pending.lock() else {
             return;
         };
-        if pending.len() >= QUEUE {
+        if pending.len() >= QUEUE_BYTES {
             drop(pending);
             self.metrics.decision_log_dropped();
+            return;
+        }
+        // Straight into the batch: the lock is held for one line's serialization,
+        // and a line that fails to serialize leaves nothing behind.
+        let start = pending.len();
+        if serde_json::to_writer(&mut *pending, record).is_ok() {
+            pending.push(b'\n');
         } else {
-            pending.push(record);
+            pending.truncate(start);
         }
     }
 }
@@ -161,8 +175,7 @@ impl Drop for DecisionLog {
 /// Every `INTERVAL`, takes the batch and writes it; after the log is closed, writes
 /// what is left and stops.
 fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
-    let mut taken = Vec::with_capacity(1024);
-    let mut line = Vec::with_capacity(512);
+    let mut taken = Vec::with_capacity(64 * 1024);
     loop {
         let closed = shared.closed.load(Ordering::SeqCst);
         if !closed {
@@ -171,17 +184,12 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
         if let Ok(mut pending) = shared.pending.lock() {
             std::mem::swap(&mut *pending, &mut taken);
         }
-        for record in taken.drain(..) {
-            line.clear();
-            if serde_json::to_writer(&mut line, &record).is_ok() {
-                line.push(b'\n');
-                // One whole line per write: on stdout, lines never interleave with
-                // the tracing subscriber's.
-                if out.write_all(&line).is_err() {
-                    return;
-                }
-            }
+        // Whole lines in one write: on stdout, `Stdout`'s lock is held for all of it,
+        // so they never interleave with the tracing subscriber's lines.
+        if out.write_all(&taken).is_err() {
+            return;
         }
+        taken.clear();
         let _ = out.flush();
         if closed {
             return;
@@ -189,19 +197,45 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
     }
 }
 
-/// Now, as the log's timestamp.
-pub fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// A log timestamp (RFC 3339, UTC, milliseconds: `2026-11-28T00:25:14.123Z`), formatted
+/// on the stack.
+pub struct Timestamp {
+    text: [u8; 32],
+    len: usize,
+}
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Timestamp {
+        Timestamp::at(SystemTime::now())
+    }
+
+    /// `at`, as the log writes it.
+    pub fn at(at: SystemTime) -> Timestamp {
+        let mut text = [0u8; 32];
+        let mut rest = &mut text[..];
+        // 24 bytes up to the year 9999; a later clock gives a shorter, cut-off
+        // timestamp rather than a panic.
+        let _ = write!(rest, "{}", humantime::format_rfc3339_millis(at));
+        let len = 32 - rest.len();
+        Timestamp { text, len }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // humantime writes ASCII, whole or cut between ASCII bytes.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(n: u16) -> DecisionRecord {
+    fn record(n: u16) -> DecisionRecord<'static> {
         DecisionRecord {
-            timestamp: timestamp(),
-            request_id: Some(format!("r{n}")),
+            timestamp: Timestamp::now().as_str().to_string().into(),
+            request_id: Some(format!("r{n}").into()),
             service: Some("ledger".into()),
             hop: Some("mesh".into()),
             principal: None,
@@ -227,7 +261,7 @@ mod tests {
         let log =
             DecisionLog::start(&LogTarget::File(path.clone()), Arc::new(Metrics::new())).unwrap();
         for n in 0..3 {
-            log.write(record(n));
+            log.write(&record(n));
         }
         drop(log);
         let mut text = String::new();
@@ -249,5 +283,42 @@ mod tests {
             want.timestamp = line.timestamp.clone();
             assert_eq!(line, want);
         }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_817_833_042);
+        assert_eq!(Timestamp::at(at).as_str(), "2026-11-28T00:17:13.042Z");
+        assert_eq!(
+            Timestamp::at(SystemTime::UNIX_EPOCH).as_str(),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_full_batch_drops_whole_lines_and_counts_them() {
+        // No writer thread: nothing takes the batch, so it fills.
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::default());
+        let log = DecisionLog {
+            shared: Some(shared.clone()),
+            writer: None,
+            metrics: metrics.clone(),
+        };
+        let line = serde_json::to_vec(&record(0)).unwrap().len() + 1;
+        let fits = QUEUE_BYTES.div_ceil(line);
+        for _ in 0..fits + 10 {
+            log.write(&record(0));
+        }
+        let pending = shared.pending.lock().unwrap();
+        assert_eq!(pending.len(), fits * line);
+        assert!(pending.ends_with(b"}\n"));
+        assert!(
+            metrics
+                .encode()
+                .contains("hopwarden_decision_log_dropped_total 10"),
+            "{}",
+            metrics.encode()
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! A deny is a normal answer; `Err` is only for server faults (keys never loaded),
 //! which the gRPC edge turns into UNAVAILABLE so Envoy's `failure_mode_allow` decides.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use crate::authn::jwt::{now_secs, TokenError, VerifiedToken};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
-use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord};
+use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord, Timestamp};
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::Principal;
 use crate::request::{Action, AuthzRequest, Hop};
@@ -320,21 +321,21 @@ impl Engine {
         // A non-canonical path is logged as a marker, not echoed: it is attacker input.
         let outcome = result.as_ref().ok();
         let action = outcome.and_then(|o| o.action.as_ref());
+        let timestamp = Timestamp::now();
+        // Borrowed throughout: the log writes the line before this returns.
         let mut record = DecisionRecord {
-            timestamp: crate::decision_log::timestamp(),
-            request_id: req.header("x-request-id").map(str::to_string),
-            service: outcome.and_then(|o| o.service.clone()),
-            hop: outcome.and_then(|o| o.hop).map(|h| h.as_str().to_string()),
+            timestamp: timestamp.as_str().into(),
+            request_id: req.header("x-request-id").map(Cow::from),
+            service: outcome.and_then(|o| o.service.as_deref()).map(Cow::from),
+            hop: outcome.and_then(|o| o.hop).map(|h| h.as_str().into()),
             principal: None,
             kind: None,
-            peer: req.source_principal.clone(),
+            peer: req.source_principal.as_deref().map(Cow::from),
             method: action
                 .map_or(req.method.as_str(), |a| a.method.as_str())
-                .to_string(),
-            path: action
-                .map_or("<non-canonical>", |a| a.path.as_str())
-                .to_string(),
-            decision: "error".to_string(),
+                .into(),
+            path: action.map_or("<non-canonical>", |a| a.path.as_str()).into(),
+            decision: "error".into(),
             status: 0,
             rule: None,
             reason: None,
@@ -350,15 +351,15 @@ impl Engine {
             .filter(|s| self.policies.load().set.get(s).is_some());
         let (decision, reason) = match outcome.map(|o| &*o.decision) {
             Some(Decision::Allow(a)) => {
-                record.principal = Some(a.principal.clone());
-                record.kind = Some(a.kind_str().to_string());
-                record.rule = Some(a.rule.to_string());
+                record.principal = Some(a.principal.as_str().into());
+                record.kind = Some(a.kind_str().into());
+                record.rule = Some(a.rule.as_ref().into());
                 record.status = 200;
                 if let Some(would) = &a.dry_run {
                     let rule = would.rule.as_deref().unwrap_or("default");
                     record.dry_run = Some(DryRunRecord {
-                        rule: rule.to_string(),
-                        reason: would.reason.as_str().to_string(),
+                        rule: rule.into(),
+                        reason: would.reason.as_str().into(),
                     });
                     if let Some(service) = known_service {
                         self.metrics.would_deny(service, rule);
@@ -367,16 +368,16 @@ impl Engine {
                 ("allow", "none")
             }
             Some(Decision::Deny(d)) => {
-                record.principal = d.principal.clone();
-                record.rule = d.rule.as_deref().map(str::to_string);
-                record.reason = Some(d.reason.as_str().to_string());
-                record.detail = d.reason.detail().map(str::to_string);
+                record.principal = d.principal.as_deref().map(Cow::from);
+                record.rule = d.rule.as_deref().map(Cow::from);
+                record.reason = Some(d.reason.as_str().into());
+                record.detail = d.reason.detail().map(Cow::from);
                 record.status = d.reason.status().code();
                 ("deny", d.reason.as_str())
             }
             None => ("error", "unavailable"),
         };
-        record.decision = decision.to_string();
+        record.decision = decision.into();
         self.metrics.check(
             CheckLabels {
                 service: known_service.unwrap_or("unknown").to_string(),
@@ -393,6 +394,6 @@ impl Engine {
         if let Err(e) = result {
             tracing::warn!(error = %e, service = record.service.as_deref(), "check failed");
         }
-        self.log.write(record);
+        self.log.write(&record);
     }
 }
