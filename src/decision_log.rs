@@ -159,45 +159,38 @@ impl DecisionRecord<'_> {
     /// are rather than escaped one by one, which made serde_json's line the dearest
     /// part of a cached check.
     fn write_json(&self, out: &mut Vec<u8>) {
-        let optional = |out: &mut Vec<u8>, value: Option<&str>| match value {
-            Some(v) => json_string(out, v),
-            None => out.extend_from_slice(b"null"),
-        };
-        out.extend_from_slice(b"{\"timestamp\":");
-        json_string(out, &self.timestamp);
-        out.extend_from_slice(b",\"request_id\":");
-        optional(out, self.request_id.as_deref());
-        out.extend_from_slice(b",\"service\":");
-        optional(out, self.service.as_deref());
-        out.extend_from_slice(b",\"hop\":");
-        optional(out, self.hop.as_deref());
-        out.extend_from_slice(b",\"principal\":");
-        optional(out, self.principal.as_deref());
-        out.extend_from_slice(b",\"kind\":");
-        optional(out, self.kind.as_deref());
-        out.extend_from_slice(b",\"peer\":");
-        optional(out, self.peer.as_deref());
-        out.extend_from_slice(b",\"method\":");
-        json_string(out, &self.method);
-        out.extend_from_slice(b",\"path\":");
-        json_string(out, &self.path);
-        out.extend_from_slice(b",\"decision\":");
-        json_string(out, &self.decision);
+        // Each name with the separator before it, in the struct's order.
+        let strings: [(&[u8], Option<&str>); 10] = [
+            (b"{\"timestamp\":", Some(&self.timestamp)),
+            (b",\"request_id\":", self.request_id.as_deref()),
+            (b",\"service\":", self.service.as_deref()),
+            (b",\"hop\":", self.hop.as_deref()),
+            (b",\"principal\":", self.principal.as_deref()),
+            (b",\"kind\":", self.kind.as_deref()),
+            (b",\"peer\":", self.peer.as_deref()),
+            (b",\"method\":", Some(&self.method)),
+            (b",\"path\":", Some(&self.path)),
+            (b",\"decision\":", Some(&self.decision)),
+        ];
+        write_strings(out, &strings);
         // Writing into a Vec cannot fail.
         let _ = write!(out, ",\"status\":{}", self.status);
-        out.extend_from_slice(b",\"rule\":");
-        optional(out, self.rule.as_deref());
-        out.extend_from_slice(b",\"reason\":");
-        optional(out, self.reason.as_deref());
-        out.extend_from_slice(b",\"detail\":");
-        optional(out, self.detail.as_deref());
+        let why: [(&[u8], Option<&str>); 3] = [
+            (b",\"rule\":", self.rule.as_deref()),
+            (b",\"reason\":", self.reason.as_deref()),
+            (b",\"detail\":", self.detail.as_deref()),
+        ];
+        write_strings(out, &why);
         out.extend_from_slice(b",\"dry_run\":");
         match &self.dry_run {
             Some(d) => {
-                out.extend_from_slice(b"{\"rule\":");
-                json_string(out, &d.rule);
-                out.extend_from_slice(b",\"reason\":");
-                json_string(out, &d.reason);
+                write_strings(
+                    out,
+                    &[
+                        (b"{\"rule\":", Some(&d.rule)),
+                        (b",\"reason\":", Some(&d.reason)),
+                    ],
+                );
                 out.push(b'}');
             }
             None => out.extend_from_slice(b"null"),
@@ -207,6 +200,18 @@ impl DecisionRecord<'_> {
             ",\"cached\":{},\"latency_us\":{}}}",
             self.cached, self.latency_us
         );
+    }
+}
+
+/// Appends each name (already JSON, with its separator) and its value (`null` for
+/// `None`).
+fn write_strings(out: &mut Vec<u8>, fields: &[(&[u8], Option<&str>)]) {
+    for (name, value) in fields {
+        out.extend_from_slice(name);
+        match value {
+            Some(v) => json_string(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
     }
 }
 
