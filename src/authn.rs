@@ -52,6 +52,12 @@ impl Authenticator {
         &self.verifier
     }
 
+    /// Key removals so far (see `jwks.rs`); read before a check uses any key, and part
+    /// of both caches' keys.
+    pub fn key_removals(&self) -> u64 {
+        self.verifier.key_removals()
+    }
+
     /// Authenticates a request at time `now` (seconds since the epoch).
     pub async fn authenticate(
         &self,
@@ -66,7 +72,14 @@ impl Authenticator {
             });
         };
         let token = bearer_token(header)?;
-        let key: Fingerprint = Sha256::digest(token.as_bytes()).into();
+        // Read before any key is: a token verified with a key withdrawn since is
+        // cached under an older count, where no later lookup lands.
+        let removals = self.key_removals();
+        let key: Fingerprint = Sha256::new()
+            .chain_update(removals.to_le_bytes())
+            .chain_update(token.as_bytes())
+            .finalize()
+            .into();
         // The cache entry never outlives `exp`, but the clock is checked again so a
         // hit can never be more lenient than a fresh verification.
         let hit = self.tokens.get(&key).filter(|cached| cached.is_live(now));

@@ -239,12 +239,14 @@ impl DecisionCache {
 
 /// The decision cache key: a digest of every input a rule of this service can read.
 ///
-/// Generation (a reload changes rules), service, hop, method, canonical path, gRPC
+/// Generation (a reload changes rules), the issuers' key removals (a withdrawn key
+/// must not keep allowing), service, hop, method, canonical path, gRPC
 /// method, the whole `authorization` header (the token decides principal, scopes and
 /// claims), the mTLS peer, and the values of the headers named in `when.headers`.
 /// Each field is length-prefixed so no two different inputs share an encoding.
 pub fn decision_key(
     generation: u64,
+    key_removals: u64,
     policy: &ServicePolicy,
     hop: Hop,
     action: &Action,
@@ -260,6 +262,7 @@ pub fn decision_key(
         }
     };
     field(Some(&generation.to_le_bytes()));
+    field(Some(&key_removals.to_le_bytes()));
     field(Some(policy.service().as_bytes()));
     field(Some(hop.as_str().as_bytes()));
     field(Some(action.method.as_bytes()));

@@ -172,7 +172,9 @@ impl Engine {
         let Ok(action) = req.action() else {
             return Ok(outcome);
         };
-        let key = decision_key(policies.generation, policy, hop, &action, req);
+        // Read before the evaluation uses any key (see jwks.rs).
+        let removals = self.authn.key_removals();
+        let key = decision_key(policies.generation, removals, policy, hop, &action, req);
         let hit = self.decisions.get(&key, now);
         self.metrics.cache("decision", hit.is_some());
         if let Some(decision) = hit {

@@ -869,3 +869,35 @@ async fn other_grpc_methods_are_unimplemented_on_the_same_port() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_withdrawn_key_stops_allowing_at_the_next_refresh_not_after_the_cache_ttl() {
+    let jwks_server = JwksServer::start(jwks(&[key(), other_key()])).await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let path = d.path().join("hopwarden.yaml");
+    // Caches hold answers for up to an hour; keys are re-read every second.
+    let text = format!(
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\n\
+         cache: {{ttl: 1h}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refresh: 1s\n    leeway: 0s\n",
+        jwks_server.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    let s = TestServer::start(hopwarden::config::Config::load(&path).unwrap()).await;
+    let withdrawn = token(PAYMENTS, "ledger", "ledger.read");
+    let kept = other_key().sign(&claims(PAYMENTS, "ledger", "ledger.read"));
+    for _ in 0..2 {
+        assert_eq!(s.check(read_tx().bearer(&withdrawn)).await.status, 200);
+        assert_eq!(s.check(read_tx().bearer(&kept)).await.status, 200);
+    }
+
+    // The issuer withdraws the first key (say it leaked).
+    *jwks_server.body.lock().unwrap() = jwks(&[other_key()]);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            s.check(read_tx().bearer(&withdrawn)).await.status == 401
+        })
+        .await,
+        "a token signed with a withdrawn key was still answered from a cache"
+    );
+    assert_eq!(s.check(read_tx().bearer(&kept)).await.status, 200);
+}

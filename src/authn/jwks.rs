@@ -4,15 +4,22 @@
 //! names an unknown `kid` (at most once per `refetch_min_interval`, so a flood of
 //! made-up `kid`s cannot turn into a flood of fetches). A failed fetch keeps the last
 //! good set: a JWKS endpoint outage must not lock every caller out.
+//!
+//! A new set that drops or changes a key the last one had counts a removal
+//! ([`IssuerKeys::removals`]). Both caches key on the count, so a token verified with
+//! a key the issuer has since withdrawn is verified again, not answered from a cache.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize as _;
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::crypto;
@@ -61,6 +68,9 @@ impl VerifyKey {
 pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     all: Vec<Arc<VerifyKey>>,
+    /// A digest of each usable key as published (the whole JWK, `kid` and `alg`
+    /// included; the secret for HMAC), to tell when a key is withdrawn or changed.
+    digests: Vec<[u8; 32]>,
 }
 
 impl KeySet {
@@ -76,7 +86,7 @@ impl KeySet {
             serde_json::from_slice(bytes).map_err(|e| JwksError::Parse(e.to_string()))?;
         let mut set = KeySet::default();
         for value in doc.keys {
-            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            let Ok(jwk) = Jwk::deserialize(&value) else {
                 continue;
             };
             let Some(key) = verify_key(&jwk) else {
@@ -87,6 +97,7 @@ impl KeySet {
                 set.by_kid.insert(kid.clone(), key.clone());
             }
             set.all.push(key);
+            set.digests.push(Sha256::digest(value.to_string()).into());
         }
         if set.all.is_empty() {
             return Err(JwksError::NoUsableKeys);
@@ -107,7 +118,13 @@ impl KeySet {
         Ok(KeySet {
             by_kid: HashMap::new(),
             all: vec![key],
+            digests: vec![Sha256::digest(secret).into()],
         })
+    }
+
+    /// Whether every key of `old` is in this set, unchanged.
+    fn keeps_all_of(&self, old: &KeySet) -> bool {
+        old.digests.iter().all(|d| self.digests.contains(d))
     }
 
     /// The key for a token header: by `kid`, or the only key usable for `alg` when
@@ -221,6 +238,8 @@ pub struct IssuerKeys {
     metrics: Arc<Metrics>,
     source: KeySource,
     current: ArcSwapOption<KeySet>,
+    /// New sets that dropped or changed a key of the set before them.
+    removals: AtomicU64,
     refetch_min_interval: Duration,
     last_fetch: Mutex<Option<Instant>>,
     http: reqwest::Client,
@@ -240,6 +259,7 @@ impl IssuerKeys {
             metrics,
             source,
             current: ArcSwapOption::empty(),
+            removals: AtomicU64::new(0),
             refetch_min_interval,
             last_fetch: Mutex::new(None),
             http,
@@ -256,8 +276,25 @@ impl IssuerKeys {
         *self.last_fetch.lock().await = Some(Instant::now());
         let set = self.fetch().await?;
         let n = set.len();
-        self.current.store(Some(Arc::new(set)));
+        self.install(set);
         Ok(n)
+    }
+
+    /// Makes `set` current, counting a removal if it lacks a key of the set it
+    /// replaces. The count goes up after the swap: a check that reads the new count
+    /// (before it looks up a key) can only find the new set.
+    fn install(&self, set: KeySet) {
+        let set = Arc::new(set);
+        let old = self.current.swap(Some(set.clone()));
+        if old.is_some_and(|old| !set.keeps_all_of(&old)) {
+            self.removals.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// How many times a new set has dropped or changed a key; part of both caches'
+    /// keys.
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
     }
 
     async fn fetch(&self) -> Result<KeySet, JwksError> {
@@ -321,7 +358,7 @@ impl IssuerKeys {
             if due {
                 *last = Some(Instant::now());
                 match self.fetch().await {
-                    Ok(set) => self.current.store(Some(Arc::new(set))),
+                    Ok(set) => self.install(set),
                     Err(e) => {
                         tracing::warn!(error = %e, "JWKS refetch failed; keeping last good keys")
                     }
@@ -431,5 +468,52 @@ mod tests {
         assert!(set.find(None, Algorithm::RS256).is_none());
         assert!(set.find(Some("b"), Algorithm::RS256).is_some());
         assert!(set.find(Some("c"), Algorithm::RS256).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_set_that_drops_or_changes_a_key_counts_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let keys = IssuerKeys::new(
+            "https://issuer",
+            KeySource::File(path.clone()),
+            Duration::from_secs(1),
+            reqwest::Client::new(),
+            Arc::new(Metrics::new()),
+        );
+        let key = |kid: &str, alg: &str| {
+            format!(r#"{{"kty":"RSA","kid":"{kid}","alg":"{alg}","n":"{RSA_N}","e":"AQAB"}}"#)
+        };
+        // (the set published, the removals counted once it is loaded)
+        let steps = [
+            (format!("{},{}", key("a", "RS256"), key("b", "RS256")), 0),
+            // The same keys, reordered: nothing withdrawn.
+            (format!("{},{}", key("b", "RS256"), key("a", "RS256")), 0),
+            // A key added.
+            (
+                format!(
+                    "{},{},{}",
+                    key("a", "RS256"),
+                    key("b", "RS256"),
+                    key("c", "RS256")
+                ),
+                0,
+            ),
+            // One withdrawn.
+            (format!("{},{}", key("a", "RS256"), key("c", "RS256")), 1),
+            // One changed under the same kid.
+            (format!("{},{}", key("a", "PS256"), key("c", "RS256")), 2),
+            // Unchanged again.
+            (format!("{},{}", key("c", "RS256"), key("a", "PS256")), 2),
+        ];
+        for (published, removals) in steps {
+            std::fs::write(&path, jwks(&published)).unwrap();
+            keys.refresh().await.unwrap();
+            assert_eq!(keys.removals(), removals, "{published}");
+        }
+        // A failed load keeps the last set and counts nothing.
+        std::fs::write(&path, "not json").unwrap();
+        assert!(keys.refresh().await.is_err());
+        assert_eq!(keys.removals(), 2);
     }
 }

@@ -173,6 +173,12 @@ impl JwtVerifier {
             .map(|(name, t)| (name.as_str(), &t.keys, &t.config))
     }
 
+    /// The issuers' key removals so far ([`IssuerKeys::removals`]), summed: it goes up
+    /// whenever any issuer withdraws or changes a key.
+    pub fn key_removals(&self) -> u64 {
+        self.issuers.values().map(|t| t.keys.removals()).sum()
+    }
+
     /// Verifies a compact JWS token at time `now` (seconds since the epoch).
     pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
