@@ -3,7 +3,9 @@
 //! Both are keyed by a SHA-256 fingerprint, so an entry costs the same whatever the
 //! token size and no token is kept in memory as a key. Neither cache can change an
 //! answer: the decision key covers every input a rule of the service can read (see
-//! `engine::decision_key`), and no entry outlives the token it was computed from.
+//! [`decision_key`]), and no entry outlives the token it was computed from. Both keys
+//! also carry the issuers' key-removal count (`authn/jwks.rs`), so no cached answer
+//! rests on a key the issuer has withdrawn.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -889,6 +889,12 @@ async fn a_withdrawn_key_stops_allowing_at_the_next_refresh_not_after_the_cache_
         assert_eq!(s.check(read_tx().bearer(&withdrawn)).await.status, 200);
         assert_eq!(s.check(read_tx().bearer(&kept)).await.status, 200);
     }
+    // The second round was answered from the decision cache.
+    let metrics = s.handle.engine.metrics().encode();
+    assert!(
+        metrics.contains("hopwarden_cache_requests_total{cache=\"decision\",result=\"hit\"} 2\n"),
+        "{metrics}"
+    );
 
     // The issuer withdraws the first key (say it leaked).
     *jwks_server.body.lock().unwrap() = jwks(&[other_key()]);

@@ -94,6 +94,12 @@ impl KeySet {
             };
             let key = Arc::new(key);
             if let Some(kid) = &jwk.common.key_id {
+                // The first key with a kid is the one a token naming it gets; a later
+                // duplicate is skipped (and left out of the digests, so which key a
+                // kid reaches can only change with them).
+                if set.by_kid.contains_key(kid) {
+                    continue;
+                }
                 set.by_kid.insert(kid.clone(), key.clone());
             }
             set.all.push(key);
@@ -273,7 +279,10 @@ impl IssuerKeys {
 
     /// Loads the keys now; on failure the last good set stays.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        *self.last_fetch.lock().await = Some(Instant::now());
+        // Held across the fetch, as a refetch holds it: otherwise a slow refresh could
+        // install its older set over a newer one a refetch had just installed.
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
         let set = self.fetch().await?;
         let n = set.len();
         self.install(set);
@@ -282,12 +291,16 @@ impl IssuerKeys {
 
     /// Makes `set` current, counting a removal if it lacks a key of the set it
     /// replaces. The count goes up after the swap: a check that reads the new count
-    /// (before it looks up a key) can only find the new set.
+    /// (before it looks up a key) can only find the new set or a later one.
     fn install(&self, set: KeySet) {
         let set = Arc::new(set);
         let old = self.current.swap(Some(set.clone()));
         if old.is_some_and(|old| !set.keeps_all_of(&old)) {
             self.removals.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(
+                issuer = %self.issuer,
+                "a key was withdrawn or changed; cached tokens and decisions are verified again"
+            );
         }
     }
 
@@ -505,6 +518,26 @@ mod tests {
             (format!("{},{}", key("a", "PS256"), key("c", "RS256")), 2),
             // Unchanged again.
             (format!("{},{}", key("c", "RS256"), key("a", "PS256")), 2),
+            // A duplicate kid after the key it names: skipped, nothing changes.
+            (
+                format!(
+                    "{},{},{}",
+                    key("a", "PS256"),
+                    key("a", "RS256"),
+                    key("c", "RS256")
+                ),
+                2,
+            ),
+            // The duplicates swapped: kid "a" now reaches another key.
+            (
+                format!(
+                    "{},{},{}",
+                    key("a", "RS256"),
+                    key("a", "PS256"),
+                    key("c", "RS256")
+                ),
+                3,
+            ),
         ];
         for (published, removals) in steps {
             std::fs::write(&path, jwks(&published)).unwrap();
@@ -514,6 +547,6 @@ mod tests {
         // A failed load keeps the last set and counts nothing.
         std::fs::write(&path, "not json").unwrap();
         assert!(keys.refresh().await.is_err());
-        assert_eq!(keys.removals(), 2);
+        assert_eq!(keys.removals(), 3);
     }
 }
