@@ -494,55 +494,36 @@ mod tests {
             reqwest::Client::new(),
             Arc::new(Metrics::new()),
         );
-        let key = |kid: &str, alg: &str| {
-            format!(r#"{{"kty":"RSA","kid":"{kid}","alg":"{alg}","n":"{RSA_N}","e":"AQAB"}}"#)
-        };
-        // (the set published, the removals counted once it is loaded)
-        let steps = [
-            (format!("{},{}", key("a", "RS256"), key("b", "RS256")), 0),
+        // (the set published as (kid, alg) pairs, the removals counted once it loads)
+        let steps: [(&[(&str, &str)], u64); 8] = [
+            (&[("a", "RS256"), ("b", "RS256")], 0),
             // The same keys, reordered: nothing withdrawn.
-            (format!("{},{}", key("b", "RS256"), key("a", "RS256")), 0),
+            (&[("b", "RS256"), ("a", "RS256")], 0),
             // A key added.
-            (
-                format!(
-                    "{},{},{}",
-                    key("a", "RS256"),
-                    key("b", "RS256"),
-                    key("c", "RS256")
-                ),
-                0,
-            ),
+            (&[("a", "RS256"), ("b", "RS256"), ("c", "RS256")], 0),
             // One withdrawn.
-            (format!("{},{}", key("a", "RS256"), key("c", "RS256")), 1),
+            (&[("a", "RS256"), ("c", "RS256")], 1),
             // One changed under the same kid.
-            (format!("{},{}", key("a", "PS256"), key("c", "RS256")), 2),
+            (&[("a", "PS256"), ("c", "RS256")], 2),
             // Unchanged again.
-            (format!("{},{}", key("c", "RS256"), key("a", "PS256")), 2),
+            (&[("c", "RS256"), ("a", "PS256")], 2),
             // A duplicate kid after the key it names: skipped, nothing changes.
-            (
-                format!(
-                    "{},{},{}",
-                    key("a", "PS256"),
-                    key("a", "RS256"),
-                    key("c", "RS256")
-                ),
-                2,
-            ),
+            (&[("a", "PS256"), ("a", "RS256"), ("c", "RS256")], 2),
             // The duplicates swapped: kid "a" now reaches another key.
-            (
-                format!(
-                    "{},{},{}",
-                    key("a", "RS256"),
-                    key("a", "PS256"),
-                    key("c", "RS256")
-                ),
-                3,
-            ),
+            (&[("a", "RS256"), ("a", "PS256"), ("c", "RS256")], 3),
         ];
         for (published, removals) in steps {
-            std::fs::write(&path, jwks(&published)).unwrap();
+            let doc: Vec<String> = published
+                .iter()
+                .map(|(kid, alg)| {
+                    format!(
+                        r#"{{"kty":"RSA","kid":"{kid}","alg":"{alg}","n":"{RSA_N}","e":"AQAB"}}"#
+                    )
+                })
+                .collect();
+            std::fs::write(&path, jwks(&doc.join(","))).unwrap();
             keys.refresh().await.unwrap();
-            assert_eq!(keys.removals(), removals, "{published}");
+            assert_eq!(keys.removals(), removals, "{published:?}");
         }
         // A failed load keeps the last set and counts nothing.
         std::fs::write(&path, "not json").unwrap();
