@@ -26,6 +26,28 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def aggregate_alone(runs):
+    """One row per label: the median of each figure over the rounds, as for Envoy.
+
+    Errors and denials are summed (any one of them taints the figure); `runs` keeps
+    each round's CPU per check (saturation) or p99 (fixed rate), in round order."""
+    rows = []
+    for label in dict.fromkeys(r["label"] for r in runs):
+        mine = [r for r in runs if r["label"] == label]
+        row = {"label": label, "rounds": len(mine)}
+        for key in ("throughput", "p50_us", "p99_us", "server_cpu_us_per_check",
+                    "engine_p50_us", "engine_p99_us"):
+            value = median(r.get(key) for r in mine)
+            if value is not None:
+                row[key] = value
+        for key in ("errors", "denied"):
+            row[key] = sum(r.get(key) or 0 for r in mine)
+        key = "p99_us" if "rate" in label else "server_cpu_us_per_check"
+        row["runs"] = [r.get(key) for r in mine]
+        rows.append(row)
+    return rows
+
+
 def main():
     raw_path, out_dir, envoy_version = sys.argv[1:4]
     rows = [json.loads(l) for l in open(raw_path) if l.strip()]
@@ -58,7 +80,7 @@ def main():
             r["throughput"] / by_rep[r["rep"]] for r in rows
             if r["kind"] == "envoy" and r["setup"] == setup and r["scenario"] == scenario and by_rep.get(r["rep"]))
         m["p99_vs_b"] = m["p99_us"] / b["p99_us"] if b and b["p99_us"] else None
-    alone = [r for r in rows if r["kind"] == "alone"]
+    alone = aggregate_alone([r for r in rows if r["kind"] == "alone"])
     floor = {r["label"]: r for r in rows if r["kind"] == "floor"}
     memory = next((r for r in rows if r["kind"] == "memory"), None)
     instructions = {r["setup"]: r for r in rows if r["kind"] == "instructions"}
@@ -117,7 +139,14 @@ def main():
             info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {e_vs_b:.2f}x b")
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
     if hit and floor_sat:
-        info.append(f"alone, cache hit: {hit:.1f} us of CPU per check, {hit - floor_sat:.1f} us above the no-op server's {floor_sat:.1f}")
+        # Also within each round (the no-op server and hopwarden ran back to back).
+        floors = {r.get("rep"): r.get("server_cpu_us_per_check") for r in rows
+                  if r["kind"] == "alone" and r["label"] == "floor-grpc-saturation"}
+        paired = median(r["server_cpu_us_per_check"] - floors[r.get("rep")] for r in rows
+                        if r["kind"] == "alone" and r["label"] == "saturation-hit"
+                        and r.get("server_cpu_us_per_check") and floors.get(r.get("rep")))
+        info.append(f"alone, cache hit: {hit:.1f} us of CPU per check, the no-op server {floor_sat:.1f} ({hit - floor_sat:+.1f} us)"
+                    + (f" (median within a round: {paired:+.1f} us)" if paired is not None else ""))
     floor_rate = by_label.get("floor-grpc-rate-5000", {}).get("p99_us")
     if floor_rate:
         info.append(f"alone, p99 at 5,000/s: the no-op server's is {floor_rate} us")
@@ -140,10 +169,14 @@ def main():
             + (f"  non-2xx {m['non_2xx']}" if m["non_2xx"] else "")
         )
     lines.append("")
-    lines.append(f"{'server alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}{'engine p50':>12}{'engine p99':>12}")
+    lines.append(f"{'server alone':<22}{'checks/s':>10}{'p50 us':>9}{'p99 us':>9}{'cpu us/check':>14}{'errors':>8}{'denied':>8}{'engine p50':>12}{'engine p99':>12}  runs")
     for r in alone:
         cpu = r.get("server_cpu_us_per_check")
-        lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{r['p50_us']:>9}{r['p99_us']:>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}{r.get('engine_p50_us', '-'):>12}{r.get('engine_p99_us', '-'):>12}")
+        f = lambda v: "-" if v is None else "%.0f" % v
+        runs = ", ".join("-" if v is None else ("%.1f" % v if "rate" not in r["label"] else "%.0f" % v) for v in r["runs"])
+        lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{f(r['p50_us']):>9}{f(r['p99_us']):>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}{f(r.get('engine_p50_us')):>12}{f(r.get('engine_p99_us')):>12}  [{runs}]")
+    if any(r["rounds"] > 1 for r in alone):
+        lines.append(f"  (medians of {max(r['rounds'] for r in alone)} rounds; runs: each round's cpu us/check at saturation, p99 us at a fixed rate)")
     if any(r["label"].startswith("floor-grpc") for r in alone):
         lines.append("  (floor-grpc-*: the no-op server of setup e, not hopwarden)")
     if any("engine_p99_us" in r for r in alone):

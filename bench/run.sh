@@ -39,6 +39,7 @@ echo "{\"kind\":\"meta\",\"started\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}" > "$wo
 
 QUICK=${QUICK:-}
 REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 5)}
+ALONE_REPS=${ALONE_REPS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
 DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4 || echo 6)}
 CONNS=${CONNS:-32}
 TOKENS=${TOKENS:-$([ -n "$QUICK" ] && echo 60000 || echo 200000)}
@@ -276,7 +277,7 @@ alone() { # label args...
   "$loadgen" run --addr "${server_addr:-127.0.0.1:18191}" --server-pid "${server_pid:-$hw_pid}" --label "$label" "$@" \
     | python3 -c '
 import json, sys, time
-r = json.load(sys.stdin); r["kind"] = "alone"
+r = json.load(sys.stdin); r["kind"] = "alone"; r["rep"] = int(sys.argv[3])
 log, before = sys.argv[1], int(sys.argv[2])
 if log:
     time.sleep(0.2)  # the decision log writes its batch every 20 ms
@@ -285,7 +286,7 @@ if log:
         sys.exit("error: %s: %d decision records for %d checks" % (r["label"], len(lat), r["checks"]))
     r["engine_p50_us"] = lat[len(lat) // 2]
     r["engine_p99_us"] = lat[len(lat) * 99 // 100]
-print(json.dumps(r))' "$log" "$before" >> "$work/raw.jsonl"
+print(json.dumps(r))' "$log" "$before" "${rep:-1}" >> "$work/raw.jsonl"
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d  engine p99 %s us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0), r.get("engine_p99_us", "-")))'
 }
 n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
@@ -296,26 +297,31 @@ for r in 1000 5000; do
     | python3 -c 'import json,sys; r=json.load(sys.stdin); r["kind"]="floor"; print(json.dumps(r))' >> "$work/raw.jsonl"
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f /s  p50 %5d us  p99 %6d us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"]))'
 done
-echo "== the gRPC floor: the same load generator against the no-op server (hopwarden's transport)"
+# In rounds, like the Envoy runs: each round measures the no-op server and then
+# hopwarden back to back, and the report takes each figure's median over the rounds
+# (a single run reads whatever minute the VM was having).
+echo "== hopwarden alone and the gRPC floor (the no-op server, hopwarden's transport), $ALONE_REPS rounds"
 start_noop
-server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
-"$loadgen" run --addr "$server_addr" --token "$token" --requests 5000 >/dev/null # warm-up, as for hopwarden
-alone floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
-alone floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
-unset server_addr server_pid
-
-echo "== hopwarden alone (gRPC load generator, server CPU from /proc)"
-start_hopwarden
-"$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
-alone saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
-alone rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
-alone rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
-start_hopwarden
-alone saturation-miss --tokens "$work/tokens.txt" --concurrency 64 --requests $((TOKENS / 4))
-start_hopwarden
-alone rate-1000-miss --tokens "$work/tokens.txt" --rate 1000 --seconds "$DURATION" --concurrency 64
-start_hopwarden
-alone rate-5000-miss --tokens "$work/tokens.txt" --rate 5000 --seconds "$DURATION" --concurrency 256
+for rep in $(seq 1 "$ALONE_REPS"); do
+  echo " round $rep"
+  server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
+  "$loadgen" run --addr "$server_addr" --token "$token" --requests 5000 >/dev/null # warm-up, as for hopwarden
+  alone floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
+  alone floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+  unset server_addr server_pid
+  start_hopwarden
+  "$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
+  alone saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
+  alone rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
+  alone rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+  # A fresh hopwarden for each miss run: empty caches, so every token is new.
+  start_hopwarden
+  alone saturation-miss --tokens "$work/tokens.txt" --concurrency 64 --requests $((TOKENS / 4))
+  start_hopwarden
+  alone rate-1000-miss --tokens "$work/tokens.txt" --rate 1000 --seconds "$DURATION" --concurrency 64
+  start_hopwarden
+  alone rate-5000-miss --tokens "$work/tokens.txt" --rate 5000 --seconds "$DURATION" --concurrency 256
+done
 
 echo "== memory: $MEMORY_TOKENS distinct tokens"
 start_hopwarden
