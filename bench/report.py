@@ -30,7 +30,8 @@ def aggregate_alone(runs):
     """One row per label: the median of each figure over the rounds, as for Envoy.
 
     Errors and denials are summed (any one of them taints the figure); `runs` keeps
-    each round's CPU per check (saturation) or p99 (fixed rate), in round order."""
+    each round's CPU per check (saturation) or p99 (fixed rate), in round order, and
+    `missing` counts the rounds without it (that too taints a target)."""
     rows = []
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
@@ -44,6 +45,8 @@ def aggregate_alone(runs):
             row[key] = sum(r.get(key) or 0 for r in mine)
         key = "p99_us" if "rate" in label else "server_cpu_us_per_check"
         row["runs"] = [r.get(key) for r in mine]
+        # A round without its figure makes the median one of fewer rounds: say so.
+        row["missing"] = sum(v is None for v in row["runs"])
         rows.append(row)
     return rows
 
@@ -95,10 +98,10 @@ def main():
 
     def target(name, value, limit, ok, runs=()):
         # A figure from runs with failed or denied requests measured something else.
-        clean = all(not (r.get("errors") or r.get("denied") or r.get("non_2xx")) for r in runs)
+        clean = all(not (r.get("errors") or r.get("denied") or r.get("non_2xx") or r.get("missing")) for r in runs)
         targets.append({"target": name, "value": value, "limit": limit,
                         "met": bool(ok and clean) if value is not None else None,
-                        **({} if clean else {"note": "runs had errors, denials or non-2xx answers"})})
+                        **({} if clean else {"note": "runs had errors, denials, non-2xx answers or a round without the figure"})})
 
     def runs_of(*keys):
         return [r for r in rows if r["kind"] == "envoy" and (r["scenario"], r["setup"]) in keys]
@@ -138,6 +141,7 @@ def main():
         if d and e and e_vs_b is not None:
             info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {e_vs_b:.2f}x b")
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
+    rounds = max((r["rounds"] for r in alone), default=0)
     if hit and floor_sat:
         # Also within each round (the no-op server and hopwarden ran back to back).
         floors = {r.get("rep"): r.get("server_cpu_us_per_check") for r in rows
@@ -146,10 +150,10 @@ def main():
                         if r["kind"] == "alone" and r["label"] == "saturation-hit"
                         and r.get("server_cpu_us_per_check") and floors.get(r.get("rep")))
         info.append(f"alone, cache hit: {hit:.1f} us of CPU per check, the no-op server {floor_sat:.1f} ({hit - floor_sat:+.1f} us)"
-                    + (f" (median within a round: {paired:+.1f} us)" if paired is not None else ""))
+                    + (f" (median within a round: {paired:+.1f} us)" if paired is not None and rounds > 1 else ""))
     floor_rate = by_label.get("floor-grpc-rate-5000", {}).get("p99_us")
     if floor_rate:
-        info.append(f"alone, p99 at 5,000/s: the no-op server's is {floor_rate} us")
+        info.append(f"alone, p99 at 5,000/s: the no-op server's is {floor_rate:.0f} us")
     b_instr = instructions.get("b", {}).get("instructions_per_req")
     if b_instr:
         for setup, r in instructions.items():
@@ -175,8 +179,9 @@ def main():
         f = lambda v: "-" if v is None else "%.0f" % v
         runs = ", ".join("-" if v is None else ("%.1f" % v if "rate" not in r["label"] else "%.0f" % v) for v in r["runs"])
         lines.append(f"{r['label']:<22}{r['throughput']:>10.0f}{f(r['p50_us']):>9}{f(r['p99_us']):>9}{('%.1f' % cpu) if cpu else '-':>14}{r['errors']:>8}{r.get('denied', 0):>8}{f(r.get('engine_p50_us')):>12}{f(r.get('engine_p99_us')):>12}  [{runs}]")
-    if any(r["rounds"] > 1 for r in alone):
-        lines.append(f"  (medians of {max(r['rounds'] for r in alone)} rounds; runs: each round's cpu us/check at saturation, p99 us at a fixed rate)")
+    if rounds > 1:
+        lines.append(f"  (medians of {rounds} rounds; runs: each round's cpu us/check at saturation, p99 us at a fixed rate;"
+                     " results.json keeps every round's figures under alone_runs)")
     if any(r["label"].startswith("floor-grpc") for r in alone):
         lines.append("  (floor-grpc-*: the no-op server of setup e, not hopwarden)")
     if any("engine_p99_us" in r for r in alone):
@@ -210,6 +215,8 @@ def main():
         "cores": os.cpu_count(),
         "envoy": [{"scenario": s, "setup": k, **m} for (s, k), m in envoy.items()],
         "alone": alone,
+        # Every round's record, as the load generator gave it.
+        "alone_runs": [r for r in rows if r["kind"] == "alone"],
         "floor": list(floor.values()),
         "memory": memory,
         "instructions": list(instructions.values()),

@@ -267,8 +267,8 @@ done
 # Against hopwarden, also the time its engine took per check (the decision log's
 # latency_us: the engine's time from the decoded request to the decision), read from
 # the records this run added: what is left of the latency is transport and machine.
-alone() { # label args...
-  local label=$1; shift
+alone() { # round label args...
+  local round=$1 label=$2; shift 2
   local log="" before=0
   if [ -z "${server_addr:-}" ]; then
     log="$shm/decisions.log"
@@ -286,7 +286,7 @@ if log:
         sys.exit("error: %s: %d decision records for %d checks" % (r["label"], len(lat), r["checks"]))
     r["engine_p50_us"] = lat[len(lat) // 2]
     r["engine_p99_us"] = lat[len(lat) * 99 // 100]
-print(json.dumps(r))' "$log" "$before" "${rep:-1}" >> "$work/raw.jsonl"
+print(json.dumps(r))' "$log" "$before" "$round" >> "$work/raw.jsonl"
   tail -1 "$work/raw.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-22s %8.0f checks/s  p50 %5d us  p99 %6d us  cpu/check %s us  errors %d  denied %d  engine p99 %s us" % (r["label"], r["throughput"], r["p50_us"], r["p99_us"], "%.1f" % r["server_cpu_us_per_check"] if r["server_cpu_us_per_check"] else "?", r["errors"], r.get("denied", 0), r.get("engine_p99_us", "-")))'
 }
 n_sat=$([ -n "$QUICK" ] && echo 50000 || echo 200000)
@@ -299,28 +299,31 @@ for r in 1000 5000; do
 done
 # In rounds, like the Envoy runs: each round measures the no-op server and then
 # hopwarden back to back, and the report takes each figure's median over the rounds
-# (a single run reads whatever minute the VM was having).
+# (a single run reads whatever minute the VM was having). An odd number of rounds
+# keeps every median a measured figure.
 echo "== hopwarden alone and the gRPC floor (the no-op server, hopwarden's transport), $ALONE_REPS rounds"
 start_noop
-for rep in $(seq 1 "$ALONE_REPS"); do
-  echo " round $rep"
+for round in $(seq 1 "$ALONE_REPS"); do
+  echo " round $round"
+  # Nothing else of ours running while the no-op server is measured.
+  [ -z "$hw_pid" ] || { stop "$hw_pid"; hw_pid=; }
   server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
   "$loadgen" run --addr "$server_addr" --token "$token" --requests 5000 >/dev/null # warm-up, as for hopwarden
-  alone floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
-  alone floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+  alone "$round" floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"
+  alone "$round" floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
   unset server_addr server_pid
   start_hopwarden
   "$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
-  alone saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
-  alone rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
-  alone rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
+  alone "$round" saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
+  alone "$round" rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
+  alone "$round" rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
   # A fresh hopwarden for each miss run: empty caches, so every token is new.
   start_hopwarden
-  alone saturation-miss --tokens "$work/tokens.txt" --concurrency 64 --requests $((TOKENS / 4))
+  alone "$round" saturation-miss --tokens "$work/tokens.txt" --concurrency 64 --requests $((TOKENS / 4))
   start_hopwarden
-  alone rate-1000-miss --tokens "$work/tokens.txt" --rate 1000 --seconds "$DURATION" --concurrency 64
+  alone "$round" rate-1000-miss --tokens "$work/tokens.txt" --rate 1000 --seconds "$DURATION" --concurrency 64
   start_hopwarden
-  alone rate-5000-miss --tokens "$work/tokens.txt" --rate 5000 --seconds "$DURATION" --concurrency 256
+  alone "$round" rate-5000-miss --tokens "$work/tokens.txt" --rate 5000 --seconds "$DURATION" --concurrency 256
 done
 
 echo "== memory: $MEMORY_TOKENS distinct tokens"
