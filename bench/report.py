@@ -15,9 +15,12 @@ SETUPS = {
     "a": "a: no auth (ceiling)",
     "b": "b: jwt_authn + rbac",
     "c": "c: jwt_authn cached + rbac",
-    "d": "d: ext_authz -> hopwarden",
-    "e": "e: ext_authz -> no-op server",
+    "d": "d: ext_authz gRPC -> hopwarden",
+    "e": "e: ext_authz gRPC -> no-op",
+    "f": "f: ext_authz HTTP -> hopwarden",
 }
+# The setups the Envoy targets are for: hopwarden on each of Envoy's two protocols.
+HOPWARDEN = {"d": "gRPC", "f": "HTTP"}
 SCENARIOS = {"reused": "one token reused", "rotating": "every token new"}
 
 
@@ -67,7 +70,7 @@ def main():
                 "runs": [round(r["throughput"]) for r in runs],
                 "non_2xx": sum(r["non_2xx"] for r in runs),
                 # Where the time goes: Envoy's own CPU per request, and the authorization
-                # server's (d: hopwarden, e: the no-op server).
+                # server's (d and f: hopwarden, e: the no-op server).
                 "envoy_cpu_us_per_req": median(r.get("envoy_cpu_us_per_req") for r in runs),
                 "authz_cpu_us_per_req": median(r.get("authz_cpu_us_per_req") for r in runs),
             }
@@ -106,16 +109,20 @@ def main():
     def runs_of(*keys):
         return [r for r in rows if r["kind"] == "envoy" and (r["scenario"], r["setup"]) in keys]
 
-    t = get("reused", "d", "throughput_vs_b")
-    target("reused: d throughput >= 1.0x b", t, 1.0, t is not None and t >= 1.0, runs_of(("reused", "b"), ("reused", "d")))
-    t = get("reused", "d", "p99_vs_b")
-    target("reused: d p99 <= 1.2x b", t, 1.2, t is not None and t <= 1.2, runs_of(("reused", "b"), ("reused", "d")))
-    c = get("reused", "c", "throughput")
-    d = get("reused", "d", "throughput")
-    t = d / c if c and d else None
-    target("stretch, reused: d throughput >= 0.5x c", t, 0.5, t is not None and t >= 0.5, runs_of(("reused", "c"), ("reused", "d")))
-    t = get("rotating", "d", "throughput_vs_b")
-    target("rotating: d throughput >= 0.9x b", t, 0.9, t is not None and t >= 0.9, runs_of(("rotating", "b"), ("rotating", "d")))
+    for h, protocol in HOPWARDEN.items():
+        if (("reused", h)) not in envoy:
+            continue
+        name = f"{h} ({protocol})"
+        t = get("reused", h, "throughput_vs_b")
+        target(f"reused: {name} throughput >= 1.0x b", t, 1.0, t is not None and t >= 1.0, runs_of(("reused", "b"), ("reused", h)))
+        t = get("reused", h, "p99_vs_b")
+        target(f"reused: {name} p99 <= 1.2x b", t, 1.2, t is not None and t <= 1.2, runs_of(("reused", "b"), ("reused", h)))
+        c = get("reused", "c", "throughput")
+        d = get("reused", h, "throughput")
+        t = d / c if c and d else None
+        target(f"stretch, reused: {name} throughput >= 0.5x c", t, 0.5, t is not None and t >= 0.5, runs_of(("reused", "c"), ("reused", h)))
+        t = get("rotating", h, "throughput_vs_b")
+        target(f"rotating: {name} throughput >= 0.9x b", t, 0.9, t is not None and t >= 0.9, runs_of(("rotating", "b"), ("rotating", h)))
     by_label = {r["label"]: r for r in alone}
     hit = by_label.get("saturation-hit", {}).get("server_cpu_us_per_check")
     target("alone: server CPU per check, cache hit <= 20 us", hit, 20, hit is not None and hit <= 20, [by_label.get("saturation-hit", {})])
@@ -140,6 +147,9 @@ def main():
         e_vs_b = get(scenario, "e", "throughput_vs_b")
         if d and e and e_vs_b is not None:
             info.append(f"{SCENARIOS[scenario]}: d throughput = {d / e:.2f}x e (the no-op server); e = {e_vs_b:.2f}x b")
+        f = get(scenario, "f", "throughput")
+        if d and f:
+            info.append(f"{SCENARIOS[scenario]}: f (HTTP) throughput = {f / d:.2f}x d (gRPC)")
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
     rounds = max((r["rounds"] for r in alone), default=0)
     if hit and floor_sat:
@@ -163,11 +173,11 @@ def main():
     lines = []
     lines.append(f"hopwarden benchmark, Envoy {envoy_version}, started {started.replace('T', ' ')[:16]} UTC, {os.cpu_count()} cores")
     lines.append("")
-    lines.append(f"{'scenario':<18}{'setup':<28}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'x b thr':>9}{'paired':>8}{'x b p99':>9}{'envoy us':>9}{'authz us':>9}  runs")
+    lines.append(f"{'scenario':<18}{'setup':<32}{'req/s':>9}{'p50 us':>9}{'p99 us':>9}{'x b thr':>9}{'paired':>8}{'x b p99':>9}{'envoy us':>9}{'authz us':>9}  runs")
     for (scenario, setup), m in envoy.items():
         f = lambda v, fmt: (fmt % v) if v is not None else "-"
         lines.append(
-            f"{SCENARIOS[scenario]:<18}{SETUPS[setup]:<28}{f(m['throughput'], '%.0f'):>9}{f(m['p50_us'], '%.0f'):>9}"
+            f"{SCENARIOS[scenario]:<18}{SETUPS[setup]:<32}{f(m['throughput'], '%.0f'):>9}{f(m['p50_us'], '%.0f'):>9}"
             f"{f(m['p99_us'], '%.0f'):>9}{f(m['throughput_vs_b'], '%.2f'):>9}{f(m['throughput_vs_b_paired'], '%.2f'):>8}{f(m['p99_vs_b'], '%.2f'):>9}"
             f"{f(m['envoy_cpu_us_per_req'], '%.0f'):>9}{f(m['authz_cpu_us_per_req'], '%.0f'):>9}  {m['runs']}"
             + (f"  non-2xx {m['non_2xx']}" if m["non_2xx"] else "")
@@ -226,7 +236,7 @@ def main():
     json.dump(data, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
 
     md = ["# hopwarden benchmark results", "", "```", text, "```", ""]
-    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | authz server CPU µs/req (d: hopwarden, e: no-op) |")
+    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | authz server CPU µs/req (d, f: hopwarden; e: no-op) |")
     md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (scenario, setup), m in envoy.items():
         f = lambda v, fmt: (fmt % v) if v is not None else "–"
@@ -239,7 +249,7 @@ def main():
 
 def chart(envoy, envoy_version):
     """Grouped bars: throughput (left panel) and p99 (right panel) per scenario and setup."""
-    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896"}
+    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896", "f": "#2ca02c"}
     width, height, pad = 960, 420, 60
     panel_w = (width - 3 * pad) / 2
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']
@@ -266,9 +276,10 @@ def chart(envoy, envoy_version):
                 out.append(f'<rect x="{x:.1f}" y="{y0 + plot_h - h:.1f}" width="{bar_w*0.9:.1f}" height="{h:.1f}" fill="{colors[setup]}"/>')
                 out.append(f'<text x="{x + bar_w*0.45:.1f}" y="{y0 + plot_h - h - 4:.1f}" text-anchor="middle" font-size="10">{m[key]:.0f}</text>')
     for i, (setup, name) in enumerate(SETUPS.items()):
-        x = pad + i * 180
-        out.append(f'<rect x="{x}" y="{height - 40}" width="12" height="12" fill="{colors[setup]}"/>')
-        out.append(f'<text x="{x + 18}" y="{height - 30}">{name}</text>')
+        # Two rows of three.
+        x, y = pad + (i % 3) * 300, height - 46 + (i // 3) * 20
+        out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colors[setup]}"/>')
+        out.append(f'<text x="{x + 18}" y="{y + 10}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -14,7 +14,8 @@
 #   d  ext_authz -> hopwarden
 #   e  ext_authz -> a server that allows everything unread (`loadgen allow-all`, with
 #      hopwarden's transport): what the hop costs before any server does any work
-# Envoy's instructions per request (callgrind) for a, b, d and e: a figure the VM's
+#   f  ext_authz over Envoy's HTTP service -> hopwarden's `http_listen`, over HTTP/2
+# Envoy's instructions per request (callgrind) for a, b, d, e and f: a figure the VM's
 # noise does not move.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +92,7 @@ issuers:
   - issuer: https://sts.hopwarden.local
     jwks_file: $work/jwks.json
     algorithms: [RS256, ES256]
+http_listen: 127.0.0.1:18194
 cache: {max_entries: 100000, token_max_entries: 100000, ttl: 60s, deny_ttl: 5s}
 log: {format: json, level: warn}
 worker_threads: 1
@@ -131,14 +133,14 @@ start_noop() {
   echo "error: loadgen allow-all did not start" >&2; return 1
 }
 
-setups=(a b c d e)
-declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004 [e]=18005)
-declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004 [e]=19005)
-declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop)
+setups=(a b c d e f)
+declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004 [e]=18005 [f]=18006)
+declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004 [e]=19005 [f]=19006)
+declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http)
 envoy_config() { # setup -> $work/envoy-SETUP.yaml
   local s=$1
   sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
-      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" -e "s/__NOOP__/$noop_port/" \
+      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" -e "s/__HOPWARDEN_HTTP__/18194/" -e "s/__NOOP__/$noop_port/" \
       "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
 }
 start_envoy() { # setup
@@ -172,7 +174,7 @@ print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": 
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
   "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
   "envoy_cpu_us_per_req": per_req(envoy_ticks),
-  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e") else None}))
+  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e", "f") else None}))
 EOF
 }
 
@@ -182,7 +184,7 @@ run_wrk() { # setup scenario rep
   local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
   local e0 h0
-  # The authorization server's CPU: hopwarden for d, the no-op server for e.
+  # The authorization server's CPU: hopwarden for d and f, the no-op server for e.
   local server=$hw_pid
   [ "$s" != e ] || server=$noop_pid
   e0=$(ticks "${envoy_pid[$s]}"); h0=$(ticks "$server")
@@ -212,7 +214,7 @@ for scenario in reused rotating; do
     for s in "${setups[@]}"; do
       if [ "$scenario" = rotating ]; then
         # Fresh caches for every run, so each token is new to everyone.
-        [ "$s" != d ] || start_hopwarden
+        [ "$s" != d ] && [ "$s" != f ] || start_hopwarden
         [ "$s" != c ] || start_envoy c
       else
         # Warm up (caches, connections) outside the measurement.
@@ -228,7 +230,7 @@ envoy_pid=()
 echo "== Envoy's instructions per request (callgrind, one token reused)"
 # Instructions, unlike seconds, do not move with the VM's neighbours: what each setup
 # asks of Envoy, beside the timings above. The kernel's share is not counted.
-for s in a b d e; do
+for s in a b d e f; do
   envoy_config "$s"
   rm -f "$work/callgrind-$s".*
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind-$s.out" \

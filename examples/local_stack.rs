@@ -35,6 +35,10 @@ fn main() {
         "  gateway         http://ledger.localhost:{}  (admin :{})",
         p.gateway, p.gateway_admin
     );
+    println!(
+        "  gateway-http    http://127.0.0.1:{} with host: ledger.internal  (ext_authz HTTP service :{}, admin :{})",
+        p.gateway_http, p.hopwarden_http, p.gateway_http_admin
+    );
     for (app, port) in &p.app {
         let inbound = p
             .inbound

@@ -22,6 +22,9 @@ pub struct ConfigSpec {
     /// ext_authz gRPC and grpc.health.v1 on one port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Envoy's ext_authz HTTP service (`http_service`), beside gRPC; off when absent.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
     /// The policy directory.
     #[serde(default = "default_policies")]
     pub policies: PathBuf,

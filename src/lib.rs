@@ -22,6 +22,7 @@ pub mod decision_log;
 pub mod engine;
 pub mod explain;
 pub mod grpc;
+pub mod http_authz;
 pub mod policy;
 pub mod principal;
 pub mod reload;

@@ -63,6 +63,8 @@ pub struct ServerHandle {
     pub local_addr: SocketAddr,
     /// The admin HTTP address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The ext_authz HTTP service's address, when enabled.
+    pub http_addr: Option<SocketAddr>,
     /// The engine, for tests and tools.
     pub engine: Arc<Engine>,
     reload: ReloadTrigger,
@@ -153,6 +155,16 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         addr: config.spec.listen,
         source,
     })?;
+    let http_listener = match config.spec.http_listen {
+        None => None,
+        Some(addr) => {
+            let bind_error = |source| StartError::Bind { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            Some((listener, local))
+        }
+    };
+    let http_addr = http_listener.as_ref().map(|(_, addr)| *addr);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     crate::grpc::set_health(&reporter, false).await;
     let readiness = Arc::new(Readiness::default());
@@ -208,11 +220,14 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let serve_engine = engine.clone();
+    let engine_for_grpc = engine.clone();
     let options = crate::grpc::convert::ResponseOptions {
         dynamic_metadata: config.spec.dynamic_metadata,
     };
     let ready_flag = readiness.clone();
     let task = tokio::spawn(async move {
+        // Both listeners close together, after the grace below.
+        let (closing_tx, mut closing_rx) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             let _ = shutdown_rx.await;
             ready_flag.set(false);
@@ -220,13 +235,27 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             // moves new checks elsewhere before the listener closes.
             crate::grpc::set_health(&reporter, false).await;
             tokio::time::sleep(HEALTH_GRACE).await;
+            let _ = closing_tx.send(true);
         };
-        crate::grpc::serve(serve_engine, options, health_service, listener, shutdown).await
+        let http = async move {
+            if let Some((listener, _)) = http_listener {
+                let closing = async move {
+                    let _ = closing_rx.wait_for(|closing| *closing).await;
+                };
+                crate::http_authz::serve(serve_engine, listener, closing).await;
+            }
+        };
+        let grpc = crate::grpc::serve(engine_for_grpc, options, health_service, listener, shutdown);
+        tokio::join!(grpc, http);
     });
     tracing::info!(addr = %local_addr, "hopwarden listening");
+    if let Some(addr) = http_addr {
+        tracing::info!(addr = %addr, "ext_authz HTTP service listening");
+    }
     Ok(ServerHandle {
         local_addr,
         admin_addr,
+        http_addr,
         engine,
         reload,
         shutdown: Some(shutdown_tx),

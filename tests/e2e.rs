@@ -237,6 +237,121 @@ async fn gateway_north_south() {
     assert!(!log.contains(&read[..40]), "token in the access log");
 }
 
+/// The same gateway on hopwarden's ext_authz HTTP service (envoy/gateway-http.yaml):
+/// the same decisions, identity headers and forgery removal; the service comes from
+/// the Host (`path_prefix: /gateway/-`), the hop from the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_over_the_http_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(&dir);
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", stack.ports.gateway_http);
+    let read = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
+    let get = |host: &'static str, path: &'static str, extra: Vec<(&'static str, &str)>| {
+        let (http, url) = (http.clone(), url(path));
+        let mut headers = vec![("host", host)];
+        headers.extend(extra);
+        let headers: Vec<(&str, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(&http, "GET", &url, &headers).await
+        }
+    };
+
+    // No token: 401 with the challenge, passed on by Envoy.
+    let r = get("ledger.internal", "/transactions/42", vec![]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer error="invalid_token""#
+    );
+    assert_eq!(r.body["error"], "unauthenticated");
+
+    // Valid token: the upstream sees hopwarden's identity headers, not the client's.
+    let r = get(
+        "ledger.internal",
+        "/transactions/42",
+        vec![
+            ("authorization", &read),
+            ("x-hopwarden-principal", "spiffe://evil"),
+            ("x-hopwarden-admin", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["service"], "ledger");
+    assert_eq!(r.body["principal"], PAYMENTS);
+    assert_eq!(r.body["rule"], "payments-read-transactions");
+    assert_eq!(
+        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
+        "service"
+    );
+    assert!(
+        r.body["hopwarden_headers"]
+            .get("x-hopwarden-admin")
+            .is_none(),
+        "{}",
+        r.body
+    );
+    // The client's path reaches the upstream without the prefix.
+    assert_eq!(r.body["path"], "/transactions/42");
+
+    // The same denials as over gRPC: deny rule, missing scope, wrong audience.
+    let r = get(
+        "ledger.internal",
+        "/refunds/7",
+        vec![("authorization", &read)],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"], "forbidden");
+    let no_scope = format!("Bearer {}", dev_token(PAYMENTS, "ledger", ""));
+    let r = get(
+        "ledger.internal",
+        "/transactions/42",
+        vec![("authorization", &no_scope)],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer error="insufficient_scope", scope="ledger.read""#
+    );
+    let other = format!("Bearer {}", dev_token(PAYMENTS, "email", "ledger.read"));
+    let r = get(
+        "ledger.internal",
+        "/transactions/42",
+        vec![("authorization", &other)],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // A path that looks like a prefix of its own does not choose the hop or service.
+    let r = get(
+        "ledger.internal",
+        "/mesh/email/transactions/42",
+        vec![("authorization", &read)],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A host no service maps to: denied by hopwarden before the 404.
+    let r = get(
+        "payroll.internal",
+        "/transactions/42",
+        vec![("authorization", &read)],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        !stack.log("hopwarden").contains(&read[7..47]),
+        "token in the log"
+    );
+}
+
 fn mtls_client(stack: &Stack, identity: Option<&str>) -> reqwest::Client {
     let ca = std::fs::read(stack.certs.join("ca.pem")).unwrap();
     let mut b =
@@ -368,14 +483,26 @@ async fn fail_closed_when_hopwarden_is_down() {
     ];
     assert_eq!(send(&http, "GET", &url, &headers).await.status, 200);
 
+    let http_url = format!(
+        "http://127.0.0.1:{}/transactions/42",
+        stack.ports.gateway_http
+    );
+    let http_headers = [
+        ("host", "ledger.internal"),
+        ("authorization", token.as_str()),
+    ];
+    assert_eq!(
+        send(&http, "GET", &http_url, &http_headers).await.status,
+        200
+    );
+
     stack.stop_hopwarden();
     for _ in 0..5 {
-        let r = send(&http, "GET", &url, &headers).await;
-        assert_ne!(
-            r.status, 200,
-            "hopwarden is down but Envoy allowed the request"
-        );
-        assert_eq!(r.status, 503, "status_on_error");
+        for (url, headers) in [(&url, &headers), (&http_url, &http_headers)] {
+            let r = send(&http, "GET", url, headers).await;
+            assert_ne!(r.status, 200, "hopwarden is down but Envoy allowed {url}");
+            assert_eq!(r.status, 503, "status_on_error: {url}");
+        }
     }
     // And Envoy's health check notices.
     let admin = stack.ports.gateway_admin;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -48,11 +49,50 @@ where
     B::Data: Send,
     B::Error: Into<StdError>,
 {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
+    serve_as(Protocol::Http2, listener, service, shutdown).await
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 only (gRPC).
+    Http2,
+    /// HTTP/1.1, or HTTP/2 when the client opens with its preface (Envoy's ext_authz
+    /// HTTP service: its cluster may speak either).
+    Auto,
+}
+
+/// [`serve`] with the protocol chosen.
+pub async fn serve_as<S, B>(
+    protocol: Protocol,
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<StdError>,
+{
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // Neither gRPC nor Envoy has a use for a `date` header; Envoy would parse one
+        // per answer.
+        .auto_date_header(false);
+    let mut either = auto::Builder::new(TokioExecutor::new());
+    either
+        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
-        // gRPC has no use for a `date` header, and Envoy would parse one per answer.
+        .auto_date_header(false);
+    either
+        .http1()
+        .timer(TokioTimer::new())
         .auto_date_header(false);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -83,17 +123,33 @@ where
         // Answers finished together leave in one write, and reads are paced so that
         // a batch of checks is answered in pieces (see coalesce.rs).
         let io = TokioIo::new(Coalescing::new(stream));
-        let conn = builder.serve_connection(io, TowerToHyperService::new(service.clone()));
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "gRPC connection ended with an error");
-            }
-        });
+        let service = TowerToHyperService::new(service.clone());
+        match protocol {
+            Protocol::Http2 => spawn(
+                &mut connections,
+                graceful.watch(h2.serve_connection(io, service)),
+            ),
+            Protocol::Auto => spawn(
+                &mut connections,
+                graceful.watch(either.serve_connection(io, service).into_owned()),
+            ),
+        }
     }
     // Closing the listener first: new clients are refused instead of left waiting.
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Runs a connection to its end.
+fn spawn<E: std::fmt::Display>(
+    connections: &mut JoinSet<()>,
+    conn: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    connections.spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }
 
 /// Whether an accept failed for every connection (the process is out of descriptors

@@ -59,8 +59,11 @@ pub struct StackSpec {
 pub struct Ports {
     pub hopwarden: u16,
     pub hopwarden_admin: u16,
+    pub hopwarden_http: u16,
     pub gateway: u16,
     pub gateway_admin: u16,
+    pub gateway_http: u16,
+    pub gateway_http_admin: u16,
     /// Demo app ports by service.
     pub app: BTreeMap<String, u16>,
     /// Sidecar mTLS inbound ports by service.
@@ -83,8 +86,11 @@ impl Ports {
         let mut p = Ports {
             hopwarden: port(9191),
             hopwarden_admin: port(9192),
+            hopwarden_http: port(9193),
             gateway: port(10000),
             gateway_admin: port(9901),
+            gateway_http: port(10001),
+            gateway_http_admin: port(9902),
             ..Ports::default()
         };
         for ((app, sidecar), (_, [a, i, o, m])) in APPS.iter().zip(FIXED) {
@@ -215,6 +221,11 @@ impl Stack {
         let mut admins = vec![("gateway".to_string(), ports.gateway_admin)];
         let gateway = render(&spec.repo.join("envoy/gateway.yaml"), &gateway_subs(&ports))?;
         stack.start_envoy(spec, "gateway", &gateway)?;
+        let gateway_http = render(
+            &spec.repo.join("envoy/gateway-http.yaml"),
+            &gateway_http_subs(&ports),
+        )?;
+        stack.start_envoy(spec, "gateway-http", &gateway_http)?;
         for (app, sidecar) in APPS {
             if sidecar {
                 let file = spec.repo.join(format!("envoy/{app}-sidecar.yaml"));
@@ -223,11 +234,14 @@ impl Stack {
                 admins.push((format!("{app}-sidecar"), ports.sidecar_admin[app]));
             }
         }
+        let ready = |admin: u16| http_get(admin, "/ready").is_some_and(|(code, _)| code == 200);
         for (name, admin) in &admins {
-            stack.wait(name, Duration::from_secs(30), || {
-                http_get(*admin, "/ready").is_some_and(|(code, _)| code == 200)
-            })?;
+            stack.wait(name, Duration::from_secs(30), || ready(*admin))?;
         }
+        // No health check on the HTTP service's cluster: ready is all there is.
+        stack.wait("gateway-http", Duration::from_secs(30), || {
+            ready(ports.gateway_http_admin)
+        })?;
         // Envoy's own gRPC health check must see hopwarden healthy before traffic.
         for (name, admin) in &admins {
             stack.wait(name, Duration::from_secs(30), || hopwarden_healthy(*admin))?;
@@ -246,7 +260,15 @@ impl Stack {
         if !text.contains(admin) {
             return Err(format!("hopwarden.yaml no longer has {admin:?}"));
         }
+        let http = "http_listen: 0.0.0.0:9193";
+        if !text.contains(http) {
+            return Err(format!("hopwarden.yaml no longer has {http:?}"));
+        }
         let config = text
+            .replace(
+                http,
+                &format!("http_listen: 127.0.0.1:{}", self.ports.hopwarden_http),
+            )
             .replace(from, &format!("listen: 127.0.0.1:{}", self.ports.hopwarden))
             .replace(
                 admin,
@@ -354,6 +376,16 @@ fn gateway_subs(p: &Ports) -> Subs {
         subs.push(((app, 8080), p.app[app]));
     }
     subs
+}
+
+fn gateway_http_subs(p: &Ports) -> Subs {
+    vec![
+        (("0.0.0.0", 9902), p.gateway_http_admin),
+        (("0.0.0.0", 10001), p.gateway_http),
+        (("hopwarden", 9193), p.hopwarden_http),
+        (("ledger", 8080), p.app["ledger"]),
+        (("email", 8080), p.app["email"]),
+    ]
 }
 
 fn sidecar_subs(p: &Ports, me: &str) -> Subs {

@@ -1,0 +1,291 @@
+//! Envoy's ext_authz HTTP protocol <-> domain: the only code that reads its requests
+//! and writes its answers.
+//!
+//! Envoy's HTTP service has no `context_extensions`, so the hop and the service come
+//! in the path: Envoy puts its `path_prefix` (`/<hop>/<service>`, fixed per filter in
+//! Envoy's config) before the client's path, and the client cannot take it off. The
+//! prefix always has exactly two segments, so nothing the client writes after it can
+//! be read as the hop or the service. A service of `-` names none: the service is
+//! then found by host, as for gRPC checks without one.
+
+use std::collections::HashMap;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+use crate::decision::{Decision, DenyReason};
+use crate::engine::Outcome;
+use crate::grpc::convert::{DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER};
+use crate::request::{AuthzRequest, OWN_HEADER_PREFIX};
+
+/// The response header that asks Envoy to remove request headers before the request
+/// goes upstream (comma-separated names).
+pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// The service segment that names no service.
+pub const NO_SERVICE: &str = "-";
+
+/// Why a request could not be read; answered with a clean deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// The path does not start with `/<hop>/<service>/`.
+    #[error("the path does not start with /<hop>/<service>/ (Envoy's http_service path_prefix)")]
+    NoPrefix,
+}
+
+/// The check Envoy asked for: the hop and service from the path prefix, the rest of
+/// the path as the client sent it, and the headers Envoy forwarded.
+pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequest, ConvertError> {
+    let path_and_query = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let (hop, service, path) = split_prefix(path_and_query).ok_or(ConvertError::NoPrefix)?;
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        // Repeated headers are joined with "," as Envoy does for gRPC checks (RFC 9110
+        // 5.3), so no repeat can shadow another. Bytes that are not UTF-8 are
+        // replaced: such a token no longer verifies, and nothing is allowed on it.
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    // HTTP/2 carries the host as `:authority` (in the URI here), HTTP/1.1 as `host`.
+    let host = match parts.uri.authority() {
+        Some(authority) => authority.as_str().to_string(),
+        None => headers.get("host").cloned().unwrap_or_default(),
+    };
+    Ok(AuthzRequest {
+        service: (service != NO_SERVICE).then(|| service.to_string()),
+        hop: Some(hop.to_string()),
+        method: parts.method.as_str().to_string(),
+        path: path.to_string(),
+        host,
+        headers,
+        // Envoy's HTTP service does not say who the mTLS peer is; rules naming a
+        // SPIFFE principal do not match here.
+        source_principal: None,
+        destination_principal: None,
+    })
+}
+
+/// `/<hop>/<service>/rest` -> (hop, service, `/rest`). Both segments non-empty; the
+/// rest keeps its leading `/` (and its query).
+fn split_prefix(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (hop, rest) = rest.split_once('/')?;
+    let slash = rest.find('/')?;
+    let (service, path) = rest.split_at(slash);
+    (!hop.is_empty() && !service.is_empty()).then_some((hop, service, path))
+}
+
+/// The answer for a decision: 200 with the identity headers for an allow, the
+/// denial's status, headers and body otherwise.
+pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes>> {
+    match &*outcome.decision {
+        Decision::Allow(allowed) => {
+            let mut headers = vec![
+                (PRINCIPAL_HEADER, allowed.principal.clone()),
+                (KIND_HEADER, allowed.kind_str().to_string()),
+                (RULE_HEADER, allowed.rule.to_string()),
+            ];
+            if let Some(would) = &allowed.dry_run {
+                headers.push((DRY_RUN_HEADER, would.header()));
+            }
+            // Client-sent x-hopwarden-* names we do not set ourselves are removed;
+            // ours overwrite theirs (Envoy's `allowed_upstream_headers` sets).
+            let forged: Vec<&str> = req
+                .headers
+                .keys()
+                .map(String::as_str)
+                .filter(|k| k.starts_with(OWN_HEADER_PREFIX))
+                .filter(|k| !headers.iter().any(|(ours, _)| ours == k))
+                .collect();
+            let mut response = Response::new(Full::new(Bytes::new()));
+            for (name, value) in headers {
+                // A principal or rule id that cannot be a header value (a control
+                // character in a token's subject) cannot be passed on: deny.
+                let Ok(value) = HeaderValue::from_str(&value) else {
+                    tracing::warn!(
+                        header = name,
+                        "identity not representable as a header; denying"
+                    );
+                    return deny_response(&DenyReason::BadRequest);
+                };
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+            if !forged.is_empty() {
+                // Header names hyper accepted are valid in a header value.
+                if let Ok(value) = HeaderValue::from_str(&forged.join(",")) {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(HEADERS_TO_REMOVE), value);
+                }
+            }
+            response
+        }
+        Decision::Deny(denied) => deny_response(&denied.reason),
+    }
+}
+
+/// A denial as Envoy passes it to the client: status, challenge and JSON body.
+pub fn deny_response(reason: &DenyReason) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(reason.body().as_bytes())));
+    *response.status_mut() =
+        StatusCode::from_u16(reason.status().code()).unwrap_or(StatusCode::FORBIDDEN);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(challenge) = reason.www_authenticate() {
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Allowed;
+    use crate::principal::PrincipalKind;
+    use std::sync::Arc;
+
+    fn parts(uri: &str, headers: &[(&str, &[u8])]) -> hyper::http::request::Parts {
+        let mut req = hyper::Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn allowed(principal: &str) -> Outcome {
+        Outcome {
+            decision: Arc::new(Decision::Allow(Allowed {
+                principal: principal.into(),
+                kind: Some(PrincipalKind::Service),
+                rule: Arc::from("payments-read"),
+                dry_run: None,
+                answer: Default::default(),
+            })),
+            service: Some("ledger".into()),
+            hop: None,
+            action: None,
+            cached: false,
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_the_check_envoy_asked_for() {
+        let req = to_authz_request(&parts(
+            "/gateway/ledger/transactions/42?x=1",
+            &[
+                ("host", b"ledger.internal"),
+                ("authorization", b"Bearer t"),
+                ("x-hopwarden-extra", b"a"),
+                ("x-hopwarden-extra", b"b"),
+                ("x-odd", b"caf\xe9"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(req.service.as_deref(), Some("ledger"));
+        assert_eq!(req.hop.as_deref(), Some("gateway"));
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/transactions/42?x=1");
+        // HTTP/1.1: the host comes from its header.
+        assert_eq!(req.host, "ledger.internal");
+        assert_eq!(req.header("authorization"), Some("Bearer t"));
+        // Repeats are joined, as Envoy joins them for gRPC checks.
+        assert_eq!(req.header("x-hopwarden-extra"), Some("a,b"));
+        assert_eq!(req.header("x-odd"), Some("caf\u{fffd}"));
+        assert_eq!(req.source_principal, None);
+
+        // `-` names no service; an HTTP/2 authority is the host.
+        let req = to_authz_request(&parts("http://email.internal:80/mesh/-/x", &[])).unwrap();
+        assert_eq!(req.service, None);
+        assert_eq!(req.hop.as_deref(), Some("mesh"));
+        assert_eq!(req.host, "email.internal:80");
+
+        assert_eq!(
+            to_authz_request(&parts("/transactions", &[])).err(),
+            Some(ConvertError::NoPrefix)
+        );
+    }
+
+    fn header<'a>(r: &'a Response<Full<Bytes>>, name: &str) -> Option<&'a str> {
+        r.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn an_allow_sets_the_identity_and_removes_forgeries() {
+        let plain = to_authz_request(&parts("/gateway/ledger/t", &[])).unwrap();
+        let r = to_response(&allowed("spiffe://x/payments"), &plain);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
+        assert_eq!(header(&r, KIND_HEADER), Some("service"));
+        assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
+        assert_eq!(header(&r, HEADERS_TO_REMOVE), None);
+
+        let forged = to_authz_request(&parts(
+            "/gateway/ledger/t",
+            &[(PRINCIPAL_HEADER, b"evil"), ("x-hopwarden-admin", b"yes")],
+        ))
+        .unwrap();
+        let r = to_response(&allowed("spiffe://x/payments"), &forged);
+        // Ours overwrite the client's copy; the name we do not set is removed.
+        assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
+        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some("x-hopwarden-admin"));
+    }
+
+    #[test]
+    fn an_identity_that_cannot_be_a_header_is_denied() {
+        let req = to_authz_request(&parts("/gateway/ledger/t", &[])).unwrap();
+        let r = to_response(&allowed("svc\nx-injected: 1"), &req);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&r, PRINCIPAL_HEADER), None);
+    }
+
+    #[test]
+    fn a_denial_carries_status_challenge_and_body() {
+        let r = deny_response(&DenyReason::MissingCredential);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some(r#"Bearer error="invalid_token""#)
+        );
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        let r = deny_response(&DenyReason::BadRequest);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&r, "www-authenticate"), None);
+    }
+
+    #[test]
+    fn the_prefix_has_exactly_two_segments() {
+        assert_eq!(
+            split_prefix("/gateway/ledger/transactions/42?x=1"),
+            Some(("gateway", "ledger", "/transactions/42?x=1"))
+        );
+        assert_eq!(split_prefix("/mesh/-/"), Some(("mesh", "-", "/")));
+        // What the client wrote after the prefix is never the hop or the service.
+        assert_eq!(
+            split_prefix("/mesh/ledger/gateway/billing/x"),
+            Some(("mesh", "ledger", "/gateway/billing/x"))
+        );
+        for bad in [
+            "",
+            "/",
+            "/gateway",
+            "/gateway/ledger",
+            "//ledger/x",
+            "/gateway//x",
+            "gateway/ledger/x",
+        ] {
+            assert_eq!(split_prefix(bad), None, "{bad:?}");
+        }
+    }
+}
