@@ -233,10 +233,11 @@ impl Drop for Serve {
     }
 }
 
-/// The example config with only the listen address changed.
+/// The example config with only the listen addresses changed.
 fn example_config(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("hopwarden.yaml")).unwrap();
     let text = text
+        .replace("http_listen: 0.0.0.0:9193", "http_listen: 127.0.0.1:0")
         .replace("listen: 0.0.0.0:9191", "listen: 127.0.0.1:0")
         .replace("listen: 0.0.0.0:9192", "listen: 127.0.0.1:0")
         .replace("./policies", &repo().join("policies").display().to_string())
