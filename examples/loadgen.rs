@@ -410,7 +410,14 @@ async fn allow_all(listen: &str) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("allow-all: listening on {}", listener.local_addr()?);
     let never = std::future::pending();
-    hopwarden::grpc::transport::serve(listener, AuthorizationServer::new(AllowAll), never).await;
+    use hopwarden::grpc::transport::{serve, Protocol};
+    serve(
+        Protocol::Http2,
+        listener,
+        AuthorizationServer::new(AllowAll),
+        never,
+    )
+    .await;
     Ok(())
 }
 

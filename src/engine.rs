@@ -56,6 +56,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An allow of `principal` (a service) by rule `payments-read` for `ledger`, for
+    /// the protocol edges' tests.
+    #[cfg(test)]
+    pub fn allowed_for_tests(principal: &str) -> Self {
+        Outcome {
+            decision: Arc::new(Decision::Allow(Allowed {
+                principal: principal.into(),
+                kind: Some(crate::principal::PrincipalKind::Service),
+                rule: Arc::from("payments-read"),
+                dry_run: None,
+                answer: Default::default(),
+            })),
+            service: Some("ledger".into()),
+            hop: None,
+            action: None,
+            cached: true,
+        }
+    }
+
     /// A denial before anything about the request was known.
     pub fn denied(reason: DenyReason) -> Self {
         Outcome {

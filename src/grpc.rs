@@ -48,7 +48,7 @@ pub async fn serve(
         authz: service::AuthorizationService::new(check::CheckService::new(engine, options)),
         health,
     };
-    transport::serve(listener, routes, shutdown).await
+    transport::serve(transport::Protocol::Http2, listener, routes, shutdown).await
 }
 
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";

@@ -31,7 +31,7 @@ use crate::grpc::transport::{self, Protocol};
 /// in-flight checks finish. HTTP/1.1 and HTTP/2 (prior knowledge) both work; Envoy
 /// spends less per check on HTTP/2.
 pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    transport::serve_as(Protocol::Auto, listener, HttpChecks { engine }, shutdown).await
+    transport::serve(Protocol::Auto, listener, HttpChecks { engine }, shutdown).await
 }
 
 /// One HTTP check per request.

@@ -73,24 +73,10 @@ fn to_status(e: &EngineError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Allowed;
-    use crate::principal::PrincipalKind;
     use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 
     fn allowed() -> Outcome {
-        Outcome {
-            decision: Arc::new(Decision::Allow(Allowed {
-                principal: "spiffe://example.org/ns/payments/sa/api".into(),
-                kind: Some(PrincipalKind::Service),
-                rule: Arc::from("payments-read"),
-                dry_run: None,
-                answer: Default::default(),
-            })),
-            service: Some("ledger".into()),
-            hop: None,
-            action: None,
-            cached: true,
-        }
+        Outcome::allowed_for_tests("spiffe://example.org/ns/payments/sa/api")
     }
 
     fn request(headers: &[(&str, &str)]) -> AuthzRequest {

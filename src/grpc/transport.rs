@@ -34,24 +34,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// HTTP/2 pool opens another connection for checks past it.
 const MAX_STREAMS: u32 = 200;
 
-/// Serves `service` on every connection `listener` accepts until `shutdown`
-/// completes; then stops accepting, asks the open connections to close (HTTP/2
-/// GOAWAY) and returns once their in-flight requests have been answered. Dropping the
-/// future (the server's drain timeout aborts it) closes every connection at once.
-pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>)
-where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<StdError>,
-{
-    serve_as(Protocol::Http2, listener, service, shutdown).await
-}
-
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -62,8 +44,12 @@ pub enum Protocol {
     Auto,
 }
 
-/// [`serve`] with the protocol chosen.
-pub async fn serve_as<S, B>(
+/// Serves `service` (speaking `protocol`) on every connection `listener` accepts
+/// until `shutdown` completes; then stops accepting, asks the open connections to
+/// close (HTTP/2 GOAWAY) and returns once their in-flight requests have been answered.
+/// Dropping the future (the server's drain timeout aborts it) closes every connection
+/// at once.
+pub async fn serve<S, B>(
     protocol: Protocol,
     listener: TcpListener,
     service: S,

@@ -152,9 +152,6 @@ pub fn deny_response(reason: &DenyReason) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Allowed;
-    use crate::principal::PrincipalKind;
-    use std::sync::Arc;
 
     fn parts(uri: &str, headers: &[(&str, &[u8])]) -> hyper::http::request::Parts {
         let mut req = hyper::Request::get(uri);
@@ -165,19 +162,7 @@ mod tests {
     }
 
     fn allowed(principal: &str) -> Outcome {
-        Outcome {
-            decision: Arc::new(Decision::Allow(Allowed {
-                principal: principal.into(),
-                kind: Some(PrincipalKind::Service),
-                rule: Arc::from("payments-read"),
-                dry_run: None,
-                answer: Default::default(),
-            })),
-            service: Some("ledger".into()),
-            hop: None,
-            action: None,
-            cached: false,
-        }
+        Outcome::allowed_for_tests(principal)
     }
 
     #[test]
