@@ -219,8 +219,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 
     let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let serve_engine = engine.clone();
-    let engine_for_grpc = engine.clone();
+    let http_engine = engine.clone();
+    let grpc_engine = engine.clone();
     let options = crate::grpc::convert::ResponseOptions {
         dynamic_metadata: config.spec.dynamic_metadata,
     };
@@ -242,10 +242,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
                 let closing = async move {
                     let _ = closing_rx.wait_for(|closing| *closing).await;
                 };
-                crate::http_authz::serve(serve_engine, listener, closing).await;
+                crate::http_authz::serve(http_engine, listener, closing).await;
             }
         };
-        let grpc = crate::grpc::serve(engine_for_grpc, options, health_service, listener, shutdown);
+        let grpc = crate::grpc::serve(grpc_engine, options, health_service, listener, shutdown);
         tokio::join!(grpc, http);
     });
     tracing::info!(addr = %local_addr, "hopwarden listening");

@@ -986,3 +986,34 @@ async fn http_service_answers_over_http1_and_http2() {
     assert_eq!(allowed[0]["hop"], "gateway");
     s.handle.shutdown().await.unwrap();
 }
+
+/// A principal claim with a control character could not be passed on as an identity
+/// header (and on the HTTP service would have been logged as an allow and then
+/// refused): the token is refused as having no usable principal, on both protocols.
+#[tokio::test]
+async fn a_principal_with_a_control_character_is_an_invalid_token() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "http_listen: 127.0.0.1:0\n")).await;
+    let forged = token(
+        &format!("{PAYMENTS}\nx-injected: 1"),
+        "ledger",
+        "ledger.read",
+    );
+    let a = s.check(read_tx().bearer(&forged)).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    let r = reqwest::Client::new()
+        .get(format!(
+            "http://{}/gateway/ledger/transactions/42",
+            s.handle.http_addr.unwrap()
+        ))
+        .header("authorization", format!("Bearer {forged}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The same subject without the control character is allowed.
+    let a = s
+        .check(read_tx().bearer(&token(PAYMENTS, "ledger", "ledger.read")))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}

@@ -127,11 +127,21 @@ fn the_benchmark_envoy_configs_send_what_validate_prints() {
     )
     .unwrap();
     let printed = printed_allowed_headers(dir.path());
-    for config in ["d-hopwarden", "e-noop"] {
+    for config in ["d-hopwarden", "e-noop", "f-hopwarden-http"] {
         let text =
             std::fs::read_to_string(repo().join(format!("bench/envoy/{config}.yaml"))).unwrap();
         assert!(text.contains(&printed), "{config}.yaml lacks {printed}");
     }
+}
+
+/// The HTTP service gets only the headers `allowed_headers` names, so the gateway on
+/// it must send what `validate` prints for the example policies, or a rule reading a
+/// header would never see it (and forged `x-hopwarden-*` copies would not be removed).
+#[test]
+fn the_http_gateway_sends_what_validate_prints() {
+    let printed = printed_allowed_headers(&repo());
+    let text = std::fs::read_to_string(repo().join("envoy/gateway-http.yaml")).unwrap();
+    assert!(text.contains(&printed), "gateway-http.yaml lacks {printed}");
 }
 
 #[test]

@@ -62,8 +62,9 @@ pub enum TokenError {
     /// `exp - iat` is longer than the issuer's `max_lifetime`, or `iat` is missing.
     #[error("token lifetime exceeds the issuer maximum")]
     LifetimeTooLong,
-    /// The principal claim is missing or not a string.
-    #[error("token has no principal claim")]
+    /// The principal claim is missing, empty, not a string, or has a control
+    /// character (it could not be passed on as an identity header).
+    #[error("token has no usable principal claim")]
     MissingPrincipal,
     /// The issuer's keys were never loaded.
     #[error("keys for the issuer are not loaded")]
@@ -241,7 +242,7 @@ impl JwtVerifier {
         let subject = claims
             .get(&spec.principal_claim)
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
             .ok_or(TokenError::MissingPrincipal)?
             .to_string();
         Ok(VerifiedToken {

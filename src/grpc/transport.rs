@@ -1,5 +1,6 @@
-//! The gRPC server's transport: accepts connections and serves HTTP/2 on them with
-//! hyper, handing each request to one service.
+//! The servers' transport: accepts connections and serves HTTP/2 on them with hyper
+//! (gRPC), or HTTP/1.1 and HTTP/2 (the ext_authz HTTP service, `src/http_authz.rs`),
+//! handing each request to one service.
 //!
 //! tonic's `Server` does the same through a stack hopwarden does not use: an axum
 //! router, error-recovery, timeout and tracing layers, and a boxed request body, each
@@ -89,12 +90,12 @@ pub async fn serve<S, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) if out_of_resources(&e) => {
-                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tracing::warn!(error = %e, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "accepting a gRPC connection failed");
+                    tracing::debug!(error = %e, "accepting a connection failed");
                     continue;
                 }
             },

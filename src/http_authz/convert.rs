@@ -6,13 +6,22 @@
 //! Envoy's config) before the client's path, and the client cannot take it off. The
 //! prefix always has exactly two segments, so nothing the client writes after it can
 //! be read as the hop or the service. A service of `-` names none: the service is
-//! then found by host, as for gRPC checks without one.
+//! then found by host, as for gRPC checks without one. Not in the mesh, though: a
+//! sidecar sends every request to its one service whatever the host, so there the
+//! client would pick the policy.
+//!
+//! The headers are made to read as a gRPC check's do, so a rule reads the same thing
+//! over both: the pseudo-headers `:authority`, `:method` and `:path` (the client's
+//! path), and not the two that Envoy sets for this call (`host` on HTTP/1.1, which
+//! becomes `:authority`, and `content-length`, the empty check body's).
 
 use std::collections::HashMap;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 
 use crate::decision::{Decision, DenyReason};
@@ -33,6 +42,9 @@ pub enum ConvertError {
     /// The path does not start with `/<hop>/<service>/`.
     #[error("the path does not start with /<hop>/<service>/ (Envoy's http_service path_prefix)")]
     NoPrefix,
+    /// `/mesh/-`: in the mesh the service must be named.
+    #[error("path_prefix /mesh/- names no service; a sidecar's must name its service")]
+    MeshWithoutService,
 }
 
 /// The check Envoy asked for: the hop and service from the path prefix, the rest of
@@ -40,8 +52,14 @@ pub enum ConvertError {
 pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequest, ConvertError> {
     let path_and_query = parts.uri.path_and_query().map_or("", |p| p.as_str());
     let (hop, service, path) = split_prefix(path_and_query).ok_or(ConvertError::NoPrefix)?;
-    let mut headers: HashMap<String, String> = HashMap::with_capacity(parts.headers.len());
+    if hop == "mesh" && service == NO_SERVICE {
+        return Err(ConvertError::MeshWithoutService);
+    }
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(parts.headers.len() + 3);
     for (name, value) in &parts.headers {
+        if name == HOST || name == CONTENT_LENGTH {
+            continue;
+        }
         // Repeated headers are joined with "," as Envoy does for gRPC checks (RFC 9110
         // 5.3), so no repeat can shadow another. Bytes that are not UTF-8 are
         // replaced: such a token no longer verifies, and nothing is allowed on it.
@@ -57,8 +75,15 @@ pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequ
     // HTTP/2 carries the host as `:authority` (in the URI here), HTTP/1.1 as `host`.
     let host = match parts.uri.authority() {
         Some(authority) => authority.as_str().to_string(),
-        None => headers.get("host").cloned().unwrap_or_default(),
+        None => parts
+            .headers
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default(),
     };
+    headers.insert(":authority".into(), host.clone());
+    headers.insert(":method".into(), parts.method.as_str().to_string());
+    headers.insert(":path".into(), path.to_string());
     Ok(AuthzRequest {
         service: (service != NO_SERVICE).then(|| service.to_string()),
         hop: Some(hop.to_string()),
@@ -189,16 +214,27 @@ mod tests {
         assert_eq!(req.header("x-hopwarden-extra"), Some("a,b"));
         assert_eq!(req.header("x-odd"), Some("caf\u{fffd}"));
         assert_eq!(req.source_principal, None);
+        // Read as a gRPC check's headers: pseudo-headers, not Envoy's own two.
+        assert_eq!(req.header(":authority"), Some("ledger.internal"));
+        assert_eq!(req.header(":method"), Some("GET"));
+        assert_eq!(req.header(":path"), Some("/transactions/42?x=1"));
+        assert_eq!(req.header("host"), None);
+        assert_eq!(req.header("content-length"), None);
 
         // `-` names no service; an HTTP/2 authority is the host.
-        let req = to_authz_request(&parts("http://email.internal:80/mesh/-/x", &[])).unwrap();
+        let req = to_authz_request(&parts("http://email.internal:80/gateway/-/x", &[])).unwrap();
         assert_eq!(req.service, None);
-        assert_eq!(req.hop.as_deref(), Some("mesh"));
+        assert_eq!(req.hop.as_deref(), Some("gateway"));
         assert_eq!(req.host, "email.internal:80");
 
         assert_eq!(
             to_authz_request(&parts("/transactions", &[])).err(),
             Some(ConvertError::NoPrefix)
+        );
+        // In the mesh the host cannot choose the service.
+        assert_eq!(
+            to_authz_request(&parts("/mesh/-/x", &[("host", b"email.internal")])).err(),
+            Some(ConvertError::MeshWithoutService)
         );
     }
 
