@@ -27,7 +27,7 @@ use hyper::{Response, StatusCode};
 use crate::decision::{Decision, DenyReason};
 use crate::engine::Outcome;
 use crate::grpc::convert::{DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER};
-use crate::request::{AuthzRequest, OWN_HEADER_PREFIX};
+use crate::request::{AuthzRequest, Hop, OWN_HEADER_PREFIX};
 
 /// The response header that asks Envoy to remove request headers before the request
 /// goes upstream (comma-separated names).
@@ -52,7 +52,7 @@ pub enum ConvertError {
 pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequest, ConvertError> {
     let path_and_query = parts.uri.path_and_query().map_or("", |p| p.as_str());
     let (hop, service, path) = split_prefix(path_and_query).ok_or(ConvertError::NoPrefix)?;
-    if hop == "mesh" && service == NO_SERVICE {
+    if hop == Hop::Mesh.as_str() && service == NO_SERVICE {
         return Err(ConvertError::MeshWithoutService);
     }
     let mut headers: HashMap<String, String> = HashMap::with_capacity(parts.headers.len() + 3);
@@ -121,15 +121,21 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
             if let Some(would) = &allowed.dry_run {
                 headers.push((DRY_RUN_HEADER, would.header()));
             }
-            // Client-sent x-hopwarden-* names we do not set ourselves are removed;
+            // An empty value (an anonymous caller's principal) is not set but removed:
+            // Envoy might not pass an empty header on, and a client's copy must not
+            // stay. Client-sent x-hopwarden-* names we do not set are removed too;
             // ours overwrite theirs (Envoy's `allowed_upstream_headers` sets).
-            let forged: Vec<&str> = req
+            headers.retain(|(_, value)| !value.is_empty());
+            let mut forged: Vec<&str> = req
                 .headers
                 .keys()
                 .map(String::as_str)
                 .filter(|k| k.starts_with(OWN_HEADER_PREFIX))
                 .filter(|k| !headers.iter().any(|(ours, _)| ours == k))
                 .collect();
+            if allowed.principal.is_empty() && !forged.contains(&PRINCIPAL_HEADER) {
+                forged.push(PRINCIPAL_HEADER);
+            }
             let mut response = Response::new(Full::new(Bytes::new()));
             for (name, value) in headers {
                 // A principal or rule id that cannot be a header value (a control
@@ -261,6 +267,17 @@ mod tests {
         // Ours overwrite the client's copy; the name we do not set is removed.
         assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
         assert_eq!(header(&r, HEADERS_TO_REMOVE), Some("x-hopwarden-admin"));
+    }
+
+    #[test]
+    fn an_anonymous_allow_removes_the_principal_header() {
+        let forged =
+            to_authz_request(&parts("/gateway/ledger/t", &[(PRINCIPAL_HEADER, b"evil")])).unwrap();
+        let r = to_response(&allowed(""), &forged);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, PRINCIPAL_HEADER), None);
+        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some(PRINCIPAL_HEADER));
+        assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
     }
 
     #[test]
