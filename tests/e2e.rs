@@ -69,6 +69,27 @@ async fn send(
     }
 }
 
+/// The demo ledger's answer to an allowed read by payments whose client also sent a
+/// forged `x-hopwarden-principal` and `x-hopwarden-admin`: the upstream saw
+/// hopwarden's identity headers, and not the forgeries.
+fn assert_ledger_saw_payments(r: &Reply) {
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["service"], "ledger");
+    assert_eq!(r.body["principal"], PAYMENTS);
+    assert_eq!(r.body["rule"], "payments-read-transactions");
+    assert_eq!(
+        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
+        "service"
+    );
+    assert!(
+        r.body["hopwarden_headers"]
+            .get("x-hopwarden-admin")
+            .is_none(),
+        "{}",
+        r.body
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_north_south() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,21 +135,7 @@ async fn gateway_north_south() {
         ],
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["service"], "ledger");
-    assert_eq!(r.body["principal"], PAYMENTS);
-    assert_eq!(r.body["rule"], "payments-read-transactions");
-    assert_eq!(
-        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
-        "service"
-    );
-    assert!(
-        r.body["hopwarden_headers"]
-            .get("x-hopwarden-admin")
-            .is_none(),
-        "{}",
-        r.body
-    );
+    assert_ledger_saw_payments(&r);
 
     // Wrong audience: 401. Missing scope: 403 insufficient_scope. Deny rule: 403.
     let r = get(
@@ -282,21 +289,7 @@ async fn gateway_over_the_http_service() {
         ],
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["service"], "ledger");
-    assert_eq!(r.body["principal"], PAYMENTS);
-    assert_eq!(r.body["rule"], "payments-read-transactions");
-    assert_eq!(
-        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
-        "service"
-    );
-    assert!(
-        r.body["hopwarden_headers"]
-            .get("x-hopwarden-admin")
-            .is_none(),
-        "{}",
-        r.body
-    );
+    assert_ledger_saw_payments(&r);
     // The client's path reaches the upstream without the prefix.
     assert_eq!(r.body["path"], "/transactions/42");
 

@@ -113,13 +113,15 @@ fn split_prefix(path: &str) -> Option<(&str, &str, &str)> {
 pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes>> {
     match &*outcome.decision {
         Decision::Allow(allowed) => {
-            let mut headers = vec![
-                (PRINCIPAL_HEADER, allowed.principal.clone()),
-                (KIND_HEADER, allowed.kind_str().to_string()),
-                (RULE_HEADER, allowed.rule.to_string()),
+            // Borrowed: HeaderValue copies each value once, below.
+            let dry_run = allowed.dry_run.as_ref().map(|would| would.header());
+            let mut headers: Vec<(&str, &str)> = vec![
+                (PRINCIPAL_HEADER, &allowed.principal),
+                (KIND_HEADER, allowed.kind_str()),
+                (RULE_HEADER, &allowed.rule),
             ];
-            if let Some(would) = &allowed.dry_run {
-                headers.push((DRY_RUN_HEADER, would.header()));
+            if let Some(would) = &dry_run {
+                headers.push((DRY_RUN_HEADER, would));
             }
             // An empty value (an anonymous caller's principal) is not set but removed:
             // Envoy might not pass an empty header on, and a client's copy must not
@@ -140,7 +142,7 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
             for (name, value) in headers {
                 // A principal or rule id that cannot be a header value (a control
                 // character in a token's subject) cannot be passed on: deny.
-                let Ok(value) = HeaderValue::from_str(&value) else {
+                let Ok(value) = HeaderValue::from_str(value) else {
                     tracing::warn!(
                         header = name,
                         "identity not representable as a header; denying"
