@@ -62,6 +62,9 @@ pub enum Command {
     Explain(crate::explain::ExplainArgs),
     /// The access matrix: who may do what on each service, with over-broad grants flagged.
     Review(crate::review::ReviewArgs),
+    /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
+    #[command(subcommand)]
+    Dev(crate::dev::DevCommand),
 }
 
 /// Loads the config, printing every error with its location.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod decision_log;
+pub mod dev;
 pub mod engine;
 pub mod explain;
 pub mod grpc;

@@ -71,8 +71,8 @@ fn compose_runs_the_tested_envoy_files_and_version() {
 fn envoy_configs_validate_with_the_real_envoy() {
     let envoy = common::stack::envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("sh")
-        .arg(repo().join("scripts/gen-certs.sh"))
+    let status = Command::new(env!("CARGO_BIN_EXE_hopwarden"))
+        .args(["dev", "certs"])
         .arg(dir.path().join("certs"))
         .stdout(std::process::Stdio::null())
         .status()

@@ -37,7 +37,7 @@ pub const GATEWAY_ROUTES: [&str; 3] = ["ledger", "email", "media"];
 
 /// Where things came from and where to put them.
 pub struct StackSpec {
-    /// The repository root (envoy/, policies/, hopwarden.yaml, dev/, scripts/).
+    /// The repository root (envoy/, policies/, hopwarden.yaml, dev/).
     pub repo: PathBuf,
     /// A work directory: rendered configs and logs.
     pub dir: PathBuf,
@@ -189,14 +189,14 @@ impl Stack {
                 certs.display()
             ));
         }
-        let status = Command::new("sh")
-            .arg(spec.repo.join("scripts/gen-certs.sh"))
+        let status = Command::new(&spec.hopwarden)
+            .args(["dev", "certs"])
             .arg(&certs)
             .stdout(Stdio::null())
             .status()
-            .map_err(|e| format!("gen-certs.sh: {e}"))?;
+            .map_err(|e| format!("hopwarden dev certs: {e}"))?;
         if !status.success() {
-            return Err("scripts/gen-certs.sh failed".into());
+            return Err("hopwarden dev certs failed".into());
         }
         let mut stack = Stack {
             ports: ports.clone(),
