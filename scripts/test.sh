@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, integration and end-to-end tests
-# (real Envoy from PyPI), plus the example policies' checks.
+# (real Envoy from PyPI; docker-compose.yml on podman), plus the example policies' checks.
 # Installs what it needs, idempotently, and fails (never skips) when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# tests/compose.rs runs docker-compose.yml on podman, with images scripts/images.sh builds.
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
