@@ -147,6 +147,43 @@ fn compose_services() -> Vec<String> {
     names
 }
 
+/// The services with a healthcheck in the compose file: hopwarden and every Envoy.
+fn healthchecked_services() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let compose: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut names: Vec<String> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, svc)| svc.get("healthcheck").is_some())
+        .map(|(k, _)| k.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs every compose healthcheck once: the first failure, if any.
+fn healthchecks(stack: &Compose) -> Result<(), String> {
+    let wanted = healthchecked_services();
+    assert_eq!(
+        wanted,
+        [
+            "email-sidecar",
+            "gateway",
+            "gateway-http",
+            "hopwarden",
+            "ledger-sidecar",
+            "payments-sidecar"
+        ],
+        "hopwarden and every Envoy have a healthcheck"
+    );
+    let containers = stack.containers()?;
+    for c in containers.iter().filter(|c| wanted.contains(&c.service)) {
+        stack.healthcheck(c)?;
+    }
+    Ok(())
+}
+
 /// Fails unless every service has its container, the certs step exited 0 and every
 /// other service still runs.
 fn assert_all_up(stack: &Compose) {
@@ -170,7 +207,8 @@ fn assert_all_up(stack: &Compose) {
 }
 
 /// hopwarden ready, both gateways ready with hopwarden healthy in Envoy's gRPC health
-/// check, and every sidecar passing an east-west call; services checked all along.
+/// check, every compose healthcheck passing, and every sidecar passing an east-west
+/// call; services checked all along.
 async fn wait_until_ready(stack: &Compose) {
     let http = client();
     let read = format!("Bearer {}", dev_token(PAYMENTS, "ledger", "ledger.read"));
@@ -188,7 +226,12 @@ async fn wait_until_ready(stack: &Compose) {
         .await
         .unwrap();
         let ok = |r: Option<Reply>| r.is_some_and(|r| r.status == 200);
-        if admin_ok
+        let health = if admin_ok {
+            healthchecks(stack)
+        } else {
+            Err("not ready".into())
+        };
+        if health.is_ok()
             && ok(try_send(
                 &http,
                 "GET",
@@ -208,7 +251,7 @@ async fn wait_until_ready(stack: &Compose) {
         }
         assert!(
             Instant::now() < deadline,
-            "the stack was not ready after 120 s\n{}",
+            "the stack was not ready after 120 s ({health:?})\n{}",
             stack.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -336,8 +379,10 @@ async fn walkthrough(stack: &Compose) {
         err.map(|r| r.status())
     );
 
-    // Fail closed: every service up until now; with hopwarden stopped, Envoy says 503.
+    // Fail closed: every service up and healthy until now; with hopwarden stopped,
+    // Envoy says 503.
     assert_all_up(stack);
+    healthchecks(stack).unwrap_or_else(|e| panic!("{e}"));
     stack
         .compose(
             &["stop", "--timeout", "10", "hopwarden"],

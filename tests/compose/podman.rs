@@ -20,6 +20,8 @@ pub struct Compose {
 /// One container of the project, as podman sees it.
 #[derive(Debug)]
 pub struct Container {
+    /// podman's container id.
+    pub id: String,
     /// The compose service.
     pub service: String,
     /// podman's state: `running`, `exited`, …
@@ -151,6 +153,7 @@ impl Compose {
         Ok(list
             .iter()
             .map(|c| Container {
+                id: c["Id"].as_str().unwrap_or("?").to_string(),
                 service: c["Labels"]["com.docker.compose.service"]
                     .as_str()
                     .unwrap_or("?")
@@ -159,6 +162,19 @@ impl Compose {
                 exit_code: c["ExitCode"].as_i64().unwrap_or(-1),
             })
             .collect())
+    }
+
+    /// Runs a container's compose healthcheck once (podman runs them only when asked:
+    /// its timers need systemd).
+    pub fn healthcheck(&self, container: &Container) -> Result<(), String> {
+        run_bounded(
+            Command::new("podman")
+                .env("CONTAINERS_CONF", containers_conf(&self.repo))
+                .args(["healthcheck", "run", &container.id]),
+            Duration::from_secs(30),
+        )
+        .map(drop)
+        .map_err(|e| format!("{}: healthcheck failed: {e}", container.service))
     }
 
     /// The last log lines of every service.
