@@ -286,7 +286,7 @@ async fn deny_rules_cover_other_spellings_and_head() {
 service: ledger
 rules:
   - id: anyone-anything
-    from: { principals: ["*"] }
+    from: { principals: ["**"] }
   - id: no-admin-reads
     effect: deny
     to: [{ methods: [GET], paths: ["/admin/**"] }]

@@ -252,15 +252,15 @@ impl Stack {
     fn start_hopwarden(&mut self, spec: &StackSpec) -> Result<(), String> {
         let text = std::fs::read_to_string(spec.repo.join("hopwarden.yaml"))
             .map_err(|e| format!("hopwarden.yaml: {e}"))?;
-        let from = "listen: 0.0.0.0:9191";
+        let from = "listen: 127.0.0.1:9191";
         if !text.contains(from) {
             return Err(format!("hopwarden.yaml no longer has {from:?}"));
         }
-        let admin = "listen: 0.0.0.0:9192";
+        let admin = "listen: 127.0.0.1:9192";
         if !text.contains(admin) {
             return Err(format!("hopwarden.yaml no longer has {admin:?}"));
         }
-        let http = "http_listen: 0.0.0.0:9193";
+        let http = "http_listen: 127.0.0.1:9193";
         if !text.contains(http) {
             return Err(format!("hopwarden.yaml no longer has {http:?}"));
         }
