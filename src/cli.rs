@@ -404,13 +404,20 @@ fn token_warnings(args: &TokenArgs) -> Vec<String> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(_) if !given => return Vec::new(),
-        Err(e) => return vec![format!("{}: cannot check the token against it: {e}", path.display())],
+        Err(e) => {
+            return vec![format!(
+                "{}: cannot check the token against it: {e}",
+                path.display()
+            )]
+        }
     };
     let config = match Config::from_str(&text, &path) {
         Ok(config) => config,
         Err(errors) => {
             let first = errors.first().map(ToString::to_string).unwrap_or_default();
-            return vec![format!("cannot check the token against the config: {first}")];
+            return vec![format!(
+                "cannot check the token against the config: {first}"
+            )];
         }
     };
     let Some(issuer) = config.issuers.iter().find(|i| i.spec.issuer == args.iss) else {

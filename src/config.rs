@@ -634,8 +634,14 @@ mod tests {
                 "issuers:\n  - {issuer: a, jwks_file: x, leeway: soon}\n",
                 "leeway",
             ),
-            ("log: {level: verbose}\n", "log.level \"verbose\": \"verbose\" is not a level"),
-            ("log: {level: \"info,hopwarden=loud\"}\n", "\"loud\" is not a level"),
+            (
+                "log: {level: verbose}\n",
+                "log.level \"verbose\": \"verbose\" is not a level",
+            ),
+            (
+                "log: {level: \"info,hopwarden=loud\"}\n",
+                "\"loud\" is not a level",
+            ),
             ("log: {level: \"=debug\"}\n", "has no target"),
         ];
         for (text, want) in cases {
@@ -647,13 +653,22 @@ mod tests {
 
     #[test]
     fn log_levels_and_directives_are_accepted() {
-        for level in ["info", "WARN", "off", "info,hopwarden=debug", "hopwarden::engine=trace"] {
+        for level in [
+            "info",
+            "WARN",
+            "off",
+            "info,hopwarden=debug",
+            "hopwarden::engine=trace",
+        ] {
             let text = format!("log: {{level: \"{level}\"}}\n");
             assert!(load(&text).is_ok(), "{level}: {:?}", load(&text).err());
         }
         // A typo is reported where it is written.
         let err = load("listen: 127.0.0.1:1\nlog:\n  level: verbose\n").unwrap_err();
-        assert!(err.starts_with("/etc/hw/hopwarden.yaml:3:10: log.level"), "{err}");
+        assert!(
+            err.starts_with("/etc/hw/hopwarden.yaml:3:10: log.level"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -255,7 +255,10 @@ fn example_config(dir: &Path) -> PathBuf {
             "./dev/jwks.json",
             &repo().join("dev/jwks.json").display().to_string(),
         );
-    assert!(!text.contains(":919"), "a listen address was not substituted");
+    assert!(
+        !text.contains(":919"),
+        "a listen address was not substituted"
+    );
     let path = dir.join("hopwarden.yaml");
     std::fs::write(&path, text).unwrap();
     path

