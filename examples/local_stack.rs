@@ -135,7 +135,7 @@ fn banner(p: &stack::Ports, spec: &stack::StackSpec) {
             .unwrap_or_default();
         println!("  {app:<15} http://127.0.0.1:{port}{inbound}");
     }
-    println!("Try the README walkthrough. Ctrl-C stops everything.");
+    println!("Try the README walkthrough (README.md, Try it). Ctrl-C stops everything.");
 }
 
 /// `DIR/local-stack.pid`: one launcher per work directory. Removed on drop.

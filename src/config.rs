@@ -49,7 +49,7 @@ pub struct ConfigSpec {
     pub worker_threads: Option<usize>,
     /// Put the decision facts in Envoy's dynamic metadata (for access logs). Envoy
     /// parses and stores them on every request: off saves it about 7% of its
-    /// instructions per check (README.md, Benchmarks).
+    /// instructions per check (docs/benchmarks.md).
     #[serde(default = "default_true")]
     pub dynamic_metadata: bool,
     /// Admin HTTP (metrics, health); off when absent.
