@@ -86,9 +86,7 @@ fn commands(text: &str) -> Vec<DocCommand> {
         }
         let block = &lines[start..i];
         i += 1;
-        let needs = block
-            .iter()
-            .any(|l| l.trim_start().starts_with("# needs:"));
+        let needs = block.iter().any(|l| l.trim_start().starts_with("# needs:"));
         let mut j = 0;
         while j < block.len() {
             let first = j;
@@ -212,11 +210,14 @@ fn segments(text: &str) -> Vec<Vec<String>> {
         .map(|words| {
             let assignment = |w: &String| {
                 w.split_once('=').is_some_and(|(name, _)| {
-                    !name.is_empty()
-                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 })
             };
-            let rest: Vec<String> = words.iter().skip_while(|w| assignment(w)).cloned().collect();
+            let rest: Vec<String> = words
+                .iter()
+                .skip_while(|w| assignment(w))
+                .cloned()
+                .collect();
             if rest.is_empty() {
                 vec!["=".to_string()]
             } else {
@@ -351,7 +352,11 @@ fn run_document(doc: &str, commands: &[&DocCommand]) -> Result<(), String> {
     copy_repo(&repo(), work.path());
     let mut script = String::from("set +e\nhopwarden() { \"$HOPWARDEN_BIN\" \"$@\"; }\n");
     for c in commands {
-        script.push_str(&format!("echo '>>> {doc}:{}' >&2\n{}\n", c.line, as_run(&c.text)));
+        script.push_str(&format!(
+            "echo '>>> {doc}:{}' >&2\n{}\n",
+            c.line,
+            as_run(&c.text)
+        ));
         script.push_str(&format!(
             "__rc=$?; if [ $__rc -ne 0 ]; then echo \"{doc}:{}: exit $__rc\" >&2; exit 1; fi\n",
             c.line
@@ -511,7 +516,10 @@ fn commands_are_read_as_a_shell_would() {
     let seg = |t: &str| segments(t);
     assert_eq!(
         seg("READ=$(hopwarden token --sub $P --aud ledger)"),
-        [vec!["hopwarden", "token", "--sub", "$P", "--aud", "ledger"], vec!["="]]
+        [
+            vec!["hopwarden", "token", "--sub", "$P", "--aud", "ledger"],
+            vec!["="]
+        ]
     );
     assert_eq!(
         seg(r#"curl -H "authorization: Bearer $(hopwarden token --aud email)" http://x # 401"#),
@@ -522,14 +530,19 @@ fn commands_are_read_as_a_shell_would() {
     );
     assert_eq!(
         seg("hopwarden review --format dot | dot -Tsvg > a.svg"),
-        [vec!["hopwarden", "review", "--format", "dot"], vec!["dot", "-Tsvg"]]
+        [
+            vec!["hopwarden", "review", "--format", "dot"],
+            vec!["dot", "-Tsvg"]
+        ]
     );
     let c = |text: &str| DocCommand {
         line: 1,
         text: text.into(),
         needs: false,
     };
-    assert!(runnable(&c("cargo run -q --release -- validate --config hopwarden.yaml")));
+    assert!(runnable(&c(
+        "cargo run -q --release -- validate --config hopwarden.yaml"
+    )));
     assert!(!runnable(&c("cargo run --release -- serve")));
     assert!(!runnable(&c("scripts/test.sh")));
     assert!(!runnable(&c("export E=$(scripts/install-envoy.sh)")));

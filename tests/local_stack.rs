@@ -253,9 +253,11 @@ fn the_launcher_stops_every_child_on_every_exit_path_and_refuses_a_second_stack(
 fn a_port_in_use_is_named_before_anything_starts() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut ports = Ports::default();
-    ports.hopwarden = common::stack::free_port();
-    ports.gateway = port;
+    let ports = Ports {
+        hopwarden: common::stack::free_port(),
+        gateway: port,
+        ..Ports::default()
+    };
     let err = ports.check_free().unwrap_err();
     assert!(
         err.starts_with(&format!("port {port} (gateway) is not free (")),
