@@ -46,14 +46,36 @@ fn main() -> ExitCode {
             eprintln!("{why}: every process of the stack is stopped");
             ExitCode::SUCCESS
         }
-        Err(why) => fail(&format!("{why}\nevery process of the stack is stopped")),
+        Err(Failure::Before(why)) => fail(&why),
+        Err(Failure::After(why)) => fail(&format!("{why}\nevery process of the stack is stopped")),
+    }
+}
+
+/// Why the launcher failed: before it started anything, or once the stack ran.
+enum Failure {
+    /// Nothing was started (a running stack, a port in use, a process that failed to
+    /// come up: what did start is stopped again by `Stack::start`).
+    Before(String),
+    /// A process of the running stack exited.
+    After(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure::Before(why)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Self {
+        Failure::Before(why.to_string())
     }
 }
 
 /// Runs the stack until a signal (`Ok`) or until one of its processes exits (`Err`).
 /// The stack is dropped, and with it every child killed and reaped, before this
 /// returns, whichever way it returns.
-async fn run(args: &Args) -> Result<String, String> {
+async fn run(args: &Args) -> Result<String, Failure> {
     // First of all: from here on a signal is noted instead of ending the launcher
     // before it can stop its children.
     let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
@@ -91,7 +113,7 @@ async fn run(args: &Args) -> Result<String, String> {
         _ = term.recv() => Ok("SIGTERM".to_string()),
         _ = int.recv() => Ok("SIGINT".to_string()),
         _ = hup.recv() => Ok("SIGHUP".to_string()),
-        why = first_exit(&mut running) => Err(why),
+        why = first_exit(&mut running) => Err(Failure::After(why)),
     }
 }
 

@@ -215,6 +215,7 @@ fn the_launcher_stops_every_child_on_every_exit_path_and_refuses_a_second_stack(
                 )),
                 "{err}"
             );
+            assert!(!err.contains("stopped"), "it stopped nothing: {err}");
             assert!(kids.iter().all(alive), "the running stack was disturbed");
         }
         let pid = stack.pid().to_string();
