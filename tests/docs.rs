@@ -18,7 +18,8 @@
 //! the same way without running, and tells the reader what it needs.
 //!
 //! Blocks preceded by `<!-- excerpt: PATH -->` quote a file: each of their lines
-//! that is not a `#` comment must be a line of PATH, in the same order.
+//! that is not a `#` comment must be a line of PATH, in the same order. Blocks
+//! preceded by `<!-- check: config -->` or `<!-- check: policy -->` must load as one.
 
 mod common;
 
@@ -489,6 +490,89 @@ fn excerpts_match_the_files_they_quote() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     assert!(checked >= 2, "the Envoy snippets are excerpts: {checked}");
+}
+
+/// The fenced block after the marker line `<!-- NAME: ARG -->`, for each marker in
+/// `text`: `(line of the marker, ARG, block body)`.
+fn marked_blocks<'a>(text: &'a str, name: &str) -> Vec<(usize, &'a str, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let prefix = format!("<!-- {name}:");
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(arg) = line
+            .trim()
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_suffix("-->"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let body: Vec<&str> = lines[i + 1..]
+            .iter()
+            .skip_while(|l| !l.trim_start().starts_with("```"))
+            .skip(1)
+            .take_while(|l| !l.trim_start().starts_with("```"))
+            .copied()
+            .collect();
+        out.push((i + 1, arg, body.join("\n") + "\n"));
+    }
+    out
+}
+
+/// Blocks marked `<!-- check: config -->` are configs `hopwarden validate` accepts
+/// (in a copy of the repository, so their relative paths find its files), and blocks
+/// marked `<!-- check: policy -->` are policies it accepts.
+#[test]
+fn documented_configs_and_policies_load() {
+    let work = tempfile::tempdir().unwrap();
+    copy_repo(&repo(), work.path());
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for path in documents() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (line, kind, body) in marked_blocks(&text, "check") {
+            let place = format!("{}:{line}", path.display());
+            let config = match kind {
+                "config" => {
+                    let file = work.path().join("doc-config.yaml");
+                    std::fs::write(&file, &body).unwrap();
+                    file
+                }
+                "policy" => {
+                    let dir = work.path().join(format!("doc-policy-{checked}"));
+                    std::fs::create_dir_all(dir.join("policies")).unwrap();
+                    std::fs::write(dir.join("policies/policy.yaml"), &body).unwrap();
+                    let file = dir.join("hopwarden.yaml");
+                    std::fs::write(&file, "policies: policies\n").unwrap();
+                    file
+                }
+                other => {
+                    failures.push(format!("{place}: unknown check {other:?}"));
+                    continue;
+                }
+            };
+            let out = Command::new(BIN)
+                .arg("validate")
+                .arg("--config")
+                .arg(&config)
+                .current_dir(work.path())
+                .env_remove("HOPWARDEN_CONFIG")
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                failures.push(format!(
+                    "{place}: the {kind} does not load:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert!(
+        checked >= 3,
+        "only {checked} documented configs and policies checked"
+    );
 }
 
 /// docker-compose.yml runs hopwarden with dev/hopwarden.compose.yaml, which must be
