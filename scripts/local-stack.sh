@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 envoy=$(scripts/install-envoy.sh)
 cargo build --release --locked --bin hopwarden --example demo-service --example local-stack
-HOPWARDEN_ENVOY="$envoy" exec target/release/examples/local-stack
+HOPWARDEN_ENVOY="$envoy" exec target/release/examples/local-stack "$@"   # --dir DIR, --free-ports
