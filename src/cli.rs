@@ -147,6 +147,9 @@ pub fn validate(path: &Path) -> ExitCode {
     let (false, Some(policies)) = (failed, policies) else {
         return ExitCode::FAILURE;
     };
+    for warning in warnings(&config, &policies) {
+        eprintln!("warning: {warning}");
+    }
     let rules: usize = policies.services().map(|p| p.rules().count()).sum();
     println!(
         "ok: {} issuer(s), {} service policy(ies), {} rule(s)",
@@ -156,6 +159,33 @@ pub fn validate(path: &Path) -> ExitCode {
     );
     println!("{}", allowed_headers(&policies));
     ExitCode::SUCCESS
+}
+
+/// What loads but cannot be what was meant: every request it touches is denied.
+fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
+    let mut out = Vec::new();
+    if policies.is_empty() {
+        out.push(format!(
+            "{}: no policy files (*.yaml): every request will be denied",
+            config.spec.policies.display()
+        ));
+    }
+    let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+    for (map, what) in [
+        (&config.spec.services.by_spiffe, "services.by_spiffe"),
+        (&config.spec.services.by_host, "services.by_host"),
+    ] {
+        for (key, service) in map {
+            if policies.get(service).is_none() {
+                let at = crate::yaml::locate(&text, key, 0).unwrap_or((0, 0));
+                let location = crate::yaml::Location::new(&config.path, at);
+                out.push(format!(
+                    "{location}: {what}: {key:?} names service {service:?}, which has no policy (its requests will be denied)"
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The ext_authz filter setting that sends hopwarden only the headers it reads (the
@@ -200,12 +230,22 @@ pub fn test(dir: Option<&Path>, config: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Said only where it changes something: a policy or rule in dry-run.
+    let dry_run = policies
+        .services()
+        .any(|p| p.is_dry_run() || p.rules().any(|r| r.mode() == crate::policy::Mode::DryRun));
+    let banner = if dry_run {
+        " (dry-run modes ignored: every rule is checked as enforced)"
+    } else {
+        ""
+    };
     let mut failures = Vec::new();
+    let mut not_loaded = 0;
     for (path, result) in &report.files {
         match result {
             Ok(cases) => {
                 println!(
-                    "running {} case{} from {} (dry-run modes ignored: every rule is checked as enforced)",
+                    "running {} case{} from {}{banner}",
                     cases.len(),
                     if cases.len() == 1 { "" } else { "s" },
                     path.display()
@@ -223,6 +263,7 @@ pub fn test(dir: Option<&Path>, config: &Path) -> ExitCode {
                 }
             }
             Err(errors) => {
+                not_loaded += 1;
                 println!("error loading {}", path.display());
                 for e in errors {
                     eprintln!("error: {e}");
@@ -251,7 +292,15 @@ pub fn test(dir: Option<&Path>, config: &Path) -> ExitCode {
         println!();
     }
     let (passed, failed) = report.counts();
-    println!("{passed} passed, {failed} failed");
+    if not_loaded > 0 {
+        // A suite that did not load checked nothing: the summary must not read as a pass.
+        println!(
+            "{passed} passed, {failed} failed, {not_loaded} suite{} did not load: FAILED",
+            if not_loaded == 1 { "" } else { "s" }
+        );
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
     if failed > 0 || report.has_load_errors() {
         ExitCode::FAILURE
     } else {
@@ -292,6 +341,10 @@ pub struct TokenArgs {
     /// Print the JWKS that verifies the key's tokens, instead of a token.
     #[arg(long)]
     pub jwks: bool,
+    /// A server config to check the token against (a warning if its issuer would
+    /// refuse it); default: ./hopwarden.yaml when there is one.
+    #[arg(long, short, env = "HOPWARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// `NAME=VALUE` command-line pairs (claims, headers).
@@ -329,6 +382,11 @@ pub fn token(args: &TokenArgs) -> ExitCode {
     });
     match result {
         Ok(out) => {
+            if !args.jwks {
+                for warning in token_warnings(args) {
+                    eprintln!("warning: {warning}");
+                }
+            }
             println!("{out}");
             ExitCode::SUCCESS
         }
@@ -336,5 +394,50 @@ pub fn token(args: &TokenArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why the server with `--config` (or ./hopwarden.yaml) would refuse a token minted
+/// with `args`: an issuer it does not know, or a lifetime over its `max_lifetime`.
+fn token_warnings(args: &TokenArgs) -> Vec<String> {
+    let (path, given) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from("hopwarden.yaml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) if !given => return Vec::new(),
+        Err(e) => {
+            return vec![format!(
+                "{}: cannot check the token against it: {e}",
+                path.display()
+            )]
+        }
+    };
+    let config = match Config::from_str(&text, &path) {
+        Ok(config) => config,
+        Err(errors) => {
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            return vec![format!(
+                "cannot check the token against the config: {first}"
+            )];
+        }
+    };
+    let Some(issuer) = config.issuers.iter().find(|i| i.spec.issuer == args.iss) else {
+        return vec![format!(
+            "{}: no issuer {:?}: hopwarden with this config will refuse the token",
+            path.display(),
+            args.iss
+        )];
+    };
+    match issuer.spec.max_lifetime {
+        Some(max) if args.ttl > max => vec![format!(
+            "--ttl {} is longer than max_lifetime {} of issuer {:?} in {}: hopwarden will refuse the token (invalid_token)",
+            humantime::format_duration(args.ttl),
+            humantime::format_duration(max),
+            args.iss,
+            path.display()
+        )],
+        _ => Vec::new(),
     }
 }

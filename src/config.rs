@@ -49,7 +49,7 @@ pub struct ConfigSpec {
     pub worker_threads: Option<usize>,
     /// Put the decision facts in Envoy's dynamic metadata (for access logs). Envoy
     /// parses and stores them on every request: off saves it about 7% of its
-    /// instructions per check (README.md, Benchmarks).
+    /// instructions per check (docs/benchmarks.md).
     #[serde(default = "default_true")]
     pub dynamic_metadata: bool,
     /// Admin HTTP (metrics, health); off when absent.
@@ -293,6 +293,22 @@ pub enum KeySource {
 /// A config error, with the place it was found.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file does not exist.
+    #[error("{path}: config file not found (name it with --config FILE or the HOPWARDEN_CONFIG environment variable; the default is ./hopwarden.yaml)")]
+    Missing {
+        /// The config path.
+        path: String,
+    },
+    /// The policy directory the config names does not exist or is not a directory.
+    #[error("{location}: policy directory {dir} {why} (relative paths are resolved against the config file's directory)")]
+    PolicyDir {
+        /// The `policies:` line, or the file when the default is used.
+        location: Location,
+        /// The resolved directory.
+        dir: String,
+        /// `does not exist` or `is not a directory`.
+        why: &'static str,
+    },
     /// The file could not be read.
     #[error("{path}: {source}")]
     Read {
@@ -316,14 +332,34 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads and validates a config file.
+    ///
+    /// Unlike [`Config::from_str`], this also checks that the policy directory
+    /// exists, pointing at the `policies:` line when it does not.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path).map_err(|source| {
-            vec![ConfigError::Read {
-                path: path.display().to_string(),
-                source,
+            let path = path.display().to_string();
+            vec![match source.kind() {
+                std::io::ErrorKind::NotFound => ConfigError::Missing { path },
+                _ => ConfigError::Read { path, source },
             }]
         })?;
-        Config::from_str(&text, path)
+        let config = Config::from_str(&text, path)?;
+        let dir = &config.spec.policies;
+        let why = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(config),
+            Ok(_) => "is not a directory",
+            Err(_) => "does not exist",
+        };
+        let at = yaml::find_key(&text, "policies", 0, text.len());
+        let location = match at {
+            Some(offset) => Location::new(path, yaml::position(&text, offset)),
+            None => Location::file_only(path),
+        };
+        Err(vec![ConfigError::PolicyDir {
+            location,
+            dir: format!("{:?}", dir.display().to_string()),
+            why,
+        }])
     }
 
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
@@ -470,11 +506,8 @@ impl Config {
                 "worker_threads must be at least 1".into(),
             ));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&spec.log.level) {
-            errors.push(invalid(
-                &spec.log.level,
-                format!("log.level {:?}: {e}", spec.log.level),
-            ));
+        if let Err(message) = check_log_level(&spec.log.level) {
+            errors.push(invalid(&spec.log.level, message));
         }
         let decision_log = spec.decision_log.target(base);
         if errors.is_empty() {
@@ -488,6 +521,33 @@ impl Config {
             Err(errors)
         }
     }
+}
+
+/// The levels `log.level` may name.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// `log.level` is a level or comma-separated `TARGET=LEVEL` directives. `tracing`'s
+/// filter syntax would also read a bare word such as `verbose` as a *target* (log
+/// everything from a module named `verbose`), which silences hopwarden entirely: so
+/// a bare word must be a level.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let bad = |why: String| Err(format!("log.level {level:?}: {why}"));
+    for directive in level.split(',').map(str::trim) {
+        let named = match directive.split_once('=') {
+            Some((target, named)) if !target.trim().is_empty() => named.trim(),
+            Some(_) => return bad(format!("{directive:?} has no target before `=`")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&named.to_ascii_lowercase().as_str()) {
+            return bad(format!(
+                "{named:?} is not a level; use one of {} (or TARGET=LEVEL, e.g. hopwarden=debug)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .or_else(|e| bad(e.to_string()))
 }
 
 /// JWKS over plain HTTP would let anyone on the path swap the keys; only loopback
@@ -574,12 +634,41 @@ mod tests {
                 "issuers:\n  - {issuer: a, jwks_file: x, leeway: soon}\n",
                 "leeway",
             ),
+            (
+                "log: {level: verbose}\n",
+                "log.level \"verbose\": \"verbose\" is not a level",
+            ),
+            (
+                "log: {level: \"info,hopwarden=loud\"}\n",
+                "\"loud\" is not a level",
+            ),
+            ("log: {level: \"=debug\"}\n", "has no target"),
         ];
         for (text, want) in cases {
             let err = load(text).expect_err(text);
             assert!(err.contains(want), "{text:?}: got {err:?}");
             assert!(err.starts_with("/etc/hw/hopwarden.yaml:"), "{err}");
         }
+    }
+
+    #[test]
+    fn log_levels_and_directives_are_accepted() {
+        for level in [
+            "info",
+            "WARN",
+            "off",
+            "info,hopwarden=debug",
+            "hopwarden::engine=trace",
+        ] {
+            let text = format!("log: {{level: \"{level}\"}}\n");
+            assert!(load(&text).is_ok(), "{level}: {:?}", load(&text).err());
+        }
+        // A typo is reported where it is written.
+        let err = load("listen: 127.0.0.1:1\nlog:\n  level: verbose\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/hw/hopwarden.yaml:3:10: log.level"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,10 +70,10 @@ pub struct ExplainArgs {
     /// Asserted caller (not verified): `service` or `user`.
     #[arg(long, requires = "id")]
     pub kind: Option<String>,
-    /// Asserted caller id (a token subject).
+    /// Asserted caller id (a token subject; an mTLS-only caller is `--peer` alone).
     #[arg(long)]
     pub id: Option<String>,
-    /// Asserted token issuer.
+    /// Asserted token issuer (default: the config's issuer, when it has only one).
     #[arg(long, requires = "id")]
     pub issuer: Option<String>,
     /// Asserted scope; repeat for several.
@@ -184,9 +184,25 @@ fn request(args: &ExplainArgs) -> AuthzRequest {
 }
 
 /// A caller given field by field on the command line.
-fn asserted(args: &ExplainArgs) -> Result<Option<Principal>, String> {
+///
+/// `--id` is a token caller (an mTLS-only caller is `--peer` alone), and a token
+/// always has an issuer: without `--issuer`, the config's only issuer is taken, so
+/// the caller is never mistaken for one without a token (no scopes, no claims).
+fn asserted(args: &ExplainArgs, config: &Config) -> Result<Option<Principal>, String> {
     let Some(id) = &args.id else {
         return Ok(None);
+    };
+    let issuer = match (&args.issuer, config.issuers.as_slice()) {
+        (Some(issuer), _) => issuer.clone(),
+        (None, [only]) => only.spec.issuer.clone(),
+        (None, issuers) => {
+            let names: Vec<&str> = issuers.iter().map(|i| i.spec.issuer.as_str()).collect();
+            return Err(format!(
+                "--id is a token caller and needs --issuer: the config has {} issuers ({}); for an mTLS-only caller give --peer alone",
+                names.len(),
+                names.join(", ")
+            ));
+        }
     };
     let kind = match args.kind.as_deref() {
         None | Some("service") => PrincipalKind::Service,
@@ -208,7 +224,7 @@ fn asserted(args: &ExplainArgs) -> Result<Option<Principal>, String> {
     Ok(Some(Principal {
         kind,
         id: id.clone(),
-        issuer: args.issuer.clone(),
+        issuer: Some(issuer),
         scopes: args.scopes.clone(),
         claims: Arc::new(claims),
         peer,
@@ -236,7 +252,7 @@ async fn explain(
     policies: &PolicySet,
 ) -> Result<Report, String> {
     let req = request(args);
-    let asserted = asserted(args)?;
+    let asserted = asserted(args, config)?;
     let mut report = Report {
         service: None,
         service_source: String::new(),
@@ -313,7 +329,12 @@ async fn explain(
 
     let principal = match asserted {
         Some(p) => {
-            report.credentials = "asserted on the command line (not verified)".into();
+            report.credentials = if args.issuer.is_some() {
+                "asserted on the command line (not verified)".into()
+            } else {
+                "asserted on the command line (not verified); issuer: the config's only issuer"
+                    .into()
+            };
             Some(p)
         }
         None => {

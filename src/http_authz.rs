@@ -6,7 +6,7 @@
 //! `allowed_upstream_headers` names into the upstream request) and anything else as
 //! the client's answer. With no protobuf to build and parse, Envoy spends about a
 //! sixth less CPU per request than on the gRPC service (103 against 122 µs in the
-//! benchmark, README.md).
+//! benchmark, docs/benchmarks.md).
 //! What it gives up: no mTLS peer (rules naming SPIFFE principals do not match), no
 //! dynamic metadata, and no `context_extensions`, so the hop and service travel in
 //! the path prefix (see [`convert`]).

@@ -45,8 +45,10 @@ fn main() -> ExitCode {
             match runtime.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
+                    // Once, on stderr (the log on stdout would repeat it on the same
+                    // terminal), and without `{:#}`: the messages already name their
+                    // cause, so the chain would print it twice.
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -76,6 +76,7 @@ impl PolicySet {
             (Ok(_), false) => Err(PolicyErrors(errors)),
             (Err(PolicyErrors(more)), _) => {
                 errors.extend(more);
+                add_suite_name_hints(&mut errors);
                 Err(PolicyErrors(errors))
             }
         }
@@ -152,6 +153,35 @@ fn is_policy_file(name: &str) -> bool {
     !name.starts_with('.')
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
         && !is_suite_file(name)
+}
+
+/// `ledger.test.yaml` looks like a suite to a person but is read as a policy (and
+/// fails as one): say what the name should be, once per such file with errors.
+fn add_suite_name_hints(errors: &mut Vec<PolicyError>) {
+    let mut hinted = Vec::new();
+    for err in errors.iter() {
+        let Some(file) = err.location.as_ref().map(|l| &l.file) else {
+            continue;
+        };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name else { continue };
+        let stem = name
+            .strip_suffix(".test.yaml")
+            .or_else(|| name.strip_suffix(".test.yml"));
+        if let Some(stem) = stem {
+            if !hinted.iter().any(|(f, _)| f == file) {
+                hinted.push((file.clone(), format!("{stem}_test.yaml")));
+            }
+        }
+    }
+    for (file, want) in hinted {
+        errors.push(PolicyError {
+            location: Some(Location::file_only(&file)),
+            message: format!(
+                "read as a policy: policy test suites are named *_test.yaml (rename it to {want})"
+            ),
+        });
+    }
 }
 
 /// A policy test suite (`hopwarden test`), which lives beside the policies.

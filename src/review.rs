@@ -209,7 +209,29 @@ pub fn run(args: &ReviewArgs) -> ExitCode {
         None
     } else {
         match Usage::read(&args.usage) {
-            Ok(u) => Some(u),
+            // Nothing read means nothing is known about use: calling every grant
+            // unused would be a wrong answer, not an empty one.
+            Ok(u) if u.decisions == 0 => {
+                eprintln!(
+                    "error: {}: no decision lines ({} line(s) read, none with timestamp, service and decision); --usage reads hopwarden's JSON decision log (decision_log.to)",
+                    u.files.join(", "),
+                    u.skipped
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(u) => {
+                // Text and markdown say it in their summary; JSON and dot go to tools.
+                if matches!(args.format, Format::Json | Format::Dot) {
+                    eprintln!(
+                        "usage: {} decision(s) from {}, period {} ({} line(s) skipped)",
+                        u.decisions,
+                        u.files.join(", "),
+                        u.period(),
+                        u.skipped
+                    );
+                }
+                Some(u)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

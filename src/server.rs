@@ -33,9 +33,11 @@ pub enum StartError {
     /// The policies did not load.
     #[error("policies did not load:\n{0}")]
     Policies(PolicyErrors),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// A listen address could not be bound.
+    #[error("{listener} {addr}: cannot listen: {source}")]
     Bind {
+        /// The config key naming it: `listen`, `http_listen` or `admin.listen`.
+        listener: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
@@ -145,20 +147,23 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         log,
     ));
 
-    let listener = TcpListener::bind(config.spec.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.spec.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+    let grpc_bind_error = |source| StartError::Bind {
+        listener: "listen",
         addr: config.spec.listen,
         source,
-    })?;
+    };
+    let listener = TcpListener::bind(config.spec.listen)
+        .await
+        .map_err(grpc_bind_error)?;
+    let local_addr = listener.local_addr().map_err(grpc_bind_error)?;
     let http_listener = match config.spec.http_listen {
         None => None,
         Some(addr) => {
-            let bind_error = |source| StartError::Bind { addr, source };
+            let bind_error = |source| StartError::Bind {
+                listener: "http_listen",
+                addr,
+                source,
+            };
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
             let local = listener.local_addr().map_err(bind_error)?;
             Some((listener, local))
@@ -173,17 +178,13 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let admin_addr = match &config.spec.admin {
         None => None,
         Some(admin) => {
-            let listener =
-                crate::admin::bind(admin.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr: admin.listen,
-                        source,
-                    })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            let bind_error = |source| StartError::Bind {
+                listener: "admin.listen",
                 addr: admin.listen,
                 source,
-            })?;
+            };
+            let listener = crate::admin::bind(admin.listen).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
             background.push(tokio::spawn(crate::admin::serve(
                 listener,
                 metrics.clone(),

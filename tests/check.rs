@@ -286,7 +286,7 @@ async fn deny_rules_cover_other_spellings_and_head() {
 service: ledger
 rules:
   - id: anyone-anything
-    from: { principals: ["*"] }
+    from: { principals: ["**"] }
   - id: no-admin-reads
     effect: deny
     to: [{ methods: [GET], paths: ["/admin/**"] }]
@@ -625,7 +625,7 @@ async fn reload_flips_a_decision_and_invalid_reload_keeps_the_old_one() {
 
     // Adding a file adds a service; deleting it removes it.
     d.write_policy("ledger.yaml", FLIPPED);
-    d.write_policy("email.yaml", "service: email\nrules:\n  - id: e1\n    from: {principals: [\"*\"]}\n    to: [{paths: [\"/send\"]}]\n");
+    d.write_policy("email.yaml", "service: email\nrules:\n  - id: e1\n    from: {principals: [\"**\"]}\n    to: [{paths: [\"/send\"]}]\n");
     let t_email = token(PAYMENTS, "email", "");
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -247,15 +247,18 @@ impl Drop for Serve {
 fn example_config(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("hopwarden.yaml")).unwrap();
     let text = text
-        .replace("http_listen: 0.0.0.0:9193", "http_listen: 127.0.0.1:0")
-        .replace("listen: 0.0.0.0:9191", "listen: 127.0.0.1:0")
-        .replace("listen: 0.0.0.0:9192", "listen: 127.0.0.1:0")
+        .replace("http_listen: 127.0.0.1:9193", "http_listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:9191", "listen: 127.0.0.1:0")
+        .replace("listen: 127.0.0.1:9192", "listen: 127.0.0.1:0")
         .replace("./policies", &repo().join("policies").display().to_string())
         .replace(
             "./dev/jwks.json",
             &repo().join("dev/jwks.json").display().to_string(),
         );
-    assert!(text.contains("127.0.0.1:0"));
+    assert!(
+        !text.contains(":919"),
+        "a listen address was not substituted"
+    );
     let path = dir.join("hopwarden.yaml");
     std::fs::write(&path, text).unwrap();
     path

@@ -53,7 +53,7 @@ fn test_passes_on_the_examples() {
     let (code, out, err) = run(&["test", "policies"], &repo());
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with("running 10 cases from policies/catalog_test.yaml (dry-run modes ignored: every rule is checked as enforced)\ncase inventory lists products ... ok\n"),
+        out.starts_with("running 10 cases from policies/catalog_test.yaml\ncase inventory lists products ... ok\n"),
         "{out}"
     );
     assert!(!out.contains("FAILED") && !out.contains("warning"), "{out}");
@@ -101,7 +101,7 @@ cases:
     let dir = ledger_dir(&suite);
     let (code, out, err) = run(&["test", "."], dir.path());
     assert_eq!(code, 1, "{out}{err}");
-    let want = "running 2 cases from ./ledger_test.yaml (dry-run modes ignored: every rule is checked as enforced)
+    let want = "running 2 cases from ./ledger_test.yaml
 case payments reads a transaction ... ok
 case payments refund is denied ... FAILED
 
@@ -156,7 +156,11 @@ fn test_refuses_broken_suites_with_locations() {
         assert_eq!(code, 1, "{suite}\n{out}{err}");
         let want = format!("error: ./{want}\n");
         assert_eq!(err, want, "{suite}");
-        assert_eq!(out.lines().last(), Some("0 passed, 0 failed"), "{out}");
+        assert_eq!(
+            out.lines().last(),
+            Some("0 passed, 0 failed, 1 suite did not load: FAILED"),
+            "{out}"
+        );
     }
     // No suites at all is an error, not a silent pass.
     let dir = tempfile::tempdir().unwrap();
@@ -206,6 +210,10 @@ cases:
     let (code, out, err) = run(&["test", "p"], dir.path());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.ends_with("\n3 passed, 0 failed\n"), "{out}");
+    assert!(
+        out.starts_with("running 3 cases from p/t_test.yaml (dry-run modes ignored: every rule is checked as enforced)\n"),
+        "{out}"
+    );
     // explain shows what the server does: the dry-run rule only records a would-deny.
     std::fs::write(dir.path().join("hopwarden.yaml"), "policies: p\n").unwrap();
     let (code, out, err) = run(

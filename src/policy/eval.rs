@@ -411,7 +411,7 @@ rules:
 rules:
   - {id: any-auth, to: [{paths: [/auth]}]}
   - {id: anon-health, from: {anonymous: true}, to: [{paths: [/health]}]}
-  - {id: star, from: {principals: ['*']}, to: [{paths: [/star]}]}
+  - {id: star, from: {principals: ['**']}, to: [{paths: [/star]}]}
   - {id: not-anon, from: {anonymous: false}, to: [{paths: [/na]}]}
   - {id: deny-all-secret, effect: deny, to: [{paths: [/secret]}]}
   - {id: deny-auth-secret2, effect: deny, from: {kinds: [service, user]}, to: [{paths: [/secret2]}]}

@@ -295,8 +295,12 @@ impl fmt::Display for GrpcPattern {
     }
 }
 
-/// A principal id or mTLS peer pattern: exact, a glob where each `*` is one whole
-/// non-empty `/`-free segment, or a lone `*` for anything.
+/// A principal id or mTLS peer pattern, matched segment by segment (`/`-separated):
+/// exact; a glob where each `*` is one whole non-empty segment and a final `**` is
+/// zero or more further segments; or `**` alone for any id.
+///
+/// A lone `*` is refused: it reads as "anyone" but, being one segment, would match
+/// no SPIFFE ID, so a deny rule written with it would silently deny less than meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdPattern {
     raw: Box<str>,
@@ -307,7 +311,6 @@ pub struct IdPattern {
 enum IdKind {
     Exact,
     Glob,
-    Any,
 }
 
 impl IdPattern {
@@ -324,11 +327,16 @@ impl IdPattern {
 
     fn parse(kind: &'static str, raw: &str, spiffe_only: bool) -> Result<Self, PatternError> {
         let fail = |reason: &str| Err(error(kind, raw, reason));
-        if raw == "*" {
+        if raw == "**" {
             return Ok(IdPattern {
                 raw: raw.into(),
-                kind: IdKind::Any,
+                kind: IdKind::Glob,
             });
+        }
+        if raw == "*" {
+            return fail(
+                "a lone \"*\" is one segment and matches no SPIFFE ID; write \"**\" for any id",
+            );
         }
         if raw.is_empty() {
             return fail("is empty");
@@ -336,13 +344,20 @@ impl IdPattern {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return fail("must not contain whitespace");
         }
-        if raw.split('/').any(|s| s != "*" && s.contains('*')) {
+        let segments: Vec<&str> = raw.split('/').collect();
+        if segments
+            .iter()
+            .any(|s| *s != "*" && *s != "**" && s.contains('*'))
+        {
             return fail("\"*\" must be a whole segment");
+        }
+        if segments[..segments.len() - 1].contains(&"**") {
+            return fail("\"**\" must be the last segment");
         }
         if let Some(rest) = raw.strip_prefix("spiffe://") {
             // The trust domain is the root of trust (SPIFFE spec 2.1): a wildcard
             // there would accept identities minted by any other domain.
-            if rest.split('/').next() == Some("*") {
+            if rest.split('/').next().is_some_and(|td| td.starts_with('*')) {
                 return fail("the trust domain cannot be a wildcard");
             }
             let concrete = raw.replace('*', "x");
@@ -368,57 +383,33 @@ impl IdPattern {
         &self.raw
     }
 
-    /// Whether the pattern is `*` or a glob.
+    /// Whether the pattern has a `*` or `**` segment.
     pub fn has_wildcard(&self) -> bool {
         self.kind != IdKind::Exact
     }
 
+    fn segments(&self) -> Vec<&str> {
+        self.raw.split('/').collect()
+    }
+
     /// Whether every id `other` matches, `self` matches too.
     pub fn covers(&self, other: &IdPattern) -> bool {
-        match (self.kind, other.kind) {
-            (IdKind::Any, _) => true,
-            (_, IdKind::Any) => false,
-            (_, IdKind::Exact) => self.matches(&other.raw),
-            (IdKind::Exact, IdKind::Glob) => false,
-            // A `*` segment covers a `*` segment; a literal covers only itself.
-            (IdKind::Glob, IdKind::Glob) => {
-                let (a, b): (Vec<&str>, Vec<&str>) = (
-                    self.raw.split('/').collect(),
-                    other.raw.split('/').collect(),
-                );
-                a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| *x == "*" || x == y)
-            }
-        }
+        segments_cover(&self.segments(), &other.segments())
     }
 
     /// Whether some id matches both patterns.
     pub fn overlaps(&self, other: &IdPattern) -> bool {
-        match (self.kind, other.kind) {
-            (IdKind::Any, _) | (_, IdKind::Any) => true,
-            (IdKind::Exact, _) => other.matches(&self.raw),
-            (_, IdKind::Exact) => self.matches(&other.raw),
-            (IdKind::Glob, IdKind::Glob) => {
-                let (a, b): (Vec<&str>, Vec<&str>) = (
-                    self.raw.split('/').collect(),
-                    other.raw.split('/').collect(),
-                );
-                a.len() == b.len()
-                    && a.iter()
-                        .zip(&b)
-                        .all(|(x, y)| *x == "*" || *y == "*" || x == y)
-            }
-        }
+        segments_overlap(&self.segments(), &other.segments())
     }
 
-    /// Whether `id` matches.
     /// The id itself, when the pattern has no wildcard.
     pub fn exact(&self) -> Option<&str> {
         matches!(self.kind, IdKind::Exact).then_some(&*self.raw)
     }
 
+    /// Whether `id` matches.
     pub fn matches(&self, id: &str) -> bool {
         match self.kind {
-            IdKind::Any => true,
             IdKind::Exact => *self.raw == *id,
             IdKind::Glob => {
                 let mut want = self.raw.split('/');
@@ -426,6 +417,8 @@ impl IdPattern {
                 loop {
                     match (want.next(), have.next()) {
                         (None, None) => return true,
+                        // The rest of the id: zero or more further segments.
+                        (Some("**"), _) => return true,
                         (Some("*"), Some(h)) if !h.is_empty() => {}
                         (Some(w), Some(h)) if w != "*" && w == h => {}
                         _ => return false,
@@ -433,6 +426,31 @@ impl IdPattern {
                 }
             }
         }
+    }
+}
+
+/// Pattern segments `a` match every id that segments `b` match.
+fn segments_cover(a: &[&str], b: &[&str]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(&"**"), _) => true,
+        (_, Some(&"**")) => false,
+        (None, None) => true,
+        (Some(x), Some(y)) if (*x == "*" && !y.is_empty()) || x == y => {
+            segments_cover(&a[1..], &b[1..])
+        }
+        _ => false,
+    }
+}
+
+/// Some id matches both pattern segments `a` and `b`.
+fn segments_overlap(a: &[&str], b: &[&str]) -> bool {
+    match (a.first(), b.first()) {
+        (Some(&"**"), _) | (_, Some(&"**")) => true,
+        (None, None) => true,
+        (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {
+            segments_overlap(&a[1..], &b[1..])
+        }
+        _ => false,
     }
 }
 
@@ -594,7 +612,16 @@ mod tests {
     fn principal_globs() {
         let td = "spiffe://hopwarden.local";
         let cases: &[(&str, &str, bool)] = &[
-            ("*", "anything", true),
+            ("**", "anything", true),
+            ("**", "spiffe://a/b", true),
+            ("team/**", "team", true),
+            ("team/**", "team/a/b", true),
+            ("team/**", "teams/a", false),
+            (
+                "spiffe://hopwarden.local/ns/payments/**",
+                "spiffe://hopwarden.local/ns/payments/sa/payments",
+                true,
+            ),
             ("partner:transcribe-co", "partner:transcribe-co", true),
             ("partner:transcribe-co", "partner:transcribe-co2", false),
             (
@@ -659,6 +686,11 @@ mod tests {
             ("a b", false, "principal pattern \"a b\": must not contain whitespace"),
             ("spiffe://td/ns/pay*", false, "principal pattern \"spiffe://td/ns/pay*\": \"*\" must be a whole segment"),
             ("spiffe://*/ns/a", false, "principal pattern \"spiffe://*/ns/a\": the trust domain cannot be a wildcard"),
+            ("spiffe://**", false, "principal pattern \"spiffe://**\": the trust domain cannot be a wildcard"),
+            ("*", false, "principal pattern \"*\": a lone \"*\" is one segment and matches no SPIFFE ID; write \"**\" for any id"),
+            ("*", true, "peer pattern \"*\": a lone \"*\" is one segment and matches no SPIFFE ID; write \"**\" for any id"),
+            ("a/**/b", false, "principal pattern \"a/**/b\": \"**\" must be the last segment"),
+            ("a/b**", false, "principal pattern \"a/b**\": \"*\" must be a whole segment"),
             ("spiffe://td//a", false, "principal pattern \"spiffe://td//a\": is not a valid SPIFFE ID (SPIFFE ID \"spiffe://td//a\" has an invalid path)"),
             ("ns/payments", true, "peer pattern \"ns/payments\": must be a spiffe:// ID (mTLS peers are identified by their SPIFFE ID)"),
             ("spiffe://TD/a", true, "peer pattern \"spiffe://TD/a\": is not a valid SPIFFE ID (SPIFFE ID \"spiffe://TD/a\" has an invalid trust domain)"),
@@ -671,7 +703,8 @@ mod tests {
             };
             assert_eq!(err.unwrap_err().to_string(), *want, "{pattern:?}");
         }
-        assert!(IdPattern::peer("*").is_ok());
+        assert!(IdPattern::peer("**").is_ok());
+        assert!(IdPattern::peer("**").unwrap().has_wildcard());
     }
 
     #[test]
@@ -697,8 +730,13 @@ mod tests {
         assert!(!p("/admin/**").covers(&p("/ADMIN/x")));
         let id = |raw: &str| IdPattern::principal(raw).unwrap();
         let cases: &[(&str, &str, bool, bool)] = &[
-            ("*", "a", true, true),
-            ("a", "*", false, true),
+            ("**", "a", true, true),
+            ("a", "**", false, true),
+            ("**", "spiffe://td/ns/*/sa/x", true, true),
+            ("spiffe://td/ns/**", "spiffe://td/ns/*/sa/x", true, true),
+            ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/**", false, true),
+            ("spiffe://td/ns/a/**", "spiffe://td/ns/b/**", false, false),
+            ("team/*", "team/**", false, true),
             ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/n/sa/x", true, true),
             (
                 "spiffe://td/ns/*/sa/x",

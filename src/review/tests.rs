@@ -31,7 +31,7 @@ rules:
   - {id: any, to: [{paths: [/a]}], scopes: [s]}
   - {id: anon, from: {anonymous: true}, to: [{paths: [/health]}]}
   - {id: glob, from: {principals: ['spiffe://td/ns/*/sa/x']}, to: [{paths: ['/b/*']}], scopes: [s]}
-  - {id: star, from: {principals: ['*'], peers: ['spiffe://td/ns/*/sa/y']}, scopes: [s]}
+  - {id: star, from: {principals: ['**'], peers: ['spiffe://td/ns/*/sa/y']}, scopes: [s]}
   - {id: by-issuer, from: {issuers: [https://sts]}, to: [{methods: [GET]}, {grpc: ['p.S/*']}], scopes: [s]}
   - {id: tight, from: {principals: [a]}, to: [{methods: [GET], paths: ['/c/{id}']}], scopes: [s]}
 ",

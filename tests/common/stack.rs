@@ -75,6 +75,46 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Every port with the process that listens on it.
+    pub fn all(&self) -> Vec<(String, u16)> {
+        let mut all: Vec<(String, u16)> = [
+            ("hopwarden", self.hopwarden),
+            ("hopwarden admin", self.hopwarden_admin),
+            ("hopwarden http_listen", self.hopwarden_http),
+            ("gateway", self.gateway),
+            ("gateway admin", self.gateway_admin),
+            ("gateway-http", self.gateway_http),
+            ("gateway-http admin", self.gateway_http_admin),
+        ]
+        .into_iter()
+        .map(|(name, port)| (name.to_string(), port))
+        .collect();
+        for (what, map) in [
+            ("", &self.app),
+            (" sidecar inbound", &self.inbound),
+            (" sidecar outbound", &self.outbound),
+            (" sidecar admin", &self.sidecar_admin),
+        ] {
+            all.extend(
+                map.iter()
+                    .map(|(app, port)| (format!("{app}{what}"), *port)),
+            );
+        }
+        all
+    }
+
+    /// Fails, naming the port and its role, if any port cannot be bound on 127.0.0.1.
+    pub fn check_free(&self) -> Result<(), String> {
+        for (name, port) in self.all() {
+            if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+                return Err(format!(
+                    "port {port} ({name}) is not free ({e}): is a local stack or docker compose already running?"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn plan(fixed: bool) -> Ports {
         let port = |fixed_port: u16| -> u16 {
             if fixed {
@@ -182,6 +222,9 @@ impl Stack {
     /// every Envoy is ready and hopwarden is healthy as Envoy's health check sees it.
     pub fn start(spec: &StackSpec) -> Result<Stack, String> {
         let ports = Ports::plan(spec.fixed_ports);
+        // Before anything is written or started: a stale Envoy on a documented port
+        // would answer the readiness checks and pass for the new stack.
+        ports.check_free()?;
         let certs = spec.certs.clone();
         if certs.file_name().is_none_or(|n| n != "certs") {
             return Err(format!(
@@ -252,15 +295,15 @@ impl Stack {
     fn start_hopwarden(&mut self, spec: &StackSpec) -> Result<(), String> {
         let text = std::fs::read_to_string(spec.repo.join("hopwarden.yaml"))
             .map_err(|e| format!("hopwarden.yaml: {e}"))?;
-        let from = "listen: 0.0.0.0:9191";
+        let from = "listen: 127.0.0.1:9191";
         if !text.contains(from) {
             return Err(format!("hopwarden.yaml no longer has {from:?}"));
         }
-        let admin = "listen: 0.0.0.0:9192";
+        let admin = "listen: 127.0.0.1:9192";
         if !text.contains(admin) {
             return Err(format!("hopwarden.yaml no longer has {admin:?}"));
         }
-        let http = "http_listen: 0.0.0.0:9193";
+        let http = "http_listen: 127.0.0.1:9193";
         if !text.contains(http) {
             return Err(format!("hopwarden.yaml no longer has {http:?}"));
         }
@@ -351,16 +394,14 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Waits for any process to exit (the local-stack script's foreground).
-    pub fn wait_any_exit(&mut self) -> String {
-        loop {
-            for p in &mut self.procs {
-                if let Ok(Some(status)) = p.child.try_wait() {
-                    return format!("{} exited: {status}\n{}", p.name, p.tail());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+    /// The first process found to have exited, with its status and log tail.
+    pub fn exited(&mut self) -> Option<String> {
+        self.procs
+            .iter_mut()
+            .find_map(|p| match p.child.try_wait() {
+                Ok(Some(status)) => Some(format!("{} exited: {status}\n{}", p.name, p.tail())),
+                _ => None,
+            })
     }
 }
 
