@@ -54,6 +54,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 hopwarden.yaml. The chart owns the listeners and the policy path (probes, Service
 ports, NetworkPolicy and mounts depend on them); config.extra may add any other key.
+Paths stay relative: hopwarden resolves them against the config's directory,
+/etc/hopwarden, so `policies` is the mounted /etc/hopwarden/policies and a key file
+mounted at /etc/hopwarden/keys is `keys/jwks.json`.
 */}}
 {{- define "hopwarden.config" -}}
 {{- $c := .Values.config }}
@@ -70,7 +73,7 @@ ports, NetworkPolicy and mounts depend on them); config.extra may add any other 
 {{- $out := dict
   "listen" (printf "0.0.0.0:%d" (int .Values.ports.grpc))
   "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)))
-  "policies" "/etc/hopwarden/policies"
+  "policies" "policies"
   "drain_timeout" $c.drain_timeout
   "dynamic_metadata" $c.dynamic_metadata
   "cache" $c.cache
