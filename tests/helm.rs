@@ -59,7 +59,10 @@ struct Rendered {
 
 impl Rendered {
     fn kind(&self, kind: &str) -> Vec<&Value> {
-        self.manifests.iter().filter(|m| m["kind"] == kind).collect()
+        self.manifests
+            .iter()
+            .filter(|m| m["kind"] == kind)
+            .collect()
     }
 
     fn one(&self, kind: &str) -> &Value {
@@ -130,7 +133,10 @@ fn render(values: &[&str]) -> Rendered {
     let manifests: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("manifests.json")).unwrap())
             .unwrap();
-    let manifests = manifests.into_iter().map(|d| d["manifest"].clone()).collect();
+    let manifests = manifests
+        .into_iter()
+        .map(|d| d["manifest"].clone())
+        .collect();
     let notes = std::fs::read_to_string(dir.path().join("NOTES.txt")).unwrap();
     Rendered {
         dir,
@@ -168,14 +174,21 @@ fn hopwarden_validate(r: &Rendered) -> (i32, String) {
                 (None, _) => {
                     std::fs::create_dir_all(&target).unwrap();
                     for name in ["ledger.yaml", "email.yaml", "catalog.yaml"] {
-                        std::fs::copy(common::repo().join("policies").join(name), target.join(name))
-                            .unwrap();
+                        std::fs::copy(
+                            common::repo().join("policies").join(name),
+                            target.join(name),
+                        )
+                        .unwrap();
                     }
                 }
             }
         } else if volume.get("secret").is_some() {
             std::fs::create_dir_all(&target).unwrap();
-            std::fs::copy(common::repo().join("dev/jwks.json"), target.join("jwks.json")).unwrap();
+            std::fs::copy(
+                common::repo().join("dev/jwks.json"),
+                target.join("jwks.json"),
+            )
+            .unwrap();
         } else {
             std::fs::create_dir_all(&target).unwrap();
         }
@@ -188,10 +201,8 @@ fn hopwarden_validate(r: &Rendered) -> (i32, String) {
         .collect();
     assert_eq!(args[..2], ["serve", "--config"], "{args:?}");
     let config = root.join(args[2].trim_start_matches('/'));
-    let (code, out, err) = common::run_bin(
-        &["validate", "--config", config.to_str().unwrap()],
-        &root,
-    );
+    let (code, out, err) =
+        common::run_bin(&["validate", "--config", config.to_str().unwrap()], &root);
     (code, format!("{out}{err}"))
 }
 
@@ -215,7 +226,10 @@ fn default_profile() {
     let spec = &deploy["spec"]["template"]["spec"];
     assert_eq!(deploy["spec"]["replicas"], 2);
     let c = r.container();
-    assert_eq!(c["image"], format!("hopwarden:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        c["image"],
+        format!("hopwarden:{}", env!("CARGO_PKG_VERSION"))
+    );
     // Locked down: non-root as the Dockerfile's user, nothing writable but /tmp.
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
@@ -224,7 +238,10 @@ fn default_profile() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert!(c["resources"]["requests"]["cpu"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
     // Probes on the admin port; the grace period outlasts preStop + drain_timeout (5 + 10).
@@ -253,7 +270,9 @@ fn default_profile() {
     let np = r.one("NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
     assert_eq!(np["spec"]["ingress"], serde_json::json!([]));
-    assert!(r.notes.contains("ANYONE WHO CAN REACH HOPWARDEN DIRECTLY CAN ASK IT ANYTHING"));
+    assert!(r
+        .notes
+        .contains("ANYONE WHO CAN REACH HOPWARDEN DIRECTLY CAN ASK IT ANYTHING"));
     assert!(r.notes.contains("networkPolicy.checkClients is EMPTY"));
     assert_eq!(r.one("PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
     assert!(r.kind("AuthorizationPolicy").is_empty());
@@ -284,7 +303,10 @@ fn config_change_changes_the_checksum() {
 #[test]
 fn existing_configmap_profile() {
     let r = render(&["ci/existing-configmap-values.yaml"]);
-    assert!(r.config_map("hopwarden-policies").is_none(), "rendered its own policies");
+    assert!(
+        r.config_map("hopwarden-policies").is_none(),
+        "rendered its own policies"
+    );
     let volumes = r.one("Deployment")["spec"]["template"]["spec"]["volumes"].clone();
     let policies = volumes
         .as_array()
@@ -297,7 +319,11 @@ fn existing_configmap_profile() {
     // Hot-reloaded in place: no checksum, so an edit does not restart the pods.
     assert!(r.annotations().get("checksum/policies").is_none());
     // config.extra is merged into the file.
-    assert!(r.config_text().contains("worker_threads: 2"), "{}", r.config_text());
+    assert!(
+        r.config_text().contains("worker_threads: 2"),
+        "{}",
+        r.config_text()
+    );
     let out = assert_validates(&r);
     assert!(out.contains("3 service policy"), "{out}");
 }
@@ -307,7 +333,11 @@ fn no_http_profile() {
     let r = render(&["ci/no-http-values.yaml"]);
     let names: Vec<String> = r.service_ports().into_iter().map(|p| p.0).collect();
     assert_eq!(names, ["grpc", "admin"]);
-    assert!(!r.config_text().contains("http_listen"), "{}", r.config_text());
+    assert!(
+        !r.config_text().contains("http_listen"),
+        "{}",
+        r.config_text()
+    );
     let np = r.one("NetworkPolicy");
     assert_eq!(
         np["spec"]["ingress"][0]["ports"],
@@ -348,7 +378,10 @@ fn istio_profile() {
         assert_eq!(p["spec"]["action"], "CUSTOM");
         assert_eq!(p["spec"]["provider"]["name"], "hopwarden-grpc");
     }
-    assert_eq!(policies[0]["spec"]["selector"]["matchLabels"]["app"], "ledger");
+    assert_eq!(
+        policies[0]["spec"]["selector"]["matchLabels"]["app"],
+        "ledger"
+    );
     assert_eq!(policies[0]["spec"]["rules"], serde_json::json!([{}]));
     assert_eq!(
         policies[2]["spec"]["rules"][0]["to"][0]["operation"]["paths"],
@@ -357,8 +390,14 @@ fn istio_profile() {
     // Autoscaled: the Deployment leaves replicas to the HPA.
     assert!(r.one("Deployment")["spec"].get("replicas").is_none());
     assert_eq!(r.one("HorizontalPodAutoscaler")["spec"]["maxReplicas"], 6);
-    assert_eq!(r.one("ServiceMonitor")["spec"]["endpoints"][0]["port"], "admin");
-    let ingress = r.one("NetworkPolicy")["spec"]["ingress"].as_array().unwrap().clone();
+    assert_eq!(
+        r.one("ServiceMonitor")["spec"]["endpoints"][0]["port"],
+        "admin"
+    );
+    let ingress = r.one("NetworkPolicy")["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(ingress.len(), 2);
     assert_eq!(ingress[0]["from"].as_array().unwrap().len(), 3);
     assert_eq!(
@@ -423,7 +462,10 @@ fn schema_rejects_bad_values() {
         file.to_str().unwrap(),
     ]);
     assert!(!ok, "{text}");
-    assert!(text.contains("config.extra.listen is set by the chart"), "{text}");
+    assert!(
+        text.contains("config.extra.listen is set by the chart"),
+        "{text}"
+    );
 }
 
 /// The validation is strict: an unknown field anywhere fails, in Kubernetes kinds and
@@ -433,7 +475,10 @@ fn validation_rejects_unknown_fields() {
     let r = render(&["ci/istio-values.yaml"]);
     let mut docs = Vec::new();
     for (kind, pointer) in [
-        ("Deployment", "/spec/template/spec/containers/0/securityContext"),
+        (
+            "Deployment",
+            "/spec/template/spec/containers/0/securityContext",
+        ),
         ("AuthorizationPolicy", "/spec/provider"),
         ("ServiceMonitor", "/spec/endpoints/0"),
         ("NetworkPolicy", "/spec"),
