@@ -106,13 +106,19 @@ impl Rendered {
     }
 }
 
-/// Renders the chart with `values` files (relative to the chart), then validates every
+/// Renders the chart with `values` files (relative to the chart, or absolute), then validates every
 /// manifest strictly and lints the chart with the same values.
 fn render(values: &[&str]) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap().to_string();
     let mut args = vec!["render", CHART, &out];
-    let files: Vec<String> = values.iter().map(|v| format!("{CHART}/{v}")).collect();
+    let files: Vec<String> = values
+        .iter()
+        .map(|v| match v.starts_with('/') {
+            true => v.to_string(),
+            false => format!("{CHART}/{v}"),
+        })
+        .collect();
     for f in &files {
         args.extend(["--values", f]);
     }
@@ -285,18 +291,32 @@ fn default_profile() {
     assert!(out.contains("0 service policy"), "{out}");
 }
 
-/// A config change rolls the pods: the checksum annotation follows the config.
+/// A config change rolls the pods: the config checksum follows the config, and the
+/// policies checksum the policies alone.
 #[test]
-fn config_change_changes_the_checksum() {
-    let a = render(&["ci/default-values.yaml"]);
-    let b = render(&["ci/no-http-values.yaml"]);
+fn config_change_changes_only_the_config_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let debug = dir.path().join("debug.yaml");
+    std::fs::write(&debug, "config:\n  log:\n    level: debug\n").unwrap();
+    let a = render(&["ci/no-http-values.yaml"]);
+    let b = render(&["ci/no-http-values.yaml", debug.to_str().unwrap()]);
+    assert!(
+        b.config_text().contains("level: debug"),
+        "{}",
+        b.config_text()
+    );
     assert_ne!(
         a.annotations()["checksum/config"],
         b.annotations()["checksum/config"]
     );
-    assert_ne!(
+    assert_eq!(
         a.annotations()["checksum/policies"],
         b.annotations()["checksum/policies"]
+    );
+    let c = render(&["ci/default-values.yaml"]);
+    assert_ne!(
+        a.annotations()["checksum/policies"],
+        c.annotations()["checksum/policies"]
     );
 }
 
@@ -376,7 +396,7 @@ fn istio_profile() {
     for p in &policies {
         assert_eq!(p["apiVersion"], "security.istio.io/v1");
         assert_eq!(p["spec"]["action"], "CUSTOM");
-        assert_eq!(p["spec"]["provider"]["name"], "hopwarden-grpc");
+        assert_eq!(p["spec"]["provider"]["name"], "hopwarden");
     }
     assert_eq!(
         policies[0]["spec"]["selector"]["matchLabels"]["app"],
@@ -411,7 +431,9 @@ fn istio_profile() {
         "port: 9191",
         "envoyExtAuthzHttp:",
         "pathPrefix: /gateway/-",
-        "headersToUpstreamOnAllow: [\"x-hopwarden-principal\", \"x-hopwarden-principal-kind\", \"x-hopwarden-rule\"]",
+        "- name: hopwarden-http-gateway",
+        "includeRequestHeadersInCheck: [\"authorization\",\"content-type\",\"x-request-id\",\"x-hopwarden-*\"]",
+        "headersToUpstreamOnAllow: [\"x-hopwarden-*\"]",
         "failOpen: false",
         "statusOnError: \"503\"",
     ] {
