@@ -21,6 +21,9 @@ struct KubeletVolume {
     dir: PathBuf,
     current: Option<(String, Vec<String>)>,
     updates: u32,
+    /// A pause between the `..data` swap and the key symlinks' update: a slow kubelet,
+    /// so that a reload lands where a removed key's symlink dangles.
+    pause_after_swap: Duration,
 }
 
 impl KubeletVolume {
@@ -29,6 +32,7 @@ impl KubeletVolume {
             dir,
             current: None,
             updates: 0,
+            pause_after_swap: Duration::ZERO,
         }
     }
 
@@ -44,6 +48,7 @@ impl KubeletVolume {
         let tmp = self.dir.join("..data_tmp");
         symlink(&stamp, &tmp).unwrap();
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        std::thread::sleep(self.pause_after_swap);
         let keys: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
         for key in &keys {
             let link = self.dir.join(key);
@@ -233,5 +238,61 @@ async fn configmap_symlink_swaps_reload_without_failing_a_check() {
     eprintln!(
         "{} checks during 3 swaps, none failed",
         stable_answers.len() + probe_answers.len()
+    );
+}
+
+/// Between the `..data` swap and the removal of a dropped key's symlink, that symlink
+/// dangles. A reload that lands there must not publish anything half-made: it is
+/// refused, the last good set keeps answering, and the symlink's removal brings the
+/// new set in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_in_the_middle_of_a_swap_publishes_no_partial_set() {
+    let d = Deployment::new(&[]);
+    let mut volume = KubeletVolume::new(d.policy_dir());
+    volume.publish(&[("ledger.yaml", LEDGER_V2), ("email.yaml", EMAIL)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let admin = s.handle.admin_addr.expect("admin enabled");
+    let ledger_token = token(PAYMENTS, "ledger", "ledger.read");
+    let probe = Check::new("ledger", "GET", "/statements/7").bearer(&ledger_token);
+    let email =
+        Check::new("email", "POST", "/send").bearer(&token(PAYMENTS, "email", "email.send"));
+    assert_eq!(s.check(probe.clone()).await.status, 200);
+    assert_eq!(s.check(email.clone()).await.status, 200);
+
+    let errors = r#"hopwarden_policy_reloads_total{result="error"}"#;
+    let errors_before = metric(admin, errors).await;
+    volume.pause_after_swap = Duration::from_secs(3);
+    let writer = std::thread::spawn(move || {
+        volume.publish(&[("ledger.yaml", LEDGER_V1)]);
+        volume
+    });
+    // Inside the pause, the swap's events are debounced into a reload that finds
+    // email.yaml dangling.
+    assert!(
+        eventually(Duration::from_millis(2500), || async {
+            metric(admin, errors).await > errors_before
+        })
+        .await,
+        "no reload mid-swap"
+    );
+    assert_eq!(
+        s.check(probe.clone()).await.status,
+        200,
+        "half a new set published"
+    );
+    assert_eq!(
+        s.check(email.clone()).await.status,
+        200,
+        "half a new set published"
+    );
+    assert!(!writer.is_finished(), "the kubelet's pause ended too early");
+
+    writer.join().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            s.check(probe.clone()).await.status == 403 && s.check(email.clone()).await.status == 403
+        })
+        .await,
+        "the completed swap never took effect"
     );
 }
