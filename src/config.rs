@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 
 use crate::principal::PrincipalKind;
+use crate::resolve::ServiceResolver;
 use crate::yaml::{self, Location};
 
 /// The server config file as written (`*Spec`: what serde reads).
@@ -101,16 +102,39 @@ fn default_decision_log() -> String {
     "stdout".into()
 }
 
-/// Fallback service resolution.
+/// How to find the service when Envoy sends no `context_extensions["service"]`
+/// (Istio never does); see resolve.rs for the order.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicesSpec {
     /// Destination SPIFFE ID (`attributes.destination.principal`) -> service.
     #[serde(default)]
     pub by_spiffe: BTreeMap<String, String>,
-    /// `:authority` (port stripped) -> service.
+    /// Destination SPIFFE ID patterns, e.g.
+    /// `spiffe://cluster.local/ns/{namespace}/sa/{service}`: one, or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub by_spiffe_pattern: Vec<String>,
+    /// The workload identities of gateways: a check at one is hop `gateway` and its
+    /// service comes from the host.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// `:authority` -> service (port ignored; Kubernetes short names understood).
     #[serde(default)]
     pub by_host: BTreeMap<String, String>,
+}
+
+/// A string or a list of strings, read as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// One trusted token issuer.
@@ -266,6 +290,8 @@ pub struct Config {
     pub issuers: Vec<Issuer>,
     /// Where decision lines go (paths resolved).
     pub decision_log: crate::decision_log::LogTarget,
+    /// The compiled `services` section.
+    pub services: ServiceResolver,
 }
 
 /// A validated issuer.
@@ -482,24 +508,13 @@ impl Config {
                 algorithms,
             });
         }
-        for (map, what) in [
-            (&spec.services.by_spiffe, "services.by_spiffe"),
-            (&spec.services.by_host, "services.by_host"),
-        ] {
-            for (key, service) in map {
-                if service.is_empty() {
-                    errors.push(invalid(key, format!("{what}: empty service for {key:?}")));
-                }
+        let services = match ServiceResolver::new(&spec.services) {
+            Ok(r) => r,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| invalid(&e.value, e.message)));
+                ServiceResolver::default()
             }
-        }
-        for id in spec.services.by_spiffe.keys() {
-            if id.parse::<crate::principal::SpiffeId>().is_err() {
-                errors.push(invalid(
-                    id,
-                    format!("services.by_spiffe: {id:?} is not a SPIFFE ID"),
-                ));
-            }
-        }
+        };
         if spec.worker_threads == Some(0) {
             errors.push(invalid(
                 "worker_threads",
@@ -516,6 +531,7 @@ impl Config {
                 spec,
                 issuers,
                 decision_log,
+                services,
             })
         } else {
             Err(errors)
@@ -643,6 +659,19 @@ mod tests {
                 "\"loud\" is not a level",
             ),
             ("log: {level: \"=debug\"}\n", "has no target"),
+            (
+                "services:\n  by_spiffe_pattern: \"spiffe://cluster.local/ns/{ns}/sa/{service}\"\n",
+                "unknown placeholder \"{ns}\"",
+            ),
+            (
+                "services:\n  by_spiffe_pattern: [\"spiffe://td/{service}\", \"spiffe://td/ns/{namespace}\"]\n",
+                "has no {service} placeholder",
+            ),
+            ("services:\n  gateways: [istio-ingressgateway]\n", "is not a SPIFFE ID"),
+            (
+                "services:\n  by_host: {ledger.ns: a, ledger.ns.svc.cluster.local: b}\n",
+                "different services",
+            ),
         ];
         for (text, want) in cases {
             let err = load(text).expect_err(text);
@@ -669,6 +698,26 @@ mod tests {
             err.starts_with("/etc/hw/hopwarden.yaml:3:10: log.level"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn service_errors_point_at_the_value() {
+        let text = "listen: 127.0.0.1:1\nservices:\n  by_spiffe_pattern:\n    - spiffe://td/sa/{service}-x\n";
+        let err = load(text).unwrap_err();
+        assert!(
+            err.starts_with("/etc/hw/hopwarden.yaml:4:7: services.by_spiffe_pattern:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn istio_services_section() {
+        let one = "services:\n  by_spiffe_pattern: spiffe://cluster.local/ns/{namespace}/sa/{service}\n  gateways: [spiffe://cluster.local/ns/istio-system/sa/gw]\n";
+        let c = load(one).unwrap();
+        assert_eq!(c.spec.services.by_spiffe_pattern.len(), 1);
+        assert_eq!(c.spec.services.gateways.len(), 1);
+        let many = "services:\n  by_spiffe_pattern:\n    - spiffe://a.local/ns/{namespace}/sa/{service}\n    - spiffe://b.local/{service}\n";
+        assert_eq!(load(many).unwrap().spec.services.by_spiffe_pattern.len(), 2);
     }
 
     #[test]

@@ -108,8 +108,8 @@ pub struct Denied {
 /// Why a request was denied. The variant names are what logs and metrics show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
-    /// No service could be resolved for the request.
-    UnknownService,
+    /// No service could be resolved for the request; the detail says why.
+    UnknownService(&'static str),
     /// The service has no policy file: default deny.
     NoPolicy,
     /// The path is not canonical or the hop unknown.
@@ -151,7 +151,7 @@ impl DenyReason {
     /// A short, stable name for logs and metric labels.
     pub fn as_str(&self) -> &'static str {
         match self {
-            DenyReason::UnknownService => "unknown_service",
+            DenyReason::UnknownService(_) => "unknown_service",
             DenyReason::NoPolicy => "no_policy",
             DenyReason::BadRequest => "bad_request",
             DenyReason::MissingCredential => "missing_credential",
@@ -166,7 +166,7 @@ impl DenyReason {
     /// The detail behind the reason, for the decision log only (never sent to the client).
     pub fn detail(&self) -> Option<&'static str> {
         match self {
-            DenyReason::InvalidToken(why) => Some(why),
+            DenyReason::InvalidToken(why) | DenyReason::UnknownService(why) => Some(why),
             _ => None,
         }
     }
@@ -279,7 +279,7 @@ mod tests {
             (DenyReason::DenyRule, 403, None),
             (DenyReason::NoMatchingRule, 403, None),
             (DenyReason::NoPolicy, 403, None),
-            (DenyReason::UnknownService, 403, None),
+            (DenyReason::UnknownService("x"), 403, None),
             (DenyReason::BadRequest, 403, None),
         ];
         for (reason, code, challenge) in cases {

@@ -172,19 +172,23 @@ impl Engine {
     async fn decide(&self, req: &AuthzRequest) -> Result<Outcome, EngineError> {
         let now = now_secs();
         let mut outcome = Outcome::denied(DenyReason::BadRequest);
-        let Ok(hop) = req.hop() else {
+        let Ok(hop) = self.resolver.hop(req) else {
             return Ok(outcome);
         };
         outcome.hop = Some(hop);
         // An owned snapshot: the check may await (JWKS refetch) and must not pin a
         // guard, and it finishes on the set it started with even if a reload lands.
         let policies = self.policies.load_full();
-        let Some(service) = self.resolver.resolve(req) else {
-            outcome.decision = Arc::new(Decision::deny(DenyReason::UnknownService));
-            return Ok(outcome);
+        let service = match self.resolver.resolve(req, hop) {
+            Ok((service, _)) => service,
+            Err(why) => {
+                let reason = DenyReason::UnknownService(why.detail());
+                outcome.decision = Arc::new(Decision::deny(reason));
+                return Ok(outcome);
+            }
         };
         outcome.service = Some(service.to_string());
-        let Some(policy) = policies.set.get(service) else {
+        let Some(policy) = policies.set.get(&service) else {
             outcome.decision = Arc::new(Decision::deny(DenyReason::NoPolicy));
             return Ok(outcome);
         };

@@ -1,6 +1,6 @@
 //! `hopwarden explain`: the decision for one request, and why.
 //!
-//! Every step is the server's own code: the [`ServiceResolver`], the
+//! Every step is the server's own code: the [`crate::resolve::ServiceResolver`], the
 //! [`Authenticator`] (real JWT verification against the config's issuers), the
 //! audience check, [`ServicePolicy::explain`] (which observes the evaluation itself)
 //! and [`to_decision`]. Only the printing is new.
@@ -20,7 +20,7 @@ use crate::engine::to_decision;
 use crate::policy::{EvalInput, Mode, PolicySet, RuleOutcome, RuleTrace};
 use crate::principal::{Principal, PrincipalKind};
 use crate::request::{AuthzRequest, Hop};
-use crate::resolve::ServiceResolver;
+use crate::resolve::Source;
 use crate::suite::describe_decision;
 
 /// `text` or `json`.
@@ -52,9 +52,10 @@ pub struct ExplainArgs {
     /// The destination SPIFFE ID, to resolve the service through `services.by_spiffe`.
     #[arg(long)]
     pub destination: Option<String>,
-    /// `gateway` or `mesh`.
-    #[arg(long, default_value = "mesh")]
-    pub hop: String,
+    /// `gateway` or `mesh` (as context_extensions["hop"]); default: `gateway` when
+    /// --destination is one of `services.gateways`, else `mesh`.
+    #[arg(long)]
+    pub hop: Option<String>,
     /// HTTP method.
     #[arg(long, short = 'X', default_value = "GET")]
     pub method: String,
@@ -173,7 +174,7 @@ fn request(args: &ExplainArgs) -> AuthzRequest {
     }
     AuthzRequest {
         service: args.service.clone(),
-        hop: Some(args.hop.clone()),
+        hop: args.hop.clone(),
         method: args.method.clone(),
         path: args.path.clone(),
         host: args.host.clone().unwrap_or_default(),
@@ -283,35 +284,37 @@ async fn explain(
         report
     };
     // The engine's order: hop, service, policy, action, credentials, rules.
-    let Ok(hop) = req.hop() else {
-        report.rules_skipped = Some(format!("unknown hop {:?}", args.hop));
+    let resolver = &config.services;
+    let Ok(hop) = resolver.hop(&req) else {
+        report.rules_skipped = Some(format!(
+            "unknown hop {:?}",
+            args.hop.as_deref().unwrap_or_default()
+        ));
         return Ok(finish(report, Decision::deny(DenyReason::BadRequest)));
     };
     report.hop = Some(hop);
-    let resolver = ServiceResolver::new(&config.spec.services);
-    let Some(service) = resolver.resolve(&req) else {
-        report.service_source = "no --service, and neither --destination nor --host maps to one in the config's `services`".into();
-        report.rules_skipped = Some("no service".into());
-        return Ok(finish(report, Decision::deny(DenyReason::UnknownService)));
+    let service = match resolver.resolve(&req, hop) {
+        Ok((service, source)) => {
+            report.service_source = match source {
+                Source::ContextExtensions => "given with --service".into(),
+                Source::BySpiffe | Source::Pattern => format!(
+                    "destination {:?} via {}",
+                    req.destination_principal.as_deref().unwrap_or_default(),
+                    source.as_str()
+                ),
+                Source::Host => format!("host {:?} via services.by_host", req.host),
+            };
+            service
+        }
+        Err(why) => {
+            report.service_source = why.detail().into();
+            report.rules_skipped = Some("no service".into());
+            let reason = DenyReason::UnknownService(why.detail());
+            return Ok(finish(report, Decision::deny(reason)));
+        }
     };
+    let service = service.as_ref();
     report.service = Some(service.to_string());
-    report.service_source = if req.service.as_deref().is_some_and(|s| !s.is_empty()) {
-        "given with --service".into()
-    } else if req.destination_principal.is_some()
-        && resolver
-            .resolve(&AuthzRequest {
-                destination_principal: req.destination_principal.clone(),
-                ..Default::default()
-            })
-            .is_some()
-    {
-        format!(
-            "destination {:?} via services.by_spiffe",
-            req.destination_principal.as_deref().unwrap_or_default()
-        )
-    } else {
-        format!("host {:?} via services.by_host", req.host)
-    };
     let Some(policy) = policies.get(service) else {
         report.rules_skipped = Some(format!("no policy for service {service:?}"));
         return Ok(finish(report, Decision::deny(DenyReason::NoPolicy)));

@@ -18,7 +18,6 @@ use crate::decision_log::DecisionLog;
 use crate::engine::Engine;
 use crate::policy::{PolicyErrors, PolicySet};
 use crate::reload::{self, ReloadTrigger};
-use crate::resolve::ServiceResolver;
 use crate::telemetry::Metrics;
 
 /// How long NOT_SERVING is reported before the listener closes on shutdown.
@@ -140,7 +139,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     );
     let engine = Arc::new(Engine::new(
         set,
-        ServiceResolver::new(&config.spec.services),
+        config.services.clone(),
         authn,
         DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
         metrics.clone(),

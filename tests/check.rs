@@ -385,6 +385,130 @@ async fn service_from_spiffe_or_host_mapping() {
     assert_eq!(s.check(c).await.status, 200);
 }
 
+/// Istio sends no context_extensions: the destination workload's identity and the
+/// host are all there is.
+const ISTIO_SERVICES: &str = "services:\n  by_spiffe_pattern: \"spiffe://cluster.local/ns/{namespace}/sa/{service}\"\n  gateways: [\"spiffe://cluster.local/ns/istio-system/sa/ingress\"]\n  by_host: {\"ledger.ledger.svc.cluster.local\": ledger}\n";
+
+fn istio_check(destination: &str, host: &str) -> Check {
+    let mut c = read_tx().bearer(&token(PAYMENTS, "ledger", "ledger.read"));
+    c.service = None;
+    c.destination = Some(destination.into());
+    c.host = host.into();
+    c
+}
+
+/// The host is the caller's to write; a sidecar delivers to its own workload whatever
+/// it says. A workload that no mapping names is denied, never judged by the policy of
+/// the service the host names.
+#[tokio::test]
+async fn an_unmapped_destination_is_denied_whatever_the_host() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    // The pattern needs namespace `ns` segments: `other.td` and `/x/nopolicy` match none.
+    let s = TestServer::start(d.config("", ISTIO_SERVICES)).await;
+    let host = "ledger.ledger.svc.cluster.local";
+    for dest in [
+        "spiffe://other.td/ns/other/sa/nopolicy",
+        "spiffe://cluster.local/x/nopolicy",
+    ] {
+        let a = s.check(istio_check(dest, host)).await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (403, Some("unknown_service")),
+            "{dest}: {a:?}"
+        );
+        assert_eq!(a.metadata.get("service"), None, "{a:?}");
+    }
+    // A workload the pattern maps is judged by its own service's policy: here one
+    // with no policy file, so denied too, and not by ledger's rules.
+    let a = s
+        .check(istio_check(
+            "spiffe://cluster.local/ns/other/sa/nopolicy",
+            host,
+        ))
+        .await;
+    assert_eq!((a.status, a.reason()), (403, Some("no_policy")), "{a:?}");
+    assert_eq!(
+        a.metadata.get("service").map(String::as_str),
+        Some("nopolicy")
+    );
+    // The mapped ledger workload is allowed by ledger's rule, whatever the host.
+    let a = s
+        .check(istio_check(
+            "spiffe://cluster.local/ns/ledger/sa/ledger",
+            "evil.example",
+        ))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.rule(), Some("payments-read-transactions"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 4
+        })
+        .await
+    );
+    let log = d.decisions();
+    let unmapped = &log[0];
+    assert_eq!(unmapped["reason"], "unknown_service", "{unmapped}");
+    assert!(
+        unmapped["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("destination workload not in services.by_spiffe")),
+        "{unmapped}"
+    );
+}
+
+/// At a gateway identity the host chooses the service, in any Kubernetes form, and
+/// the hop is `gateway`.
+#[tokio::test]
+async fn a_gateway_identity_resolves_by_host_at_hop_gateway() {
+    let policy = r#"
+service: ledger
+rules:
+  - id: edge-reads
+    from: { principals: ["spiffe://hopwarden.local/ns/payments/sa/payments"] }
+    to: [{ methods: [GET], paths: ["/transactions/{id}"] }]
+    when: { hop: gateway }
+"#;
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", ISTIO_SERVICES)).await;
+    let gateway = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+    for host in [
+        "ledger.ledger.svc.cluster.local:80",
+        "ledger.ledger",
+        "ledger",
+    ] {
+        let a = s.check(istio_check(gateway, host)).await;
+        assert_eq!(a.status, 200, "{host}: {a:?}");
+        assert_eq!(a.rule(), Some("edge-reads"));
+    }
+    let a = s.check(istio_check(gateway, "unknown.example")).await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (403, Some("unknown_service")),
+        "{a:?}"
+    );
+    // The ledger workload itself is hop mesh: the gateway-only rule does not match.
+    let a = s
+        .check(istio_check(
+            "spiffe://cluster.local/ns/ledger/sa/ledger",
+            "ledger",
+        ))
+        .await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (403, Some("no_matching_rule")),
+        "{a:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 5
+        })
+        .await
+    );
+    let hops: Vec<_> = d.decisions().iter().map(|l| l["hop"].clone()).collect();
+    assert_eq!(hops, ["gateway", "gateway", "gateway", "gateway", "mesh"]);
+}
+
 #[tokio::test]
 async fn mtls_peer_allowed_by_peers() {
     let (_d, s) = ledger_server().await;
