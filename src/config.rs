@@ -147,6 +147,10 @@ pub struct IssuerSpec {
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL (https, or http on loopback only).
     pub jwks_uri: Option<String>,
+    /// Find the JWKS through `<issuer>/.well-known/openid-configuration` (OIDC
+    /// discovery; the document's `issuer` must equal this one exactly).
+    #[serde(default)]
+    pub discovery: bool,
     /// A file holding a shared HMAC secret; the only way HS* algorithms are allowed.
     pub secret_file: Option<PathBuf>,
     /// How often the JWKS is re-read.
@@ -312,6 +316,8 @@ pub enum KeySource {
     File(PathBuf),
     /// A JWKS URL.
     Url(String),
+    /// OIDC discovery from this issuer URL, then the JWKS it names.
+    Discovery(String),
     /// A shared HMAC secret in a file.
     Secret(PathBuf),
 }
@@ -387,12 +393,13 @@ impl Config {
                 issuer_spec.jwks_file.is_some(),
                 issuer_spec.jwks_uri.is_some(),
                 issuer_spec.secret_file.is_some(),
+                issuer_spec.discovery,
             ];
             if sources.iter().filter(|s| **s).count() != 1 {
                 errors.push(invalid(
                     &name,
                     format!(
-                        "issuer {name:?} needs exactly one of jwks_file, jwks_uri, secret_file"
+                        "issuer {name:?} needs exactly one of jwks_file, jwks_uri, secret_file, discovery: true"
                     ),
                 ));
                 continue;
@@ -411,6 +418,12 @@ impl Config {
                 let file = base.join(file);
                 issuer_spec.secret_file = Some(file.clone());
                 KeySource::Secret(file)
+            } else if issuer_spec.discovery {
+                if let Err(message) = crate::authn::discovery::check_url("issuer", &name) {
+                    errors.push(invalid(&name, message));
+                    continue;
+                }
+                KeySource::Discovery(name.clone())
             } else {
                 continue;
             };
@@ -629,6 +642,37 @@ mod tests {
         assert_eq!(c.spec.services.gateways.len(), 1);
         let many = "services:\n  by_spiffe_pattern:\n    - spiffe://a.local/ns/{namespace}/sa/{service}\n    - spiffe://b.local/{service}\n";
         assert_eq!(load(many).unwrap().spec.services.by_spiffe_pattern.len(), 2);
+    }
+
+    #[test]
+    fn discovery_issuers() {
+        let c = load("issuers:\n  - {issuer: \"https://kubernetes.default.svc.cluster.local\", discovery: true}\n").unwrap();
+        assert_eq!(
+            c.issuers[0].keys,
+            KeySource::Discovery("https://kubernetes.default.svc.cluster.local".into())
+        );
+        let cases: &[(&str, &str)] = &[
+            (
+                "issuers:\n  - {issuer: \"http://sts.example\", discovery: true}\n",
+                "plain http is only allowed on loopback",
+            ),
+            (
+                "issuers:\n  - {issuer: \"https://sts.example?x=1\", discovery: true}\n",
+                "no query",
+            ),
+            (
+                "issuers:\n  - {issuer: a, discovery: true, jwks_file: x}\n",
+                "exactly one of",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load(text).expect_err(text);
+            assert!(
+                err.contains(want) && err.starts_with("/etc/hw/hopwarden.yaml:2:"),
+                "{err}"
+            );
+        }
+        assert!(load("issuers:\n  - {issuer: \"http://127.0.0.1:9/\", discovery: true}\n").is_ok());
     }
 
     #[test]
