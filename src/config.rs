@@ -114,8 +114,9 @@ pub struct ServicesSpec {
     /// `spiffe://cluster.local/ns/{namespace}/sa/{service}`: one, or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub by_spiffe_pattern: Vec<String>,
-    /// The workload identities of gateways: a check at one is hop `gateway` and its
-    /// service comes from the host.
+    /// The identities of gateways as Envoy reports the destination (its certificate's
+    /// first URI SAN, e.g. a SPIFFE ID, else its first DNS SAN): a check at one is hop
+    /// `gateway` and its service comes from the host.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// `:authority` -> service (port ignored; Kubernetes short names understood).
@@ -611,7 +612,7 @@ mod tests {
                 "services:\n  by_spiffe_pattern: [\"spiffe://td/{service}\", \"spiffe://td/ns/{namespace}\"]\n",
                 "has no {service} placeholder",
             ),
-            ("services:\n  gateways: [istio-ingressgateway]\n", "is not a SPIFFE ID"),
+            ("services:\n  gateways: [\"spiffe://x/a b\"]\n", "is not a SPIFFE ID"),
             (
                 "services:\n  by_host: {ledger.ns: a, ledger.ns.svc.cluster.local: b}\n",
                 "different services",
