@@ -21,6 +21,7 @@ const GATEWAY_ID: &str =
     "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
 
 const CONFIG: &str = r#"
+http_listen: 127.0.0.1:0
 services:
   by_spiffe_pattern: "spiffe://cluster.local/ns/{namespace}/sa/{service}"
   gateways: [ledger.example.com]
@@ -198,6 +199,7 @@ struct Mesh {
     out_ledger: u16,
     out_orphan: u16,
     client: u16,
+    client_http: u16,
 }
 
 impl Mesh {
@@ -218,8 +220,10 @@ impl Mesh {
         let hw = hopwarden.handle.local_addr.port();
         let envoy = envoy_binary(&repo()).unwrap();
         let app = upstream();
+        let hw_http = hopwarden.handle.http_addr.expect("http_listen").port();
         let [admin, ledger_in, orphan_in, out_ledger, out_orphan, gw_admin, gw, client] =
             [(); 8].map(|_| free_port());
+        let [gw_http, client_http] = [(); 2].map(|_| free_port());
         let sidecar = render(
             &repo().join("envoy/istio/sidecar.yaml"),
             &[
@@ -242,6 +246,10 @@ impl Mesh {
                 (("0.0.0.0", 8443), gw),
                 (("127.0.0.1", 8443), gw),
                 (("127.0.0.1", 15180), client),
+                (("0.0.0.0", 8444), gw_http),
+                (("127.0.0.1", 8444), gw_http),
+                (("127.0.0.1", 15181), client_http),
+                (("127.0.0.1", 9193), hw_http),
                 (("127.0.0.1", 9191), hw),
                 (("127.0.0.1", 15006), ledger_in),
             ],
@@ -266,6 +274,7 @@ impl Mesh {
             out_ledger,
             out_orphan,
             client,
+            client_http,
         }
     }
 
@@ -404,4 +413,39 @@ async fn istio_custom_provider_end_to_end() {
         (&log[6]["hop"], &log[6]["reason"]),
         (&"gateway".into(), &"missing_credential".into())
     );
+
+    // 6. The same through a gateway on the HTTP provider (pathPrefix /gateway/-): the
+    // hop and the absent service come in the path, the service from the host; a forged
+    // identity header is replaced before the upstream sees it.
+    let (code, body) = get(
+        m.client_http,
+        "ledger.example.com",
+        "/transactions/10",
+        &[
+            ("authorization", &bearer),
+            ("x-hopwarden-principal", "admin"),
+        ],
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "upstream principal=partner-app")
+    );
+    let log = m.decisions(9).await;
+    let (edge, inner) = (&log[7], &log[8]);
+    assert_eq!(
+        (&edge["hop"], &edge["service"], &edge["rule"], &edge["path"]),
+        (
+            &"gateway".into(),
+            &"ledger".into(),
+            &"partner-reads-at-the-edge".into(),
+            &"/transactions/10".into()
+        ),
+        "{edge}"
+    );
+    assert_eq!(
+        inner["rule"], "partner-reads-through-the-gateway",
+        "{inner}"
+    );
+    let (code, _) = get(m.client_http, "ledger.example.com", "/transactions/10", &[]);
+    assert_eq!(code, 401);
 }
