@@ -32,13 +32,16 @@ pub fn document_url(issuer: &str) -> String {
 }
 
 /// Checks a URL hopwarden fetches keys through: https, or http on loopback
-/// (127.0.0.0/8, ::1, `localhost`); no query or fragment. The message names the URL
-/// redacted.
+/// (127.0.0.0/8, ::1, `localhost`); no query, fragment, user or password (credentials
+/// do not belong in a URL that logs may show). Errors name the URL redacted.
 pub fn check_url(what: &str, raw: &str) -> Result<Url, String> {
     let url = Url::parse(raw).map_err(|e| format!("{what} {:?}: {e}", redacted_str(raw)))?;
     let shown = redacted(&url);
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{what} {shown:?}: must have no query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{what} {shown:?}: must have no user or password"));
     }
     match url.scheme() {
         "https" => Ok(url),
@@ -76,35 +79,32 @@ fn redacted_str(raw: &str) -> String {
 
 /// The issuer's current keys: its discovery document, then the JWKS it names.
 pub async fn fetch_keys(http: &reqwest::Client, issuer: &str) -> Result<KeySet, JwksError> {
-    let doc_url = check_url("issuer", &document_url(issuer)).map_err(config_error)?;
+    let doc_url =
+        check_url("issuer", &document_url(issuer)).map_err(|message| JwksError::Fetch {
+            url: redacted_str(issuer),
+            message,
+        })?;
+    // Every later error is about what this document said.
+    let refused = |message: String| JwksError::Fetch {
+        url: redacted(&doc_url),
+        message,
+    };
     #[derive(serde::Deserialize)]
     struct Document {
         issuer: String,
         jwks_uri: String,
     }
     let body = get(http, &doc_url).await?;
-    let doc: Document = serde_json::from_slice(&body).map_err(|e| JwksError::Fetch {
-        url: redacted(&doc_url),
-        message: format!("invalid discovery document: {e}"),
-    })?;
+    let doc: Document = serde_json::from_slice(&body)
+        .map_err(|e| refused(format!("invalid discovery document: {e}")))?;
     if doc.issuer != issuer {
-        return Err(JwksError::Fetch {
-            url: redacted(&doc_url),
-            message: format!(
-                "discovery document names issuer {:?}, not the configured {issuer:?}; refused",
-                redacted_str(&doc.issuer)
-            ),
-        });
+        return Err(refused(format!(
+            "discovery document names issuer {:?}, not the configured {issuer:?}; refused",
+            redacted_str(&doc.issuer)
+        )));
     }
-    let jwks_url = check_url("discovered jwks_uri", &doc.jwks_uri).map_err(config_error)?;
+    let jwks_url = check_url("its jwks_uri", &doc.jwks_uri).map_err(refused)?;
     KeySet::from_jwks(&get(http, &jwks_url).await?)
-}
-
-fn config_error(message: String) -> JwksError {
-    JwksError::Fetch {
-        url: "<refused>".into(),
-        message,
-    }
 }
 
 /// A bounded GET: success status, at most [`MAX_BYTES`], no redirects (the client's
@@ -178,6 +178,7 @@ mod tests {
             ),
             ("ftp://127.0.0.1/x", Some("unsupported scheme")),
             ("https://sts.example/x?token=s3cret", Some("no query")),
+            ("https://user:s3cret@sts.example/x", Some("no user or password")),
             ("not a url", Some("issuer")),
         ];
         for (url, want) in cases {
