@@ -178,7 +178,10 @@ mod tests {
             ),
             ("ftp://127.0.0.1/x", Some("unsupported scheme")),
             ("https://sts.example/x?token=s3cret", Some("no query")),
-            ("https://user:s3cret@sts.example/x", Some("no user or password")),
+            (
+                "https://user:s3cret@sts.example/x",
+                Some("no user or password"),
+            ),
             ("not a url", Some("issuer")),
         ];
         for (url, want) in cases {
