@@ -114,8 +114,9 @@ pub struct ServicesSpec {
     /// `spiffe://cluster.local/ns/{namespace}/sa/{service}`: one, or a list.
     #[serde(default, deserialize_with = "one_or_many")]
     pub by_spiffe_pattern: Vec<String>,
-    /// The workload identities of gateways: a check at one is hop `gateway` and its
-    /// service comes from the host.
+    /// The identities of gateways as Envoy reports the destination (its certificate's
+    /// first URI SAN, e.g. a SPIFFE ID, else its first DNS SAN): a check at one is hop
+    /// `gateway` and its service comes from the host.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// `:authority` -> service (port ignored; Kubernetes short names understood).
@@ -147,6 +148,10 @@ pub struct IssuerSpec {
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL (https, or http on loopback only).
     pub jwks_uri: Option<String>,
+    /// Find the JWKS through `<issuer>/.well-known/openid-configuration` (OIDC
+    /// discovery; the document's `issuer` must equal this one exactly).
+    #[serde(default)]
+    pub discovery: bool,
     /// A file holding a shared HMAC secret; the only way HS* algorithms are allowed.
     pub secret_file: Option<PathBuf>,
     /// How often the JWKS is re-read.
@@ -312,6 +317,8 @@ pub enum KeySource {
     File(PathBuf),
     /// A JWKS URL.
     Url(String),
+    /// OIDC discovery from this issuer URL, then the JWKS it names.
+    Discovery(String),
     /// A shared HMAC secret in a file.
     Secret(PathBuf),
 }
@@ -423,12 +430,13 @@ impl Config {
                 issuer_spec.jwks_file.is_some(),
                 issuer_spec.jwks_uri.is_some(),
                 issuer_spec.secret_file.is_some(),
+                issuer_spec.discovery,
             ];
             if sources.iter().filter(|s| **s).count() != 1 {
                 errors.push(invalid(
                     &name,
                     format!(
-                        "issuer {name:?} needs exactly one of jwks_file, jwks_uri, secret_file"
+                        "issuer {name:?} needs exactly one of jwks_file, jwks_uri, secret_file, discovery: true"
                     ),
                 ));
                 continue;
@@ -447,6 +455,12 @@ impl Config {
                 let file = base.join(file);
                 issuer_spec.secret_file = Some(file.clone());
                 KeySource::Secret(file)
+            } else if issuer_spec.discovery {
+                if let Err(message) = crate::authn::discovery::check_url("issuer", &name) {
+                    errors.push(invalid(&name, message));
+                    continue;
+                }
+                KeySource::Discovery(name.clone())
             } else {
                 continue;
             };
@@ -667,7 +681,7 @@ mod tests {
                 "services:\n  by_spiffe_pattern: [\"spiffe://td/{service}\", \"spiffe://td/ns/{namespace}\"]\n",
                 "has no {service} placeholder",
             ),
-            ("services:\n  gateways: [istio-ingressgateway]\n", "is not a SPIFFE ID"),
+            ("services:\n  gateways: [\"spiffe://x/a b\"]\n", "is not a SPIFFE ID"),
             (
                 "services:\n  by_host: {ledger.ns: a, ledger.ns.svc.cluster.local: b}\n",
                 "different services",
@@ -718,6 +732,37 @@ mod tests {
         assert_eq!(c.spec.services.gateways.len(), 1);
         let many = "services:\n  by_spiffe_pattern:\n    - spiffe://a.local/ns/{namespace}/sa/{service}\n    - spiffe://b.local/{service}\n";
         assert_eq!(load(many).unwrap().spec.services.by_spiffe_pattern.len(), 2);
+    }
+
+    #[test]
+    fn discovery_issuers() {
+        let c = load("issuers:\n  - {issuer: \"https://kubernetes.default.svc.cluster.local\", discovery: true}\n").unwrap();
+        assert_eq!(
+            c.issuers[0].keys,
+            KeySource::Discovery("https://kubernetes.default.svc.cluster.local".into())
+        );
+        let cases: &[(&str, &str)] = &[
+            (
+                "issuers:\n  - {issuer: \"http://sts.example\", discovery: true}\n",
+                "plain http is only allowed on loopback",
+            ),
+            (
+                "issuers:\n  - {issuer: \"https://sts.example?x=1\", discovery: true}\n",
+                "no query",
+            ),
+            (
+                "issuers:\n  - {issuer: a, discovery: true, jwks_file: x}\n",
+                "exactly one of",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load(text).expect_err(text);
+            assert!(
+                err.contains(want) && err.starts_with("/etc/hw/hopwarden.yaml:2:"),
+                "{err}"
+            );
+        }
+        assert!(load("issuers:\n  - {issuer: \"http://127.0.0.1:9/\", discovery: true}\n").is_ok());
     }
 
     #[test]

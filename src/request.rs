@@ -121,7 +121,8 @@ impl AuthzRequest {
         self.headers.get(name).map(String::as_str)
     }
 
-    /// The resolved hop; `mesh` when Envoy sent none.
+    /// The hop `context_extensions` name; `mesh` when Envoy sent none. The engine asks
+    /// [`crate::resolve::ServiceResolver::hop`], which also knows gateway identities.
     pub fn hop(&self) -> Result<Hop, RequestError> {
         match self.hop.as_deref() {
             None | Some("") => Ok(Hop::Mesh),

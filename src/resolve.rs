@@ -132,7 +132,14 @@ impl ServiceResolver {
             }
         }
         for id in &spec.gateways {
-            if id.parse::<SpiffeId>().is_err() {
+            // Envoy names the local certificate's first URI SAN, else its first DNS SAN,
+            // else its subject: a gateway terminating public TLS is known by its DNS SAN.
+            if id.is_empty() {
+                errors.push(error(
+                    "gateways",
+                    "services.gateways: an entry is empty".into(),
+                ));
+            } else if id.starts_with("spiffe:") && id.parse::<SpiffeId>().is_err() {
                 errors.push(error(
                     id,
                     format!("services.gateways: {id:?} is not a SPIFFE ID"),

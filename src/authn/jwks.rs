@@ -325,6 +325,7 @@ impl IssuerKeys {
                 let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
                 KeySet::from_secret(trimmed)
             }
+            KeySource::Discovery(issuer) => super::discovery::fetch_keys(&self.http, issuer).await,
             KeySource::Url(url) => {
                 let fail = |message: String| JwksError::Fetch {
                     url: url.clone(),

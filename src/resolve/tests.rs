@@ -14,7 +14,7 @@ fn resolver() -> ServiceResolver {
         )]
         .into(),
         by_spiffe_pattern: vec!["spiffe://cluster.local/ns/{namespace}/sa/{service}".into()],
-        gateways: vec![GATEWAY.into()],
+        gateways: vec![GATEWAY.into(), "*.example.com".into()],
         by_host: [
             ("Ledger.Internal".into(), "ledger-h".into()),
             ("email.mail.svc.cluster.local".into(), "email".into()),
@@ -29,134 +29,47 @@ type Case<'a> = (
     Result<(&'a str, Source, Hop), Unresolved>,
 );
 
-#[test]
-fn resolution() {
+#[rustfmt::skip]
+const CASES: &[Case] = {
     use Source::*;
     use Unresolved::*;
-    let r = resolver();
+    &[
     // ((context service, context hop, destination principal, host), want)
-    let cases: &[Case] = &[
-        // context_extensions win over everything.
-        (
-            (
-                Some("email"),
-                None,
-                Some("spiffe://cluster.local/ns/l/sa/legacy"),
-                "ledger.internal",
-            ),
-            Ok(("email", ContextExtensions, Hop::Mesh)),
-        ),
-        (
-            (Some("email"), Some("gateway"), None, "x"),
-            Ok(("email", ContextExtensions, Hop::Gateway)),
-        ),
-        (
-            (Some("email"), None, Some(GATEWAY), "x"),
-            Ok(("email", ContextExtensions, Hop::Gateway)),
-        ),
-        // A named workload: by_spiffe, then the pattern.
-        (
-            (
-                Some(""),
-                None,
-                Some("spiffe://cluster.local/ns/l/sa/legacy"),
-                "x",
-            ),
-            Ok(("ledger", BySpiffe, Hop::Mesh)),
-        ),
-        (
-            (
-                None,
-                None,
-                Some("spiffe://cluster.local/ns/pay/sa/payments"),
-                "ledger.internal",
-            ),
-            Ok(("payments", Pattern, Hop::Mesh)),
-        ),
-        (
-            (
-                None,
-                Some("mesh"),
-                Some("spiffe://cluster.local/ns/pay/sa/payments"),
-                "",
-            ),
-            Ok(("payments", Pattern, Hop::Mesh)),
-        ),
-        // THE BUG: an unmapped workload is never judged by the host's service.
-        (
-            (
-                None,
-                None,
-                Some("spiffe://other.td/ns/x/sa/y"),
-                "ledger.internal:8080",
-            ),
-            Err(UnmappedDestination),
-        ),
-        (
-            (
-                None,
-                None,
-                Some("spiffe://cluster.local/ns/x/sa/y/z"),
-                "ledger.internal",
-            ),
-            Err(UnmappedDestination),
-        ),
-        (
-            (
-                None,
-                Some("mesh"),
-                Some("spiffe://other.td/x"),
-                "email.mail",
-            ),
-            Err(UnmappedDestination),
-        ),
-        (
-            (None, None, Some("not-a-spiffe-id"), "ledger.internal"),
-            Err(UnmappedDestination),
-        ),
-        // A gateway identity: hop gateway, service from the host.
-        (
-            (None, None, Some(GATEWAY), "ledger.internal:443"),
-            Ok(("ledger-h", Host, Hop::Gateway)),
-        ),
-        (
-            (None, None, Some(GATEWAY), "email.mail.svc:80"),
-            Ok(("email", Host, Hop::Gateway)),
-        ),
-        (
-            (None, None, Some(GATEWAY), "email"),
-            Ok(("email", Host, Hop::Gateway)),
-        ),
-        (
-            (None, None, Some(GATEWAY), "other.example"),
-            Err(UnknownHost),
-        ),
-        (
-            (None, Some("mesh"), Some(GATEWAY), "ledger.internal"),
-            Ok(("ledger-h", Host, Hop::Mesh)),
-        ),
-        // Hand-written gateways: the operator's hop, or no destination named.
-        (
-            (
-                None,
-                Some("gateway"),
-                Some("spiffe://other.td/gw"),
-                "LEDGER.internal",
-            ),
-            Ok(("ledger-h", Host, Hop::Gateway)),
-        ),
-        (
-            (None, Some("gateway"), None, "ledger.internal"),
-            Ok(("ledger-h", Host, Hop::Gateway)),
-        ),
-        (
-            (None, None, None, "LEDGER.internal"),
-            Ok(("ledger-h", Host, Hop::Mesh)),
-        ),
-        ((None, None, None, "other"), Err(UnknownHost)),
-        ((None, None, None, ""), Err(UnknownHost)),
-    ];
-    for ((service, hop, dest, host), want) in cases {
+    // context_extensions win over everything.
+    ((Some("email"), None, Some("spiffe://cluster.local/ns/l/sa/legacy"), "ledger.internal"), Ok(("email", ContextExtensions, Hop::Mesh))),
+    ((Some("email"), Some("gateway"), None, "x"), Ok(("email", ContextExtensions, Hop::Gateway))),
+    ((Some("email"), None, Some(GATEWAY), "x"), Ok(("email", ContextExtensions, Hop::Gateway))),
+    // A named workload: by_spiffe, then the pattern.
+    ((Some(""), None, Some("spiffe://cluster.local/ns/l/sa/legacy"), "x"), Ok(("ledger", BySpiffe, Hop::Mesh))),
+    ((None, None, Some("spiffe://cluster.local/ns/pay/sa/payments"), "ledger.internal"), Ok(("payments", Pattern, Hop::Mesh))),
+    ((None, Some("mesh"), Some("spiffe://cluster.local/ns/pay/sa/payments"), ""), Ok(("payments", Pattern, Hop::Mesh))),
+    // THE BUG: an unmapped workload is never judged by the host's service.
+    ((None, None, Some("spiffe://other.td/ns/x/sa/y"), "ledger.internal:8080"), Err(UnmappedDestination)),
+    ((None, None, Some("spiffe://cluster.local/ns/x/sa/y/z"), "ledger.internal"), Err(UnmappedDestination)),
+    ((None, Some("mesh"), Some("spiffe://other.td/x"), "email.mail"), Err(UnmappedDestination)),
+    ((None, None, Some("not-a-spiffe-id"), "ledger.internal"), Err(UnmappedDestination)),
+    ((None, None, Some("api.example.com"), "email.mail:443"), Err(UnmappedDestination)),
+    // A gateway identity: hop gateway, service from the host.
+    ((None, None, Some(GATEWAY), "ledger.internal:443"), Ok(("ledger-h", Host, Hop::Gateway))),
+    ((None, None, Some(GATEWAY), "email.mail.svc:80"), Ok(("email", Host, Hop::Gateway))),
+    ((None, None, Some(GATEWAY), "email"), Ok(("email", Host, Hop::Gateway))),
+    ((None, None, Some(GATEWAY), "other.example"), Err(UnknownHost)),
+    ((None, Some("mesh"), Some(GATEWAY), "ledger.internal"), Ok(("ledger-h", Host, Hop::Mesh))),
+    // A gateway terminating public TLS: Envoy names its certificate's DNS SAN.
+    ((None, None, Some("*.example.com"), "email.mail:443"), Ok(("email", Host, Hop::Gateway))),
+    // Hand-written gateways: the operator's hop, or no destination named.
+    ((None, Some("gateway"), Some("spiffe://other.td/gw"), "LEDGER.internal"), Ok(("ledger-h", Host, Hop::Gateway))),
+    ((None, Some("gateway"), None, "ledger.internal"), Ok(("ledger-h", Host, Hop::Gateway))),
+    ((None, None, None, "LEDGER.internal"), Ok(("ledger-h", Host, Hop::Mesh))),
+    ((None, None, None, "other"), Err(UnknownHost)),
+    ((None, None, None, ""), Err(UnknownHost)),
+    ]
+};
+
+#[test]
+fn resolution() {
+    let r = resolver();
+    for ((service, hop, dest, host), want) in CASES {
         let req = AuthzRequest {
             service: service.map(str::to_string),
             hop: hop.map(str::to_string),
@@ -166,7 +79,7 @@ fn resolution() {
         };
         let got = r
             .hop(&req)
-            .map_err(|_| UnknownHost)
+            .map_err(|_| Unresolved::UnknownHost)
             .and_then(|h| r.resolve(&req, h).map(|(s, src)| (s.into_owned(), src, h)));
         let want = want.map(|(s, src, h)| (s.to_string(), src, h));
         assert_eq!(got, want, "{req:?}");
@@ -211,41 +124,39 @@ fn patterns_that_disagree_deny() {
 
 #[test]
 fn bad_sections_are_refused() {
+    let spec = |f: fn(&mut ServicesSpec)| {
+        let mut s = ServicesSpec::default();
+        f(&mut s);
+        s
+    };
     let cases: &[(ServicesSpec, &str)] = &[
         (
-            ServicesSpec {
-                by_spiffe_pattern: vec!["spiffe://td/ns/{namespace}".into()],
-                ..Default::default()
-            },
+            spec(|s| s.by_spiffe_pattern = vec!["spiffe://td/ns/{namespace}".into()]),
             "has no {service} placeholder",
         ),
         (
-            ServicesSpec {
-                gateways: vec!["gw".into()],
-                ..Default::default()
-            },
-            "services.gateways: \"gw\" is not a SPIFFE ID",
+            spec(|s| s.gateways = vec!["spiffe://Bad/gw".into()]),
+            "\"spiffe://Bad/gw\" is not a SPIFFE ID",
         ),
         (
-            ServicesSpec {
-                gateways: vec![GATEWAY.into()],
-                by_spiffe: [(GATEWAY.into(), "x".into())].into(),
-                ..Default::default()
-            },
+            spec(|s| s.gateways = vec![String::new()]),
+            "an entry is empty",
+        ),
+        (
+            spec(|s| {
+                s.gateways = vec![GATEWAY.into()];
+                s.by_spiffe = [(GATEWAY.into(), "x".into())].into();
+            }),
             "is also in services.by_spiffe",
         ),
         (
-            ServicesSpec {
-                by_host: [("a.ns".into(), "a".into()), ("a.ns.svc".into(), "b".into())].into(),
-                ..Default::default()
-            },
+            spec(|s| {
+                s.by_host = [("a.ns".into(), "a".into()), ("a.ns.svc".into(), "b".into())].into()
+            }),
             "are the same host but map to different services",
         ),
         (
-            ServicesSpec {
-                by_spiffe: [("spiffe://td/x".into(), String::new())].into(),
-                ..Default::default()
-            },
+            spec(|s| s.by_spiffe = [("spiffe://td/x".into(), String::new())].into()),
             "empty service",
         ),
     ];

@@ -516,3 +516,42 @@ pub fn envoy_binary(repo: &Path) -> Result<PathBuf, String> {
             .to_string()
     })
 }
+
+/// Starts one Envoy on a rendered config (written to `dir/<name>.yaml`, logging to
+/// `dir/<name>.log`), in `cwd` (certificate paths are relative to it), and waits until
+/// its admin API on `admin` says ready.
+pub fn start_envoy_at(
+    envoy: &Path,
+    name: &str,
+    config: &str,
+    dir: &Path,
+    cwd: &Path,
+    admin: u16,
+) -> Result<Proc, String> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(envoy);
+    cmd.arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .args(["--file-flush-interval-msec", "200"])
+        .current_dir(cwd);
+    let mut proc = Proc::spawn(name, cmd, dir)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_get(admin, "/ready").is_some_and(|(code, _)| code == 200) {
+            return Ok(proc);
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            return Err(format!("{name} exited: {status}\n{}", proc.tail()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{name} not ready after 30s; log:\n{}", proc.tail()))
+}
