@@ -88,6 +88,10 @@ fn envoy_configs_validate_with_the_real_envoy() {
     assert!(status.success());
     for entry in std::fs::read_dir(repo().join("envoy")).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            // envoy/istio/: shaped as istiod builds them, run by tests/istio.rs.
+            continue;
+        }
         let out = Command::new(&envoy)
             .args(["--mode", "validate", "-c"])
             .arg(&path)

@@ -275,9 +275,7 @@ fn help(cache: &mut HashMap<String, Result<String, String>>, sub: &str) -> Resul
         .entry(sub.to_string())
         .or_insert_with(|| {
             let mut cmd = Command::new(BIN);
-            if !sub.is_empty() {
-                cmd.arg(sub);
-            }
+            cmd.args(sub.split_whitespace());
             let out = cmd.arg("--help").output().map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if out.status.success() {
@@ -297,10 +295,25 @@ fn check_without_running(
     let mut problems = Vec::new();
     for words in segments(&command.text) {
         if let Some(args) = hopwarden_args(&words) {
-            let sub = args
+            // The subcommand path: `dev certs` is checked against `hopwarden dev certs --help`.
+            let mut sub = args
                 .first()
                 .filter(|a| !a.starts_with('-'))
-                .map_or("", String::as_str);
+                .cloned()
+                .unwrap_or_default();
+            for next in args.iter().skip(1).take_while(|a| !a.starts_with('-')) {
+                let nested = help(cache, &sub).is_ok_and(|text| {
+                    text.contains("Commands:")
+                        && text
+                            .lines()
+                            .any(|l| l.trim_start().starts_with(&format!("{next} ")))
+                });
+                if !nested {
+                    break;
+                }
+                sub = format!("{sub} {next}");
+            }
+            let sub = sub.as_str();
             match help(cache, sub) {
                 Err(e) => problems.push(format!("`hopwarden {sub}` does not exist: {e}")),
                 Ok(text) => {
