@@ -1,0 +1,109 @@
+//! Hardening: exact expiry, symlink-swapped policy directories, a hanging JWKS
+//! endpoint, scope and request-form edge cases. The real server on 127.0.0.1:0,
+//! called with envoy-types' AuthorizationClient (and the HTTP service with a real
+//! HTTP client); keys and tokens minted here.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::json;
+
+fn read_tx() -> Check {
+    Check::new("ledger", "GET", "/transactions/42")
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+/// RFC 7519 4.1.4: refused on or after `exp`. With leeway 0, a token is allowed up to
+/// its `exp` and refused from then on, within 50 ms, cached decisions included (the
+/// same token is checked over and over, so every allow after the first is a hit).
+#[tokio::test]
+async fn a_token_is_refused_within_50ms_of_its_exp() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    // A whole-second `exp` between 1 and 2 s away, as most issuers write it.
+    let exp = Duration::from_secs(unix_now().as_secs() + 2);
+    let mut c = claims(PAYMENTS, "ledger", "ledger.read");
+    c["exp"] = json!(exp.as_secs());
+    let t = key().sign(&c);
+    assert_eq!(s.check(read_tx().bearer(&t)).await.status, 200);
+    // Checks back to back from 200 ms before `exp` until 300 ms after it.
+    tokio::time::sleep((exp - Duration::from_millis(200)).saturating_sub(unix_now())).await;
+    let mut allowed_before = 0;
+    let mut first_refusal: Option<Duration> = None;
+    while unix_now() < exp + Duration::from_millis(300) {
+        let sent = unix_now();
+        let a = s.check(read_tx().bearer(&t)).await;
+        match a.status {
+            200 => {
+                // The server read its clock after `sent`: an allow means it was
+                // before `exp` then, so `sent` was too.
+                assert!(
+                    sent < exp,
+                    "allowed a check sent {:?} after exp",
+                    sent - exp
+                );
+                allowed_before += 1;
+            }
+            401 => {
+                assert_eq!(a.reason(), Some("invalid_token"), "{a:?}");
+                assert!(unix_now() >= exp, "refused before exp: {a:?}");
+                first_refusal.get_or_insert(sent);
+            }
+            other => panic!("unexpected status {other}: {a:?}"),
+        }
+    }
+    assert!(
+        allowed_before > 0,
+        "no check landed in the 200 ms before exp"
+    );
+    let first = first_refusal.expect("never refused after exp");
+    let late = first.saturating_sub(exp);
+    assert!(
+        late <= Duration::from_millis(50),
+        "first refusal for a check sent {late:?} after exp"
+    );
+    // And it stays refused.
+    assert_eq!(s.check(read_tx().bearer(&t)).await.status, 401);
+}
+
+/// A fractional `exp` is kept exactly: refused from the instant it names.
+#[tokio::test]
+async fn a_fractional_exp_is_exact() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    // Half a second past the next whole second: a check that rounds either way fails.
+    let exp = Duration::from_millis((unix_now().as_secs() + 1) * 1000 + 500);
+    let mut c = claims(PAYMENTS, "ledger", "ledger.read");
+    c["exp"] = json!(exp.as_secs_f64());
+    let t = key().sign(&c);
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    while unix_now() < exp + Duration::from_millis(300)
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        let sent = unix_now();
+        let a = s.check(read_tx().bearer(&t)).await;
+        let done = unix_now();
+        if a.status == 200 {
+            assert!(
+                sent < exp,
+                "allowed {:?} after a fractional exp",
+                sent - exp
+            );
+        } else {
+            assert_eq!(a.status, 401, "{a:?}");
+            assert!(done >= exp, "refused {:?} before exp", exp - done);
+        }
+        statuses.push(a.status);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        statuses.contains(&200) && statuses.last() == Some(&401),
+        "{statuses:?}"
+    );
+}
