@@ -131,6 +131,10 @@ pub struct IssuerSpec {
     /// The shortest time between two refetches triggered by an unknown `kid`.
     #[serde(default = "default_refetch", with = "humantime_serde")]
     pub refetch_min_interval: Duration,
+    /// How long a check with an unknown `kid` waits for the key fetch in flight before
+    /// it is answered 401 `unknown_key` (the fetch goes on; later checks find the key).
+    #[serde(default = "default_unknown_kid_wait", with = "humantime_serde")]
+    pub unknown_kid_wait: Duration,
     /// Allowed `alg` values.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -226,6 +230,12 @@ fn default_refresh() -> Duration {
 }
 fn default_refetch() -> Duration {
     Duration::from_secs(30)
+}
+/// Half of Envoy's default ext_authz timeout (200 ms): a check held past Envoy's
+/// timeout is answered by Envoy's `failure_mode_allow` instead of by us, and the rest
+/// of the check and the network need the other half.
+fn default_unknown_kid_wait() -> Duration {
+    Duration::from_millis(100)
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into(), "ES256".into()]

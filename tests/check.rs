@@ -796,12 +796,13 @@ async fn shutdown_drains_an_in_flight_check() {
     let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
     let path = d.path().join("hopwarden.yaml");
     let text = format!(
-        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n",
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n    unknown_kid_wait: 3s\n",
         jwks_server.url()
     );
     std::fs::write(&path, text).unwrap();
     let s = TestServer::start(hopwarden::config::Config::load(&path).unwrap()).await;
-    // A token with a new kid makes the check wait on a slow JWKS refetch.
+    // A token with a new kid makes the check wait on a slow JWKS refetch (up to
+    // unknown_kid_wait, longer than the fetch takes here).
     *jwks_server.body.lock().unwrap() = jwks(&[key(), other_key()]);
     *jwks_server.delay.lock().unwrap() = Duration::from_millis(1500);
     tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -107,3 +107,78 @@ async fn a_fractional_exp_is_exact() {
         "{statuses:?}"
     );
 }
+
+/// A config with one issuer whose keys come from `url`, written beside `d`'s policies;
+/// no decision cache, so every check reaches the key store.
+fn url_config(d: &Deployment, url: &str, issuer_extra: &str) -> hopwarden::config::Config {
+    let path = d.path().join("hopwarden.yaml");
+    let text = format!(
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\n\
+         decision_log: {{to: decisions.log}}\ncache: {{max_entries: 0}}\n\
+         issuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{url}\"\n    refetch_min_interval: 1s\n    leeway: 0s\n{issuer_extra}"
+    );
+    std::fs::write(&path, text).unwrap();
+    hopwarden::config::Config::load(&path).unwrap()
+}
+
+/// A hanging JWKS endpoint: 30 concurrent checks with an unknown kid share one fetch,
+/// none is held past `unknown_kid_wait` (default 100 ms; asserted with slack for a
+/// loaded machine, far below the 5 s fetch timeout they used to queue behind), all
+/// are 401 `unknown_key`; checks with a known kid are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_never_queue_behind_a_hanging_jwks_endpoint() {
+    let jwks_server = JwksServer::start(jwks(&[key()])).await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(url_config(&d, &jwks_server.url(), "")).await;
+    let known = token(PAYMENTS, "ledger", "ledger.read");
+    assert_eq!(s.check(read_tx().bearer(&known)).await.status, 200);
+    // From now on the key server accepts, reads the request, and never answers.
+    *jwks_server.delay.lock().unwrap() = Duration::from_secs(3600);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past refetch_min_interval
+    let fetches = jwks_server.hits();
+    let unknown = other_key().sign(&claims(PAYMENTS, "ledger", "ledger.read"));
+    for round in 0..2 {
+        let checks: Vec<_> = (0..30)
+            .map(|_| {
+                let mut client = s.client.clone();
+                let req = read_tx().bearer(&unknown).build();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let answer = client.check(req).await.expect("check RPC");
+                    (started.elapsed(), Answer::from(answer.into_inner()))
+                })
+            })
+            .collect();
+        let known_started = Instant::now();
+        let a = s.check(read_tx().bearer(&known)).await;
+        assert_eq!(a.status, 200, "a known kid is unaffected: {a:?}");
+        assert!(known_started.elapsed() < Duration::from_millis(500));
+        for check in checks {
+            let (took, a) = check.await.unwrap();
+            assert_eq!(
+                (a.status, a.reason()),
+                (401, Some("invalid_token")),
+                "{a:?}"
+            );
+            assert!(
+                took < Duration::from_millis(600),
+                "round {round}: an unknown-kid check took {took:?}"
+            );
+        }
+        // One fetch in flight for all of them (the first round's, still hanging).
+        assert_eq!(jwks_server.hits(), fetches + 1, "round {round}");
+    }
+    // Each was refused for its key, and said so in the decision log.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let logged = d.decisions();
+            logged
+                .iter()
+                .filter(|l| l["detail"] == "unknown_key")
+                .count()
+                == 60
+        })
+        .await,
+        "60 unknown_key decisions logged"
+    );
+}
