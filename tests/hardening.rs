@@ -182,3 +182,120 @@ async fn unknown_kids_never_queue_behind_a_hanging_jwks_endpoint() {
         "60 unknown_key decisions logged"
     );
 }
+
+/// RFC 6749 3.3: scopes are delimited by U+0020 only. A tab is part of a scope token,
+/// so `"x\tledger.read"` grants a scope named that, not `ledger.read`.
+#[tokio::test]
+async fn a_scope_string_splits_on_spaces_only() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    for smuggled in ["x\tledger.read", "x\nledger.read", "x\u{a0}ledger.read"] {
+        let a = s
+            .check(read_tx().bearer(&token(PAYMENTS, "ledger", smuggled)))
+            .await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (403, Some("insufficient_scope")),
+            "{smuggled:?}: {a:?}"
+        );
+    }
+    let a = s
+        .check(read_tx().bearer(&token(PAYMENTS, "ledger", "x ledger.read")))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+/// A method that is not upper-case and a path with `#` are refused (400 `bad_request`,
+/// gRPC INVALID_ARGUMENT in the CheckResponse), not upper-cased or cut at the `#`.
+#[tokio::test]
+async fn lower_case_methods_and_fragments_are_bad_requests_over_grpc() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    for (method, path) in [
+        ("get", "/transactions/42"),
+        ("Get", "/transactions/42"),
+        ("GET", "/transactions/42#frag"),
+        ("GET", "/transactions/42#"),
+        ("GET", "/transactions/42?x=1#frag"),
+        ("GET", "/transactions/42#/../../refunds"),
+    ] {
+        let a = s.check(Check::new("ledger", method, path).bearer(&t)).await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (400, Some("bad_request")),
+            "{method} {path}: {a:?}"
+        );
+        assert_eq!(a.grpc_code, tonic::Code::InvalidArgument as i32);
+        assert!(a.body.contains("bad_request"), "{}", a.body);
+    }
+    // The same request, well formed, is allowed; an encoded `#` is a plain character.
+    let a = s
+        .check(Check::new("ledger", "GET", "/transactions/42").bearer(&t))
+        .await;
+    assert_eq!(a.status, 200);
+    let a = s
+        .check(Check::new("ledger", "GET", "/transactions/4%232").bearer(&t))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+/// Sends one raw HTTP/1.1 request and returns the status code of the answer.
+async fn raw_http1(addr: std::net::SocketAddr, request_line: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{request_line}\r\nhost: ledger.internal\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"))
+}
+
+/// The HTTP service refuses a method that is not upper-case (400 `bad_request`) over
+/// HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn lower_case_methods_are_bad_requests_over_the_http_service() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "http_listen: 127.0.0.1:0\n")).await;
+    let addr = s.handle.http_addr.expect("http_listen is bound");
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    let ok = raw_http1(addr, "GET /gateway/ledger/transactions/42 HTTP/1.1", &t).await;
+    assert_eq!(ok, 200);
+    for method in ["get", "Get"] {
+        let line = format!("{method} /gateway/ledger/transactions/42 HTTP/1.1");
+        assert_eq!(raw_http1(addr, &line, &t).await, 400, "{line}");
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let r = h2
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{addr}/gateway/ledger/transactions/42"),
+            )
+            .header("authorization", format!("Bearer {t}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "HTTP/2 {method}");
+        assert!(r.text().await.unwrap().contains("bad_request"));
+    }
+    let logged = eventually(Duration::from_secs(2), || async {
+        d.decisions()
+            .iter()
+            .filter(|l| l["reason"] == "bad_request")
+            .count()
+            == 4
+    })
+    .await;
+    assert!(logged, "{:?}", d.decisions());
+}

@@ -331,10 +331,19 @@ fn numeric_date(v: &Value) -> Option<Duration> {
 
 /// Scopes from `scope` (RFC 8693 4.2: space-delimited string; some issuers send an
 /// array) or, failing that, `scp` (array or string, as Azure AD and Okta do).
+///
+/// A string is split on U+0020 only (RFC 6749 3.3: `scope-token *( SP scope-token )`,
+/// and a scope-token has no other whitespace): `"x\tledger.read"` is one scope, not
+/// two, so a tab or newline cannot smuggle a scope past an issuer that checks tokens.
 pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     let from = |v: Option<&Value>| -> Option<Vec<String>> {
         match v? {
-            Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Value::String(s) => Some(
+                s.split(' ')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             Value::Array(items) => Some(
                 items
                     .iter()
@@ -424,6 +433,12 @@ mod tests {
             (json!({"scope": "a", "scp": ["x"]}), &["a"]),
             (json!({"scope": 5}), &[]),
             (json!({"scope": ""}), &[]),
+            // RFC 6749 3.3: only U+0020 delimits.
+            (json!({"scope": "x\tledger.read"}), &["x\tledger.read"]),
+            (json!({"scope": "a\nb c"}), &["a\nb", "c"]),
+            (json!({"scope": "a\u{a0}b"}), &["a\u{a0}b"]),
+            (json!({"scp": "x\rledger.read"}), &["x\rledger.read"]),
+            (json!({"scope": " a  b "}), &["a", "b"]),
             (json!({}), &[]),
         ];
         for (input, want) in cases {
