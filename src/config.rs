@@ -25,9 +25,13 @@ pub struct ConfigSpec {
     /// Envoy's ext_authz HTTP service (`http_service`), beside gRPC; off when absent.
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
-    /// The policy directory.
+    /// The policy directory (it may be a symlink that is re-pointed, as git-sync does).
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
+    /// How often the policy directory is polled for changes besides being watched;
+    /// what keeps reloads working if the watch fails (0s: never).
+    #[serde(default = "default_policy_poll", with = "humantime_serde")]
+    pub policy_poll_interval: Duration,
     /// How to find the service when Envoy sends no `context_extensions["service"]`.
     #[serde(default)]
     pub services: ServicesSpec,
@@ -221,6 +225,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_policies() -> PathBuf {
     PathBuf::from("policies")
+}
+fn default_policy_poll() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

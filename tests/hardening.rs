@@ -299,3 +299,146 @@ async fn lower_case_methods_are_bad_requests_over_the_http_service() {
     .await;
     assert!(logged, "{:?}", d.decisions());
 }
+
+/// A ledger policy whose one allow rule is named `read-<rev>`, so an allowed check
+/// says which revision answered it.
+fn ledger_revision(rev: &str) -> String {
+    format!(
+        "service: ledger\nrules:\n  - id: read-{rev}\n    from: {{ principals: [\"{PAYMENTS}\"] }}\n    to: [{{ methods: [GET], paths: [\"/transactions/{{id}}\"] }}]\n"
+    )
+}
+
+fn write_revision(root: &std::path::Path, rev: &str) -> std::path::PathBuf {
+    let dir = root.join(format!("rev-{rev}"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("ledger.yaml"), ledger_revision(rev)).unwrap();
+    dir
+}
+
+/// Points `link` at `target` atomically, as git-sync does: `ln -s target tmp && mv -T
+/// tmp link`.
+fn repoint(link: &std::path::Path, target: &std::path::Path) {
+    let tmp = link.with_extension("tmp");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// git-sync's layout: the policy directory is a symlink, atomically re-pointed to a new
+/// revision, after which the old one is deleted. Three swaps while the server answers
+/// checks: each new revision takes effect (by the watch alone: polling is off), and
+/// no check in between goes unanswered or is allowed by a rule no revision has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_policy_directory_follows_every_swap() {
+    let d = Deployment::new(&[]);
+    let root = d.path();
+    std::fs::remove_dir(root.join("policies")).unwrap();
+    let link = root.join("policies");
+    let mut current = write_revision(root, "a");
+    std::os::unix::fs::symlink(&current, &link).unwrap();
+    let s = TestServer::start(d.config("", "policy_poll_interval: 0s\n")).await;
+    let t = token(PAYMENTS, "ledger", "");
+    let rule = |a: &Answer| a.header("x-hopwarden-rule").map(str::to_string);
+    assert_eq!(
+        rule(&s.check(read_tx().bearer(&t)).await).as_deref(),
+        Some("read-a")
+    );
+
+    // Checks keep coming the whole time; every one is answered by some revision.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (stop, mut client, t) = (stop.clone(), s.client.clone(), t.clone());
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let a = Answer::from(
+                    client
+                        .check(read_tx().bearer(&t).build())
+                        .await
+                        .unwrap()
+                        .into_inner(),
+                );
+                assert_eq!(a.status, 200, "{a:?}");
+                let r = a.header("x-hopwarden-rule").unwrap();
+                assert!(
+                    ["read-a", "read-b", "read-c", "read-d", "read-e"].contains(&r),
+                    "{r}"
+                );
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answered
+        })
+    };
+    for rev in ["b", "c", "d"] {
+        let next = write_revision(root, rev);
+        repoint(&link, &next);
+        std::fs::remove_dir_all(&current).unwrap();
+        current = next;
+        let want = format!("read-{rev}");
+        let took_effect = eventually(Duration::from_secs(5), || async {
+            rule(&s.check(read_tx().bearer(&t)).await).as_deref() == Some(want.as_str())
+        })
+        .await;
+        let now = rule(&s.check(read_tx().bearer(&t)).await);
+        assert!(took_effect, "swap to rev-{rev} not applied (still {now:?})");
+    }
+    // An edit inside the current target is still seen after all that.
+    std::fs::write(current.join("ledger.yaml"), ledger_revision("e")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            rule(&s.check(read_tx().bearer(&t)).await).as_deref() == Some("read-e")
+        })
+        .await,
+        "an edit in the last target was not applied"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = background.await.unwrap();
+    assert!(answered > 10, "{answered} background checks");
+    // Ready throughout, and the watch never failed.
+    let admin = s.handle.admin_addr.expect("admin is on");
+    let ready = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hopwarden_policy_watch_errors_total 0"),
+        "{metrics}"
+    );
+}
+
+/// What no watch sees is found by polling: a policy file that is a symlink into a
+/// directory nobody watches, edited there in place.
+#[tokio::test]
+async fn polling_reloads_what_the_watch_cannot_see() {
+    let d = Deployment::new(&[]);
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("ledger.yaml"), ledger_revision("a")).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.join("ledger.yaml"),
+        d.policy_dir().join("ledger.yaml"),
+    )
+    .unwrap();
+    let s = TestServer::start(d.config("", "policy_poll_interval: 200ms\n")).await;
+    let t = token(PAYMENTS, "ledger", "");
+    let rule = |a: Answer| a.header("x-hopwarden-rule").map(str::to_string);
+    assert_eq!(
+        rule(s.check(read_tx().bearer(&t)).await).as_deref(),
+        Some("read-a")
+    );
+    // Written in place (same inode): events only in `elsewhere`, which is not watched.
+    std::fs::write(elsewhere.join("ledger.yaml"), ledger_revision("bb")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            rule(s.check(read_tx().bearer(&t)).await).as_deref() == Some("read-bb")
+        })
+        .await,
+        "the poll did not reload"
+    );
+}
