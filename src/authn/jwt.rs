@@ -623,6 +623,50 @@ mod tests {
         assert!(token(999_999.76, 1).is_live(now));
     }
 
+    /// A token over `MAX_TOKEN_BYTES` is refused before anything else, even when it is
+    /// validly signed by a trusted issuer; one just under it verifies.
+    #[tokio::test]
+    async fn a_validly_signed_token_over_the_size_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = [7u8; 32];
+        std::fs::write(dir.path().join("secret"), secret).unwrap();
+        let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n    leeway: 0s\n";
+        let config =
+            crate::config::Config::from_str(text, &dir.path().join("c.yaml")).unwrap();
+        let http = reqwest::Client::new();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let stores = super::super::jwks::key_stores(&config.issuers, &http, &metrics);
+        for (_, keys) in &stores {
+            keys.refresh().await.unwrap();
+        }
+        let verifier = JwtVerifier::new(stores);
+        let now = unix_now();
+        let sign = |padding: usize| {
+            let claims = json!({
+                "iss": "i", "sub": "svc", "exp": now.as_secs() + 60,
+                "pad": "x".repeat(padding),
+            });
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(&secret),
+            )
+            .unwrap()
+        };
+        // About 20 KB: refused as too long.
+        let big = sign(15_000);
+        assert!(big.len() > MAX_TOKEN_BYTES && big.len() < 21_000, "{}", big.len());
+        assert_eq!(
+            verifier.verify(&big, now).await.err(),
+            Some(TokenError::Malformed("too long"))
+        );
+        // Just under the limit: verified.
+        let padding = (MAX_TOKEN_BYTES - 200) * 3 / 4;
+        let fits = sign(padding);
+        assert!(fits.len() <= MAX_TOKEN_BYTES, "{}", fits.len());
+        assert_eq!(verifier.verify(&fits, now).await.unwrap().subject, "svc");
+    }
+
     #[test]
     fn self_test_passes_with_aws_lc() {
         assert_eq!(self_test(), Ok(()));
