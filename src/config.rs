@@ -510,22 +510,83 @@ impl Config {
 /// JWKS over plain HTTP would let anyone on the path swap the keys; only loopback
 /// (local development and tests) may use it.
 fn check_jwks_uri(uri: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {uri:?}: {e}"))?;
+    let shown = redacted_uri(uri);
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {shown:?}: {e}"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" => match url.host_str() {
             Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
             _ => Err(format!(
-                "jwks_uri {uri:?}: plain http is only allowed on loopback; use https"
+                "jwks_uri {shown:?}: plain http is only allowed on loopback; use https"
             )),
         },
-        other => Err(format!("jwks_uri {uri:?}: unsupported scheme {other:?}")),
+        other => Err(format!("jwks_uri {shown:?}: unsupported scheme {other:?}")),
     }
+}
+
+/// A URL as logs and errors may show it: userinfo and query replaced by `redacted`,
+/// fragment dropped. Some key servers take credentials there (`https://user:pass@…`,
+/// `?api_key=…`), and others need a query that is no secret (Azure AD B2C's `?p=`
+/// policy), so such URIs are accepted, and never printed whole. A string that does not
+/// parse as a URL is not shown at all.
+pub fn redacted_uri(uri: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(uri) else {
+        return "<unparsable URL>".into();
+    };
+    let had_userinfo = !url.username().is_empty() || url.password().is_some();
+    let had_query = url.query().is_some();
+    // Both fail only for URLs that cannot have userinfo, which then have none.
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    url.set_query(None);
+    url.set_fragment(None);
+    let mut shown = url.to_string();
+    if had_userinfo {
+        if let Some(at) = shown.find("://") {
+            shown.insert_str(at + 3, "redacted@");
+        }
+    }
+    if had_query {
+        shown.push_str("?redacted");
+    }
+    shown
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_are_shown_without_credentials() {
+        let cases = [
+            ("https://idp.example/jwks", "https://idp.example/jwks"),
+            (
+                "https://user:s3cret@idp.example/jwks",
+                "https://redacted@idp.example/jwks",
+            ),
+            (
+                "https://s3cret@idp.example/jwks",
+                "https://redacted@idp.example/jwks",
+            ),
+            (
+                "https://idp.example/jwks?api_key=s3cret&x=1",
+                "https://idp.example/jwks?redacted",
+            ),
+            (
+                "http://u:s3cret@127.0.0.1:8080/k?api_key=s3cret#s3cret",
+                "http://redacted@127.0.0.1:8080/k?redacted",
+            ),
+            ("not a url s3cret", "<unparsable URL>"),
+        ];
+        for (uri, shown) in cases {
+            assert_eq!(redacted_uri(uri), shown, "{uri}");
+        }
+        // Config errors show the redacted form too.
+        let err = load("issuers:\n  - issuer: a\n    jwks_uri: \"http://u:s3cret@keys.example/jwks?api_key=s3cret\"\n")
+            .unwrap_err();
+        assert!(err.contains("plain http"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     fn load(text: &str) -> Result<Config, String> {
         Config::from_str(text, Path::new("/etc/hw/hopwarden.yaml")).map_err(|errs| {

@@ -442,3 +442,91 @@ async fn polling_reloads_what_the_watch_cannot_see() {
         "the poll did not reload"
     );
 }
+
+/// Log lines written while the guard lives, on this thread (the current-thread
+/// runtime of a `#[tokio::test]` runs the server's tasks here too).
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn start(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `jwks_uri` may carry credentials (userinfo, `?api_key=`): failed fetches are
+/// logged with both redacted, reqwest's own error text included, at start (nothing
+/// listening) and on an unknown-kid refetch (the key server answers 500).
+#[tokio::test]
+async fn jwks_uri_credentials_never_reach_the_logs() {
+    let logs = CapturedLogs::default();
+    let _guard = logs.start();
+    let secret_uri = |authority: &str| {
+        format!("http://svc:s3cret-pass@{authority}/jwks.json?api_key=s3cret-key&tenant=s3cret-t")
+    };
+    let redacted = |authority: &str| format!("http://redacted@{authority}/jwks.json?redacted");
+
+    // Nothing listens on this port: the first load fails, and is retried.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let handle = hopwarden::server::start(url_config(&d, &secret_uri(&closed.to_string()), ""))
+        .await
+        .expect("starts without keys");
+    let wanted = redacted(&closed.to_string());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            logs.text().contains("issuer keys not loaded") && logs.text().contains(&wanted)
+        })
+        .await,
+        "{}",
+        logs.text()
+    );
+    handle.shutdown().await.unwrap();
+
+    // Loaded once, then the key server fails: an unknown kid's refetch is logged.
+    let jwks_server = JwksServer::start(jwks(&[key()])).await;
+    let authority = jwks_server.addr.to_string();
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(url_config(&d, &secret_uri(&authority), "")).await;
+    *jwks_server.status.lock().unwrap() = 500;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past refetch_min_interval
+    let unknown = other_key().sign(&claims(PAYMENTS, "ledger", "ledger.read"));
+    assert_eq!(s.check(read_tx().bearer(&unknown)).await.status, 401);
+    let wanted = redacted(&authority);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            logs.text().contains("JWKS refetch failed") && logs.text().contains(&wanted)
+        })
+        .await,
+        "{}",
+        logs.text()
+    );
+    let text = logs.text();
+    // reqwest's error text is there, without the URL it carries.
+    assert!(text.contains("error sending request"), "{text}");
+    assert!(text.contains("status 500"), "{text}");
+    assert!(!text.contains("s3cret"), "a credential was logged:\n{text}");
+}

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::crypto;
-use crate::config::{Issuer, KeySource};
+use crate::config::{redacted_uri, Issuer, KeySource};
 use crate::telemetry::Metrics;
 
 /// JWKS documents larger than this are refused; real ones are a few KiB.
@@ -350,6 +350,10 @@ impl IssuerKeys {
                 keys.install(set);
                 n
             });
+            // A refresh logs its own result; a refetch has no one else to.
+            if let (false, Err(e)) = (force, &result) {
+                tracing::warn!(issuer = %keys.issuer, error = %e, "JWKS refetch failed; keeping the last good keys");
+            }
             keys.flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -396,8 +400,9 @@ impl IssuerKeys {
                 KeySet::from_secret(trimmed)
             }
             KeySource::Url(url) => {
+                // Never the whole URL: it may carry credentials (see `redacted_uri`).
                 let fail = |message: String| JwksError::Fetch {
-                    url: url.clone(),
+                    url: redacted_uri(url),
                     message,
                 };
                 let mut resp = self
@@ -406,12 +411,12 @@ impl IssuerKeys {
                     .timeout(FETCH_TIMEOUT)
                     .send()
                     .await
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(http_error(e)))?;
                 if !resp.status().is_success() {
                     return Err(fail(format!("status {}", resp.status())));
                 }
                 let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+                while let Some(chunk) = resp.chunk().await.map_err(|e| fail(http_error(e)))? {
                     body.extend_from_slice(&chunk);
                     if body.len() > MAX_JWKS_BYTES {
                         return Err(fail("document larger than 1 MiB".into()));
@@ -437,16 +442,11 @@ impl IssuerKeys {
         }
         if let Some(mut done) = self.join_or_start(false) {
             // Timing out leaves the fetch running; its keys serve later checks.
-            let waited = tokio::time::timeout(
+            let _ = tokio::time::timeout(
                 self.refetch.unknown_kid_wait,
                 done.wait_for(Option::is_some),
             )
             .await;
-            if let Ok(Ok(result)) = waited {
-                if let Some(Err(e)) = &*result {
-                    tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refetch failed; keeping the last good keys");
-                }
-            }
         }
         match self.current.load_full() {
             None => Err(KeyLookupError::Unavailable),
@@ -456,6 +456,20 @@ impl IssuerKeys {
                 .ok_or(KeyLookupError::UnknownKey),
         }
     }
+}
+
+/// A reqwest error's text without the URL it would repeat (reqwest puts the whole URL,
+/// userinfo and query included, in its message), with its causes, which name no URL.
+fn http_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The HTTP client every JWKS fetch uses. Redirects are not followed: a key set must

@@ -631,8 +631,7 @@ mod tests {
         let secret = [7u8; 32];
         std::fs::write(dir.path().join("secret"), secret).unwrap();
         let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n    leeway: 0s\n";
-        let config =
-            crate::config::Config::from_str(text, &dir.path().join("c.yaml")).unwrap();
+        let config = crate::config::Config::from_str(text, &dir.path().join("c.yaml")).unwrap();
         let http = reqwest::Client::new();
         let metrics = Arc::new(crate::telemetry::Metrics::new());
         let stores = super::super::jwks::key_stores(&config.issuers, &http, &metrics);
@@ -655,7 +654,11 @@ mod tests {
         };
         // About 20 KB: refused as too long.
         let big = sign(15_000);
-        assert!(big.len() > MAX_TOKEN_BYTES && big.len() < 21_000, "{}", big.len());
+        assert!(
+            big.len() > MAX_TOKEN_BYTES && big.len() < 21_000,
+            "{}",
+            big.len()
+        );
         assert_eq!(
             verifier.verify(&big, now).await.err(),
             Some(TokenError::Malformed("too long"))
