@@ -605,6 +605,8 @@ mod tests {
         let i = &c.issuers[0];
         assert_eq!(i.keys, KeySource::File("/etc/hw/keys/jwks.json".into()));
         assert_eq!(i.spec.leeway, Duration::from_secs(30));
+        assert_eq!(i.spec.unknown_kid_wait, Duration::from_millis(100));
+        assert_eq!(c.spec.policy_poll_interval, Duration::from_secs(10));
         assert!(i.spec.require_exp);
         assert_eq!(i.spec.principal_claim, "sub");
         assert_eq!(i.algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
