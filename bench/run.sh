@@ -4,6 +4,12 @@
 #
 #   bench/run.sh            full run (about 20 minutes on 2 cores)
 #   QUICK=1 bench/run.sh    one repetition, shorter runs (a smoke test of the harness)
+#   SETUP_ONLY=1 bench/run.sh   start every setup, check each answers as it should, stop
+#   BENCH_PROFILE=dev ...   debug binaries (harness checks only: no figure means anything)
+#
+# Every port is picked free at the start (loopback, distinct), so a port some other
+# process holds cannot make a setup look broken; a server that still cannot start
+# (its port taken since) is reported with its port and log.
 #
 # Prints one table and writes bench/results/results.{json,md} and chart.svg.
 # Setups (same Envoy, --concurrency 1, same route, same rule: GET /transactions/{id}
@@ -33,12 +39,29 @@ cleanup() {
   [ -z "$shm" ] || rm -rf "$shm"
 }
 trap cleanup EXIT
+
+# Distinct free loopback ports, all held open together while they are picked.
+free_ports() { # count
+  python3 -c '
+import socket, sys
+held = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+read -r hw_port hw_http_port hw_admin_port noop_port \
+  port_a port_b port_c port_d port_e port_f \
+  admin_a admin_b admin_c admin_d admin_e admin_f <<<"$(free_ports 16)"
 shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
 # When the run started: the report's date, even when it is regenerated later.
 echo "{\"kind\":\"meta\",\"started\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}" > "$work/raw.jsonl"
 
 QUICK=${QUICK:-}
+SETUP_ONLY=${SETUP_ONLY:-}
+BENCH_PROFILE=${BENCH_PROFILE:-release}
 REPS=${REPS:-$([ -n "$QUICK" ] && echo 1 || echo 5)}
 ALONE_REPS=${ALONE_REPS:-$([ -n "$QUICK" ] && echo 1 || echo 3)}
 DURATION=${DURATION:-$([ -n "$QUICK" ] && echo 4 || echo 6)}
@@ -49,14 +72,17 @@ MEMORY_TOKENS=${MEMORY_TOKENS:-$([ -n "$QUICK" ] && echo 250000 || echo 1000000)
 echo "== tools"
 envoy=$(scripts/install-envoy.sh)
 missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+if [ -z "$SETUP_ONLY" ]; then
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --locked --bin hopwarden --example loadgen 2>&1 | tail -1
-hopwarden=$root/target/release/hopwarden
-loadgen=$root/target/release/examples/loadgen
+cargo build --profile "$BENCH_PROFILE" --locked --bin hopwarden --example loadgen 2>&1 | tail -1
+bin_dir=$root/target/$([ "$BENCH_PROFILE" = dev ] && echo debug || echo "$BENCH_PROFILE")
+hopwarden=$bin_dir/hopwarden
+loadgen=$bin_dir/examples/loadgen
 "$envoy" --version | head -1
 
 echo "== keys and tokens (minted now)"
@@ -86,30 +112,37 @@ end
 EOF
 
 cat > "$work/hopwarden.yaml" <<EOF
-listen: 127.0.0.1:18191
+listen: 127.0.0.1:$hw_port
 policies: $root/bench/policies
 issuers:
   - issuer: https://sts.hopwarden.local
     jwks_file: $work/jwks.json
     algorithms: [RS256, ES256]
-http_listen: 127.0.0.1:18194
+http_listen: 127.0.0.1:$hw_http_port
 cache: {max_entries: 100000, token_max_entries: 100000, ttl: 60s, deny_ttl: 5s}
 log: {format: json, level: warn}
 worker_threads: 1
 # b and c give Envoy no metadata either; with it on Envoy runs ~7% more instructions.
 dynamic_metadata: false
-admin: {listen: "127.0.0.1:18192"}
+admin: {listen: "127.0.0.1:$hw_admin_port"}
 # On tmpfs: every record is still serialized and written, but the kernel's writeback
 # of a fast-growing file on this VM's disk stalled the tails by tens of milliseconds.
 decision_log: {to: $shm/decisions.log}
 EOF
 
-wait_http() { # port path
+wait_http() { # port path pid name log
   for _ in $(seq 1 100); do
+    if ! kill -0 "$3" 2>/dev/null; then
+      echo "error: $4 exited before answering on 127.0.0.1:$1 (is the port busy?); its log:" >&2
+      tail -5 "$5" >&2
+      return 1
+    fi
     curl -fs "http://127.0.0.1:$1$2" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  echo "error: nothing on :$1$2" >&2; return 1
+  echo "error: $4 never answered on 127.0.0.1:$1$2; its log:" >&2
+  tail -5 "$5" >&2
+  return 1
 }
 
 start_hopwarden() {
@@ -117,10 +150,9 @@ start_hopwarden() {
   rm -f "$shm/decisions.log"
   "$hopwarden" serve --config "$work/hopwarden.yaml" >"$work/hopwarden.log" 2>&1 &
   hw_pid=$!
-  wait_http 18192 /readyz
+  wait_http "$hw_admin_port" /readyz "$hw_pid" hopwarden "$work/hopwarden.log"
 }
 
-noop_port=18193
 start_noop() {
   [ -z "$noop_pid" ] || stop "$noop_pid"
   : > "$work/noop.log"
@@ -128,19 +160,22 @@ start_noop() {
   noop_pid=$!
   for _ in $(seq 1 100); do
     grep -q listening "$work/noop.log" && return 0
+    kill -0 "$noop_pid" 2>/dev/null || break
     sleep 0.1
   done
-  echo "error: loadgen allow-all did not start" >&2; return 1
+  echo "error: loadgen allow-all did not start on 127.0.0.1:$noop_port; its log:" >&2
+  tail -5 "$work/noop.log" >&2
+  return 1
 }
 
 setups=(a b c d e f)
-declare -A port=([a]=18001 [b]=18002 [c]=18003 [d]=18004 [e]=18005 [f]=18006)
-declare -A admin=([a]=19001 [b]=19002 [c]=19003 [d]=19004 [e]=19005 [f]=19006)
+declare -A port=([a]=$port_a [b]=$port_b [c]=$port_c [d]=$port_d [e]=$port_e [f]=$port_f)
+declare -A admin=([a]=$admin_a [b]=$admin_b [c]=$admin_c [d]=$admin_d [e]=$admin_e [f]=$admin_f)
 declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http)
 envoy_config() { # setup -> $work/envoy-SETUP.yaml
   local s=$1
   sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
-      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/18191/" -e "s/__HOPWARDEN_HTTP__/18194/" -e "s/__NOOP__/$noop_port/" \
+      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/$hw_port/" -e "s/__HOPWARDEN_HTTP__/$hw_http_port/" -e "s/__NOOP__/$noop_port/" \
       "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
 }
 start_envoy() { # setup
@@ -150,7 +185,7 @@ start_envoy() { # setup
   "$envoy" -c "$work/envoy-$s.yaml" --concurrency 1 --disable-hot-restart -l error \
     >"$work/envoy-$s.log" 2>&1 &
   envoy_pid[$s]=$!
-  wait_http "${admin[$s]}" /ready
+  wait_http "${admin[$s]}" /ready "${envoy_pid[$s]}" "Envoy ($s)" "$work/envoy-$s.log"
 }
 
 # wrk output -> one JSON line in raw.jsonl
@@ -206,9 +241,10 @@ for s in "${setups[@]}"; do
   ok=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42")
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$s]}/transactions/42")
   echo "  $s: with token $ok, without $no"
-  [ "$ok" = 200 ] || { echo "error: setup $s refused a valid token" >&2; exit 1; }
+  [ "$ok" = 200 ] || { echo "error: setup $s (Envoy on 127.0.0.1:${port[$s]}) refused a valid token" >&2; exit 1; }
   [ "$s" = a ] || [ "$s" = e ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
 done
+[ -z "$SETUP_ONLY" ] || { echo "== SETUP_ONLY: every setup answers as it should; stopping"; exit 0; }
 for scenario in reused rotating; do
   for rep in $(seq 1 "$REPS"); do
     for s in "${setups[@]}"; do
@@ -276,7 +312,7 @@ alone() { # round label args...
     log="$shm/decisions.log"
     before=$(cat "$log" 2>/dev/null | wc -l)
   fi
-  "$loadgen" run --addr "${server_addr:-127.0.0.1:18191}" --server-pid "${server_pid:-$hw_pid}" --label "$label" "$@" \
+  "$loadgen" run --addr "${server_addr:-127.0.0.1:$hw_port}" --server-pid "${server_pid:-$hw_pid}" --label "$label" "$@" \
     | python3 -c '
 import json, sys, time
 r = json.load(sys.stdin); r["kind"] = "alone"; r["rep"] = int(sys.argv[3])
@@ -315,7 +351,7 @@ for round in $(seq 1 "$ALONE_REPS"); do
   alone "$round" floor-grpc-rate-5000 --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
   unset server_addr server_pid
   start_hopwarden
-  "$loadgen" run --addr 127.0.0.1:18191 --token "$token" --requests 5000 >/dev/null
+  "$loadgen" run --addr 127.0.0.1:$hw_port --token "$token" --requests 5000 >/dev/null
   alone "$round" saturation-hit --token "$token" --concurrency 64 --requests "$n_sat"
   alone "$round" rate-1000-hit --token "$token" --rate 1000 --seconds "$DURATION" --concurrency 64
   alone "$round" rate-5000-hit --token "$token" --rate 5000 --seconds "$DURATION" --concurrency 128
@@ -332,9 +368,9 @@ echo "== memory: $MEMORY_TOKENS distinct tokens"
 start_hopwarden
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$hw_pid/status"; }
 idle=$(rss)
-"$loadgen" run --addr 127.0.0.1:18191 --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests 200000 >/dev/null
+"$loadgen" run --addr 127.0.0.1:$hw_port --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests 200000 >/dev/null
 full=$(rss)
-"$loadgen" run --addr 127.0.0.1:18191 --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests $((MEMORY_TOKENS - 200000)) >/dev/null
+"$loadgen" run --addr 127.0.0.1:$hw_port --fresh-es256 "$work/ec.pem" --kid bench-ec --threads 2 --concurrency 64 --requests $((MEMORY_TOKENS - 200000)) >/dev/null
 after=$(rss)
 echo "{\"kind\":\"memory\",\"tokens\":$MEMORY_TOKENS,\"rss_idle\":$idle,\"rss_caches_full\":$full,\"rss_after\":$after}" >> "$work/raw.jsonl"
 

@@ -59,11 +59,11 @@ impl Authenticator {
         self.verifier.key_removals()
     }
 
-    /// Authenticates a request at time `now` (seconds since the epoch).
+    /// Authenticates a request at time `now` (time since the epoch).
     pub async fn authenticate(
         &self,
         req: &AuthzRequest,
-        now: u64,
+        now: std::time::Duration,
     ) -> Result<Credential, TokenError> {
         let peer = mtls::peer_identity(req.source_principal.as_deref());
         let Some(header) = req.header("authorization") else {
@@ -83,7 +83,10 @@ impl Authenticator {
             .into();
         // The cache entry never outlives `exp`, but the clock is checked again so a
         // hit can never be more lenient than a fresh verification.
-        let hit = self.tokens.get(&key).filter(|cached| cached.is_live(now));
+        let hit = self
+            .tokens
+            .get(&key, now)
+            .filter(|cached| cached.is_live(now));
         self.metrics.cache("token", hit.is_some());
         if let Some(cached) = hit {
             return Ok(Credential::Token(cached, peer));

@@ -28,8 +28,9 @@ struct Entry<T> {
     value: T,
     /// How long the entry may live, fixed when it was made.
     lifetime: Duration,
-    /// The token's `exp` (seconds since the epoch), checked again on every read.
-    deadline: Option<u64>,
+    /// The token's `exp` (time since the epoch, to the nanosecond), checked again on
+    /// every read: moka's own expiry is only as exact as its timer wheel.
+    deadline: Option<Duration>,
 }
 
 struct PerEntry;
@@ -45,11 +46,12 @@ impl<T> Expiry<Fingerprint, Entry<T>> for PerEntry {
     }
 }
 
-/// How long an entry may live: `ttl`, but never past the token's `exp`.
-fn lifetime(ttl: Duration, deadline: Option<u64>, now: u64) -> Option<Duration> {
+/// How long an entry may live: `ttl`, but never up to the token's `exp` (RFC 7519
+/// 4.1.4: refused *on or after* it). `None`: not cached at all.
+fn lifetime(ttl: Duration, deadline: Option<Duration>, now: Duration) -> Option<Duration> {
     match deadline {
         None => Some(ttl),
-        Some(exp) if exp > now => Some(ttl.min(Duration::from_secs(exp - now))),
+        Some(exp) if exp > now => Some(ttl.min(exp - now)),
         Some(_) => None,
     }
 }
@@ -137,7 +139,7 @@ impl std::hash::Hasher for FoldHasher {
 fn get<T: Clone + Send + Sync + 'static>(
     cache: &Option<Table<T>>,
     key: &Fingerprint,
-    now: u64,
+    now: Duration,
 ) -> Option<T> {
     let entry = cache.as_ref()?.get(key)?;
     match entry.deadline {
@@ -161,13 +163,13 @@ impl TokenCache {
         }
     }
 
-    /// A verified token, if cached and not past its `exp`.
-    pub fn get(&self, key: &Fingerprint) -> Option<Arc<VerifiedToken>> {
-        get(&self.inner, key, crate::authn::jwt::now_secs())
+    /// A verified token, if cached and `now` (time since the epoch) is before its `exp`.
+    pub fn get(&self, key: &Fingerprint, now: Duration) -> Option<Arc<VerifiedToken>> {
+        get(&self.inner, key, now)
     }
 
     /// Caches a verified token until `min(ttl, exp)`.
-    pub fn insert(&self, key: Fingerprint, token: Arc<VerifiedToken>, now: u64) {
+    pub fn insert(&self, key: Fingerprint, token: Arc<VerifiedToken>, now: Duration) {
         let Some(cache) = &self.inner else { return };
         let deadline = token.exp;
         if let Some(lifetime) = lifetime(self.ttl, deadline, now) {
@@ -200,8 +202,9 @@ impl DecisionCache {
         }
     }
 
-    /// A cached decision, if present and its token has not expired.
-    pub fn get(&self, key: &Fingerprint, now: u64) -> Option<Arc<Decision>> {
+    /// A cached decision, if present and its token has not expired at `now` (time
+    /// since the epoch).
+    pub fn get(&self, key: &Fingerprint, now: Duration) -> Option<Arc<Decision>> {
         get(&self.inner, key, now)
     }
 
@@ -210,8 +213,8 @@ impl DecisionCache {
         &self,
         key: Fingerprint,
         decision: Arc<Decision>,
-        deadline: Option<u64>,
-        now: u64,
+        deadline: Option<Duration>,
+        now: Duration,
     ) {
         let Some(cache) = &self.inner else { return };
         let ttl = match *decision {
@@ -287,17 +290,23 @@ mod tests {
     #[test]
     fn lifetimes_never_pass_exp() {
         let ttl = Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        // (deadline, now, lifetime), in milliseconds since the epoch.
         let cases: &[(Option<u64>, u64, Option<u64>)] = &[
-            (None, 100, Some(60)),
-            (Some(1000), 100, Some(60)),
-            (Some(110), 100, Some(10)),
-            (Some(100), 100, None),
-            (Some(90), 100, None),
+            (None, 100_000, Some(60_000)),
+            (Some(1_000_000), 100_000, Some(60_000)),
+            (Some(110_000), 100_000, Some(10_000)),
+            // Sub-second: the lifetime ends at the exact `exp`, not a second later.
+            (Some(100_250), 100_000, Some(250)),
+            (Some(100_001), 100_000, Some(1)),
+            (Some(100_000), 100_000, None),
+            (Some(99_999), 100_000, None),
+            (Some(90_000), 100_000, None),
         ];
         for (deadline, now, want) in cases {
             assert_eq!(
-                lifetime(ttl, *deadline, *now).map(|d| d.as_secs()),
-                *want,
+                lifetime(ttl, deadline.map(ms), ms(*now)),
+                want.map(ms),
                 "{deadline:?} {now}"
             );
         }
@@ -307,10 +316,35 @@ mod tests {
     fn expired_deadline_is_a_miss() {
         let cache = DecisionCache::new(10, Duration::from_secs(60), Duration::from_secs(5));
         let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
-        cache.insert([1; 32], d.clone(), Some(200), 100);
-        assert_eq!(cache.get(&[1; 32], 150).as_deref(), Some(&*d));
-        assert_eq!(cache.get(&[1; 32], 200), None);
-        assert_eq!(cache.get(&[2; 32], 150), None);
+        let ms = Duration::from_millis;
+        cache.insert([1; 32], d.clone(), Some(ms(200_500)), ms(100_000));
+        assert_eq!(cache.get(&[1; 32], ms(150_000)).as_deref(), Some(&*d));
+        // Up to the last millisecond before a fractional `exp`, and not at it.
+        assert_eq!(cache.get(&[1; 32], ms(200_499)).as_deref(), Some(&*d));
+        assert_eq!(cache.get(&[1; 32], ms(200_500)), None);
+        assert_eq!(cache.get(&[2; 32], ms(150_000)), None);
+    }
+
+    #[test]
+    fn a_token_is_not_served_from_the_cache_at_its_exp() {
+        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let ms = Duration::from_millis;
+        let token = Arc::new(VerifiedToken {
+            issuer: "i".into(),
+            subject: "s".into(),
+            kind: crate::principal::PrincipalKind::Service,
+            scopes: vec![],
+            audiences: vec![],
+            exp: Some(ms(200_250)),
+            leeway: Duration::ZERO,
+            claims: Default::default(),
+        });
+        cache.insert([4; 32], token.clone(), ms(200_000));
+        assert!(cache.get(&[4; 32], ms(200_249)).is_some());
+        assert!(cache.get(&[4; 32], ms(200_250)).is_none());
+        // Already past: never cached.
+        cache.insert([5; 32], token, ms(200_250));
+        assert!(cache.get(&[5; 32], ms(200_000)).is_none());
     }
 
     #[test]
@@ -349,8 +383,8 @@ mod tests {
         // table size nor take its memory at startup.
         let cache = DecisionCache::new(u64::MAX, Duration::from_secs(60), Duration::from_secs(5));
         let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
-        cache.insert([3; 32], d.clone(), None, 0);
-        assert_eq!(cache.get(&[3; 32], 0).as_deref(), Some(&*d));
+        cache.insert([3; 32], d.clone(), None, Duration::ZERO);
+        assert_eq!(cache.get(&[3; 32], Duration::ZERO).as_deref(), Some(&*d));
     }
 
     #[test]
@@ -360,8 +394,8 @@ mod tests {
             [1; 32],
             Arc::new(Decision::deny(DenyReason::NoPolicy)),
             None,
-            0,
+            Duration::ZERO,
         );
-        assert_eq!(cache.get(&[1; 32], 0), None);
+        assert_eq!(cache.get(&[1; 32], Duration::ZERO), None);
     }
 }

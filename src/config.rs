@@ -26,9 +26,13 @@ pub struct ConfigSpec {
     /// Envoy's ext_authz HTTP service (`http_service`), beside gRPC; off when absent.
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
-    /// The policy directory.
+    /// The policy directory (it may be a symlink that is re-pointed, as git-sync does).
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
+    /// How often the policy directory is polled for changes besides being watched;
+    /// what keeps reloads working if the watch fails (0s: never).
+    #[serde(default = "default_policy_poll", with = "humantime_serde")]
+    pub policy_poll_interval: Duration,
     /// How to find the service when Envoy sends no `context_extensions["service"]`.
     #[serde(default)]
     pub services: ServicesSpec,
@@ -160,6 +164,10 @@ pub struct IssuerSpec {
     /// The shortest time between two refetches triggered by an unknown `kid`.
     #[serde(default = "default_refetch", with = "humantime_serde")]
     pub refetch_min_interval: Duration,
+    /// How long a check with an unknown `kid` waits for the key fetch in flight before
+    /// it is answered 401 `unknown_key` (the fetch goes on; later checks find the key).
+    #[serde(default = "default_unknown_kid_wait", with = "humantime_serde")]
+    pub unknown_kid_wait: Duration,
     /// Allowed `alg` values.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -247,6 +255,9 @@ fn default_listen() -> SocketAddr {
 fn default_policies() -> PathBuf {
     PathBuf::from("policies")
 }
+fn default_policy_poll() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
@@ -255,6 +266,12 @@ fn default_refresh() -> Duration {
 }
 fn default_refetch() -> Duration {
     Duration::from_secs(30)
+}
+/// Half of Envoy's default ext_authz timeout (200 ms): a check held past Envoy's
+/// timeout is answered by Envoy's `failure_mode_allow` instead of by us, and the rest
+/// of the check and the network need the other half.
+fn default_unknown_kid_wait() -> Duration {
+    Duration::from_millis(100)
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into(), "ES256".into()]
@@ -583,22 +600,83 @@ fn check_log_level(level: &str) -> Result<(), String> {
 /// JWKS over plain HTTP would let anyone on the path swap the keys; only loopback
 /// (local development and tests) may use it.
 fn check_jwks_uri(uri: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {uri:?}: {e}"))?;
+    let shown = redacted_uri(uri);
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri {shown:?}: {e}"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" => match url.host_str() {
             Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
             _ => Err(format!(
-                "jwks_uri {uri:?}: plain http is only allowed on loopback; use https"
+                "jwks_uri {shown:?}: plain http is only allowed on loopback; use https"
             )),
         },
-        other => Err(format!("jwks_uri {uri:?}: unsupported scheme {other:?}")),
+        other => Err(format!("jwks_uri {shown:?}: unsupported scheme {other:?}")),
     }
+}
+
+/// A URL as logs and errors may show it: userinfo and query replaced by `redacted`,
+/// fragment dropped. Some key servers take credentials there (`https://user:pass@…`,
+/// `?api_key=…`), and others need a query that is no secret (Azure AD B2C's `?p=`
+/// policy), so such URIs are accepted, and never printed whole. A string that does not
+/// parse as a URL is not shown at all.
+pub fn redacted_uri(uri: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(uri) else {
+        return "<unparsable URL>".into();
+    };
+    let had_userinfo = !url.username().is_empty() || url.password().is_some();
+    let had_query = url.query().is_some();
+    // Both fail only for URLs that cannot have userinfo, which then have none.
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    url.set_query(None);
+    url.set_fragment(None);
+    let mut shown = url.to_string();
+    if had_userinfo {
+        if let Some(at) = shown.find("://") {
+            shown.insert_str(at + 3, "redacted@");
+        }
+    }
+    if had_query {
+        shown.push_str("?redacted");
+    }
+    shown
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_are_shown_without_credentials() {
+        let cases = [
+            ("https://idp.example/jwks", "https://idp.example/jwks"),
+            (
+                "https://user:s3cret@idp.example/jwks",
+                "https://redacted@idp.example/jwks",
+            ),
+            (
+                "https://s3cret@idp.example/jwks",
+                "https://redacted@idp.example/jwks",
+            ),
+            (
+                "https://idp.example/jwks?api_key=s3cret&x=1",
+                "https://idp.example/jwks?redacted",
+            ),
+            (
+                "http://u:s3cret@127.0.0.1:8080/k?api_key=s3cret#s3cret",
+                "http://redacted@127.0.0.1:8080/k?redacted",
+            ),
+            ("not a url s3cret", "<unparsable URL>"),
+        ];
+        for (uri, shown) in cases {
+            assert_eq!(redacted_uri(uri), shown, "{uri}");
+        }
+        // Config errors show the redacted form too.
+        let err = load("issuers:\n  - issuer: a\n    jwks_uri: \"http://u:s3cret@keys.example/jwks?api_key=s3cret\"\n")
+            .unwrap_err();
+        assert!(err.contains("plain http"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     fn load(text: &str) -> Result<Config, String> {
         Config::from_str(text, Path::new("/etc/hw/hopwarden.yaml")).map_err(|errs| {
@@ -617,6 +695,8 @@ mod tests {
         let i = &c.issuers[0];
         assert_eq!(i.keys, KeySource::File("/etc/hw/keys/jwks.json".into()));
         assert_eq!(i.spec.leeway, Duration::from_secs(30));
+        assert_eq!(i.spec.unknown_kid_wait, Duration::from_millis(100));
+        assert_eq!(c.spec.policy_poll_interval, Duration::from_secs(10));
         assert!(i.spec.require_exp);
         assert_eq!(i.spec.principal_claim, "sub");
         assert_eq!(i.algorithms, vec![Algorithm::RS256, Algorithm::ES256]);

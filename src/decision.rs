@@ -9,7 +9,7 @@ use crate::principal::PrincipalKind;
 pub enum Decision {
     /// Let the request through, with identity headers for the upstream.
     Allow(Allowed),
-    /// Answer the client directly with 401 or 403.
+    /// Answer the client directly with 400, 401 or 403.
     Deny(Denied),
 }
 
@@ -112,7 +112,8 @@ pub enum DenyReason {
     UnknownService(&'static str),
     /// The service has no policy file: default deny.
     NoPolicy,
-    /// The path is not canonical or the hop unknown.
+    /// The request cannot be read as rules read it: a non-canonical path, a path with
+    /// `#`, a method that is not upper-case, an unknown hop.
     BadRequest,
     /// No credential at all, and no rule allows anonymous callers.
     MissingCredential,
@@ -131,6 +132,8 @@ pub enum DenyReason {
 /// The HTTP status a denial answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyStatus {
+    /// 400: the request itself is malformed; no rule was read.
+    BadRequest,
     /// 401: the caller must present (valid) credentials.
     Unauthorized,
     /// 403: the caller is known but not permitted.
@@ -141,6 +144,7 @@ impl DenyStatus {
     /// The numeric HTTP status code.
     pub fn code(self) -> u16 {
         match self {
+            DenyStatus::BadRequest => 400,
             DenyStatus::Unauthorized => 401,
             DenyStatus::Forbidden => 403,
         }
@@ -171,9 +175,11 @@ impl DenyReason {
         }
     }
 
-    /// 401 for credential problems, 403 for everything the policy refused.
+    /// 400 for a request no rule can read, 401 for credential problems, 403 for
+    /// everything the policy refused.
     pub fn status(&self) -> DenyStatus {
         match self {
+            DenyReason::BadRequest => DenyStatus::BadRequest,
             DenyReason::MissingCredential
             | DenyReason::InvalidToken(_)
             | DenyReason::WrongAudience => DenyStatus::Unauthorized,
@@ -207,14 +213,14 @@ impl DenyReason {
             DenyReason::InsufficientScope(_) => {
                 r#"{"error":"insufficient_scope","message":"the token lacks a required scope"}"#
             }
-            DenyReason::BadRequest => r#"{"error":"forbidden","message":"request not allowed"}"#,
+            DenyReason::BadRequest => r#"{"error":"bad_request","message":"request not allowed"}"#,
             _ => r#"{"error":"forbidden","message":"access denied"}"#,
         }
     }
 }
 
 impl Decision {
-    /// The HTTP status Envoy answers with: 200 (forwarded upstream), 401 or 403.
+    /// The HTTP status Envoy answers with: 200 (forwarded upstream), 400, 401 or 403.
     pub fn http_status(&self) -> u16 {
         match self {
             Decision::Allow(_) => 200,
@@ -280,7 +286,7 @@ mod tests {
             (DenyReason::NoMatchingRule, 403, None),
             (DenyReason::NoPolicy, 403, None),
             (DenyReason::UnknownService("x"), 403, None),
-            (DenyReason::BadRequest, 403, None),
+            (DenyReason::BadRequest, 400, None),
         ];
         for (reason, code, challenge) in cases {
             assert_eq!(reason.status().code(), *code, "{reason:?}");

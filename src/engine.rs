@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tracing::Instrument;
 
-use crate::authn::jwt::{now_secs, TokenError, VerifiedToken};
+use crate::authn::jwt::{unix_now, TokenError, VerifiedToken};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
@@ -170,7 +170,7 @@ impl Engine {
     }
 
     async fn decide(&self, req: &AuthzRequest) -> Result<Outcome, EngineError> {
-        let now = now_secs();
+        let now = unix_now();
         let mut outcome = Outcome::denied(DenyReason::BadRequest);
         let Ok(hop) = self.resolver.hop(req) else {
             return Ok(outcome);
@@ -222,8 +222,8 @@ impl Engine {
         hop: Hop,
         action: &Action,
         req: &AuthzRequest,
-        now: u64,
-    ) -> Result<(Decision, Option<u64>), EngineError> {
+        now: Duration,
+    ) -> Result<(Decision, Option<Duration>), EngineError> {
         let (principal, deadline) = match self.authn.authenticate(req, now).await {
             Ok(Credential::Token(token, peer)) => {
                 // Audience on every hop: a token minted for another service is not a

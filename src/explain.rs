@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::authn::jwt::{now_secs, JwtVerifier, TokenError};
+use crate::authn::jwt::{unix_now, JwtVerifier, TokenError};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::TokenCache;
 use crate::config::Config;
@@ -342,7 +342,7 @@ async fn explain(
         }
         None => {
             let authn = authenticator(config, args.token.is_some()).await;
-            match authn.authenticate(&req, now_secs()).await {
+            match authn.authenticate(&req, unix_now()).await {
                 Ok(Credential::Token(token, peer)) => {
                     report.credentials = format!(
                         "bearer token verified: issuer {}, subject \"{}\"",

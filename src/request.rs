@@ -48,9 +48,12 @@ pub enum RequestError {
     /// `context_extensions["hop"]` is neither `gateway` nor `mesh`.
     #[error("unknown hop {0:?}")]
     Hop(String),
-    /// The path has dot-segments, `//`, an encoded `/` or `\`, or bad escapes.
+    /// The path has dot-segments, `//`, an encoded `/` or `\`, a `#`, or bad escapes.
     #[error("non-canonical path")]
     NonCanonicalPath,
+    /// The method is not an upper-case HTTP method token.
+    #[error("method {0:?} is not an upper-case HTTP method")]
+    Method(String),
 }
 
 /// A check request as the engine sees it.
@@ -133,6 +136,7 @@ impl AuthzRequest {
     /// The canonical action: method, decoded path without query, and the gRPC method
     /// when the request is gRPC.
     pub fn action(&self) -> Result<Action, RequestError> {
+        check_method(&self.method)?;
         let path = canonical_path(&self.path)?;
         let is_grpc = self.header("content-type").is_some_and(|ct| {
             ct.get(..16)
@@ -140,11 +144,23 @@ impl AuthzRequest {
         });
         let grpc = if is_grpc { grpc_method(&path) } else { None };
         Ok(Action {
-            method: self.method.to_ascii_uppercase(),
+            method: self.method.clone(),
             path,
             grpc,
         })
     }
+}
+
+/// A method is matched as sent, so it must be sent as rules name it: an RFC 9110 token
+/// with no lower-case letter. `get` is refused, not upper-cased: methods are
+/// case-sensitive (RFC 9110 9.1), and an upstream may route `get` differently from
+/// `GET` (Envoy itself refuses it).
+fn check_method(method: &str) -> Result<(), RequestError> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if method.is_empty() || !method.bytes().all(|b| tchar(b) && !b.is_ascii_lowercase()) {
+        return Err(RequestError::Method(method.to_string()));
+    }
+    Ok(())
 }
 
 /// What the caller wants to do: the part of a request that `to` clauses match.
@@ -160,13 +176,17 @@ pub struct Action {
 
 /// The path a rule is matched against.
 ///
-/// Strips the query and fragment, then decodes percent-escapes so that `/%61dmin`
-/// cannot slip past a rule on `/admin`. Anything that another component could read
-/// differently is refused rather than normalised: dot-segments (RFC 3986 5.2.4),
+/// Strips the query, then decodes percent-escapes so that `/%61dmin` cannot slip past
+/// a rule on `/admin`. Anything that another component could read differently is
+/// refused rather than normalised: a `#` (a fragment is never sent in a request
+/// target, RFC 9112 3.2; whoever sends one means something by it), dot-segments (RFC 3986 5.2.4),
 /// empty segments (`//`), encoded `/` or `\` (the upstream may or may not decode them),
 /// a raw `\`, control characters, bad escapes and non-UTF-8.
 pub fn canonical_path(raw: &str) -> Result<String, RequestError> {
-    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    if raw.contains('#') {
+        return Err(RequestError::NonCanonicalPath);
+    }
+    let end = raw.find('?').unwrap_or(raw.len());
     let raw = &raw[..end];
     if !raw.starts_with('/') {
         return Err(RequestError::NonCanonicalPath);
@@ -240,7 +260,11 @@ mod tests {
             ("/", Some("/")),
             ("/transactions/42", Some("/transactions/42")),
             ("/transactions/42?x=1&y=/../admin", Some("/transactions/42")),
-            ("/a#frag", Some("/a")),
+            ("/a#frag", None),
+            ("/a#", None),
+            ("/a?x=1#frag", None),
+            ("/a#/../admin", None),
+            ("/a%23b", Some("/a#b")),
             ("/a/", Some("/a")),
             ("/a/?q", Some("/a")),
             ("/a//", None),
@@ -280,9 +304,44 @@ mod tests {
     }
 
     #[test]
+    fn methods_are_matched_as_sent_or_refused() {
+        let cases: &[(&str, bool)] = &[
+            ("GET", true),
+            ("POST", true),
+            ("M-SEARCH", true),
+            ("PROPFIND", true),
+            ("get", false),
+            ("Get", false),
+            ("gET", false),
+            ("", false),
+            ("GE T", false),
+            ("GET\n", false),
+            ("GÉT", false),
+            ("GET/", false),
+        ];
+        for (method, ok) in cases {
+            let req = AuthzRequest {
+                method: method.to_string(),
+                path: "/a".into(),
+                ..Default::default()
+            };
+            match req.action() {
+                Ok(action) => {
+                    assert!(ok, "{method:?} accepted");
+                    assert_eq!(action.method, *method);
+                }
+                Err(e) => {
+                    assert!(!ok, "{method:?} refused");
+                    assert_eq!(e, RequestError::Method(method.to_string()));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn grpc_action() {
         let mut req = AuthzRequest {
-            method: "post".into(),
+            method: "POST".into(),
             path: "/ledger.v1.Ledger/Get".into(),
             ..Default::default()
         };

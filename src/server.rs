@@ -42,9 +42,6 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The policy directory could not be watched.
-    #[error("cannot watch the policy directory: {0}")]
-    Watch(#[from] notify::Error),
     /// The decision log could not be opened.
     #[error("cannot open the decision log {target}: {source}")]
     DecisionLog {
@@ -71,7 +68,6 @@ pub struct ServerHandle {
     reload: ReloadTrigger,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    _watcher: notify::RecommendedWatcher,
     background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
@@ -217,7 +213,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         }));
     }
 
-    let (reload, watcher) = reload::spawn(engine.clone(), policy_dir)?;
+    let (reload, watch) =
+        reload::spawn(engine.clone(), policy_dir, config.spec.policy_poll_interval);
+    background.push(watch);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let http_engine = engine.clone();
     let grpc_engine = engine.clone();
@@ -260,7 +258,6 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         reload,
         shutdown: Some(shutdown_tx),
         task,
-        _watcher: watcher,
         background,
         drain_timeout: config.spec.drain_timeout,
     })

@@ -235,12 +235,12 @@ impl Checker<'_> {
         let status_ok = match (expect.decision, expect.status) {
             (_, None) => true,
             (Expected::Allow, Some(s)) => s == 200,
-            (Expected::Deny, Some(s)) => s == 401 || s == 403,
+            (Expected::Deny, Some(s)) => matches!(s, 400 | 401 | 403),
         };
         if !status_ok {
             let at = self.at_key("status", start);
             let message = format!(
-                "case {name:?}: status {} cannot go with {} (allow is 200; deny is 401 or 403)",
+                "case {name:?}: status {} cannot go with {} (allow is 200; deny is 400, 401 or 403)",
                 expect.status.unwrap_or_default(),
                 expected_str(expect.decision)
             );

@@ -102,6 +102,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     jwks: Family<FetchLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    watch_errors: Counter,
     generation: Gauge,
     would_deny: Family<DryRunLabels, Counter>,
     decision_log_dropped: Counter,
@@ -158,6 +159,12 @@ impl Metrics {
             "Policy reloads by result",
             reloads.clone(),
         );
+        let watch_errors = Counter::default();
+        registry.register(
+            "policy_watch_errors",
+            "Policy directory watch failures (reloads then rely on polling)",
+            watch_errors.clone(),
+        );
         let generation = Gauge::default();
         registry.register(
             "policy_generation",
@@ -184,6 +191,7 @@ impl Metrics {
             cache,
             jwks,
             reloads,
+            watch_errors,
             generation,
             would_deny,
             decision_log_dropped,
@@ -255,6 +263,11 @@ impl Metrics {
         if let Some(g) = generation {
             self.set_generation(g);
         }
+    }
+
+    /// Counts a failure of the policy directory watch.
+    pub fn policy_watch_error(&self) {
+        self.watch_errors.inc();
     }
 
     /// Records the active generation (at start).

@@ -311,7 +311,7 @@ rules:
     let a = s
         .check(Check::new("ledger", "GET", "/admin;x/users").bearer(&t))
         .await;
-    assert_eq!((a.status, a.reason()), (403, Some("bad_request")));
+    assert_eq!((a.status, a.reason()), (400, Some("bad_request")));
     // The deny is about reads; other methods and paths fall through to the allow.
     assert_eq!(
         s.check(Check::new("ledger", "POST", "/admin/users").bearer(&t))
@@ -550,7 +550,7 @@ async fn non_canonical_paths_and_bad_hops_are_denied() {
         "/%2e%2e/refunds",
     ] {
         let a = s.check(Check::new("ledger", "GET", path).bearer(&t)).await;
-        assert_eq!((a.status, a.reason()), (403, Some("bad_request")), "{path}");
+        assert_eq!((a.status, a.reason()), (400, Some("bad_request")), "{path}");
     }
     // The query is not part of the matched path.
     let a = s
@@ -558,7 +558,7 @@ async fn non_canonical_paths_and_bad_hops_are_denied() {
         .await;
     assert_eq!(a.status, 200);
     let a = s.check(read_tx().bearer(&t).hop("edge")).await;
-    assert_eq!((a.status, a.reason()), (403, Some("bad_request")));
+    assert_eq!((a.status, a.reason()), (400, Some("bad_request")));
 }
 
 #[tokio::test]
@@ -903,9 +903,10 @@ async fn malformed_check_requests_are_clean_denies() {
     let (_d, s) = ledger_server().await;
     let empty = envoy_types::pb::envoy::service::auth::v3::CheckRequest::default();
     let resp = s.client.clone().check(empty).await.unwrap().into_inner();
+    // A deny (400 bad_request), not an RPC error.
     assert_eq!(
         resp.status.unwrap().code,
-        tonic::Code::PermissionDenied as i32
+        tonic::Code::InvalidArgument as i32
     );
     // A huge header value is refused, not a panic.
     let a = s
@@ -920,12 +921,13 @@ async fn shutdown_drains_an_in_flight_check() {
     let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
     let path = d.path().join("hopwarden.yaml");
     let text = format!(
-        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n",
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n    unknown_kid_wait: 3s\n",
         jwks_server.url()
     );
     std::fs::write(&path, text).unwrap();
     let s = TestServer::start(hopwarden::config::Config::load(&path).unwrap()).await;
-    // A token with a new kid makes the check wait on a slow JWKS refetch.
+    // A token with a new kid makes the check wait on a slow JWKS refetch (up to
+    // unknown_kid_wait, longer than the fetch takes here).
     *jwks_server.body.lock().unwrap() = jwks(&[key(), other_key()]);
     *jwks_server.delay.lock().unwrap() = Duration::from_millis(1500);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -1081,15 +1083,16 @@ async fn http_service_answers_over_http1_and_http2() {
         let r = get("/gateway/ledger/transactions/42", &[]).await.unwrap();
         assert_eq!(r.status(), 401, "{name}");
         assert!(r.headers().contains_key("www-authenticate"));
-        // No prefix, an unknown hop, a service nothing names: clean denials.
-        for path in [
-            "/transactions/42",
-            "/edge/ledger/transactions/42",
-            "/gateway/-/transactions/42",
-            "/gateway/payroll/transactions/42",
+        // No prefix, an unknown hop (400: unreadable), a service nothing names (403):
+        // clean denials.
+        for (path, status) in [
+            ("/transactions/42", 400),
+            ("/edge/ledger/transactions/42", 400),
+            ("/gateway/-/transactions/42", 403),
+            ("/gateway/payroll/transactions/42", 403),
         ] {
             let r = get(path, &[("authorization", &read)]).await.unwrap();
-            assert_eq!(r.status(), 403, "{name} {path}");
+            assert_eq!(r.status(), status, "{name} {path}");
         }
     }
     // The decision log records the HTTP checks like any other: 5 per client (a

@@ -177,7 +177,7 @@ async fn decision_log_lines_field_by_field() {
         s.check(Check::new("ledger", "GET", "/a/../b").header("x-request-id", "req-3"))
             .await
             .status,
-        403
+        400
     );
 
     assert!(

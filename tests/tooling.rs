@@ -139,7 +139,7 @@ fn test_refuses_broken_suites_with_locations() {
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: anonymous\n    request: {path: /x}\n    expect: {decision: allow, status: 401}\n",
-            "ledger_test.yaml:6:31: case \"a\": status 401 cannot go with allow (allow is 200; deny is 401 or 403)",
+            "ledger_test.yaml:6:31: case \"a\": status 401 cannot go with allow (allow is 200; deny is 400, 401 or 403)",
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: {scopes: [ledger.read]}\n    request: {path: /x}\n    expect: {decision: deny}\n",
@@ -391,7 +391,7 @@ fn explain_asserted_caller_and_errors() {
     );
     let out = explain(&["--service", "ledger", "--path", "/a/../b"]);
     assert!(
-        out.contains("decision:    deny (status 403, reason bad_request)"),
+        out.contains("decision:    deny (status 400, reason bad_request)"),
         "{out}"
     );
     let out = explain(&["--service", "ledger", "--path", "/transactions/1"]);

@@ -5,6 +5,13 @@
 //! made-up `kid`s cannot turn into a flood of fetches). A failed fetch keeps the last
 //! good set: a JWKS endpoint outage must not lock every caller out.
 //!
+//! At most one fetch per issuer is in flight (single flight), and it runs in a task of
+//! its own. A check with an unknown `kid` waits for that fetch, started by it or by
+//! anyone else, for at most `unknown_kid_wait`, then is answered `unknown_key`: a slow
+//! or hanging key server costs a check that bounded wait, never a queue of fetch
+//! timeouts, and never holds it past Envoy's own timeout (where `failure_mode_allow`
+//! would decide instead of us).
+//!
 //! A new set that drops or changes a key the last one had counts a removal
 //! ([`IssuerKeys::removals`]). Both caches key on the count, so a token verified with
 //! a key the issuer has since withdrawn is verified again, not answered from a cache.
@@ -20,10 +27,10 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize as _;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use super::crypto;
-use crate::config::{Issuer, KeySource};
+use crate::config::{redacted_uri, Issuer, KeySource};
 use crate::telemetry::Metrics;
 
 /// JWKS documents larger than this are refused; real ones are a few KiB.
@@ -227,6 +234,9 @@ pub enum JwksError {
     /// The JWKS has no key we can verify with.
     #[error("JWKS has no usable signing key")]
     NoUsableKeys,
+    /// The fetch task ended without an answer (the runtime is shutting down).
+    #[error("key fetch interrupted")]
+    Interrupted,
 }
 
 /// Why no key was found for a token.
@@ -238,6 +248,27 @@ pub enum KeyLookupError {
     UnknownKey,
 }
 
+/// What a fetch in flight ends with: `None` until it is done, then the number of keys
+/// installed or why none were.
+type FetchResult = Option<Result<usize, JwksError>>;
+
+/// The single-flight state: when the last fetch started, and the one in flight.
+#[derive(Default)]
+struct Flight {
+    last_started: Option<Instant>,
+    /// Watches the fetch in flight; `None` once it is done.
+    in_flight: Option<watch::Receiver<FetchResult>>,
+}
+
+/// How long refetches triggered by unknown `kid`s wait, and how often they may start.
+#[derive(Debug, Clone, Copy)]
+pub struct RefetchPolicy {
+    /// The shortest time between two refetches triggered by an unknown `kid`.
+    pub min_interval: Duration,
+    /// How long a check with an unknown `kid` waits for a fetch to finish.
+    pub unknown_kid_wait: Duration,
+}
+
 /// The keys of one issuer, with their refresh state.
 pub struct IssuerKeys {
     issuer: String,
@@ -246,8 +277,9 @@ pub struct IssuerKeys {
     current: ArcSwapOption<KeySet>,
     /// New sets that dropped or changed a key of the set before them.
     removals: AtomicU64,
-    refetch_min_interval: Duration,
-    last_fetch: Mutex<Option<Instant>>,
+    refetch: RefetchPolicy,
+    /// Held only to read or update the state, never across a fetch.
+    flight: std::sync::Mutex<Flight>,
     http: reqwest::Client,
 }
 
@@ -256,7 +288,7 @@ impl IssuerKeys {
     pub fn new(
         issuer: &str,
         source: KeySource,
-        refetch_min_interval: Duration,
+        refetch: RefetchPolicy,
         http: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -266,8 +298,8 @@ impl IssuerKeys {
             source,
             current: ArcSwapOption::empty(),
             removals: AtomicU64::new(0),
-            refetch_min_interval,
-            last_fetch: Mutex::new(None),
+            refetch,
+            flight: std::sync::Mutex::new(Flight::default()),
             http,
         }
     }
@@ -277,16 +309,58 @@ impl IssuerKeys {
         self.current.load().is_some()
     }
 
-    /// Loads the keys now; on failure the last good set stays.
-    pub async fn refresh(&self) -> Result<usize, JwksError> {
-        // Held across the fetch, as a refetch holds it: otherwise a slow refresh could
-        // install its older set over a newer one a refetch had just installed.
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
-        let set = self.fetch().await?;
-        let n = set.len();
-        self.install(set);
-        Ok(n)
+    /// Loads the keys now (or joins the fetch in flight) and waits for it to end; on
+    /// failure the last good set stays.
+    pub async fn refresh(self: &Arc<Self>) -> Result<usize, JwksError> {
+        // (A forced fetch always starts or joins one.)
+        let Some(mut done) = self.join_or_start(true) else {
+            return Err(JwksError::Interrupted);
+        };
+        let result = match done.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or(Err(JwksError::Interrupted)),
+            Err(_) => Err(JwksError::Interrupted),
+        };
+        result
+    }
+
+    /// The fetch in flight, or a new one if none is and one is due (`force`: always
+    /// due). Only one fetch runs at a time, so an older set can never be installed
+    /// over a newer one, and a burst of unknown `kid`s shares one fetch.
+    fn join_or_start(self: &Arc<Self>, force: bool) -> Option<watch::Receiver<FetchResult>> {
+        let mut flight = self.flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = &flight.in_flight {
+            return Some(rx.clone());
+        }
+        let due = force
+            || flight
+                .last_started
+                .is_none_or(|t| t.elapsed() >= self.refetch.min_interval);
+        if !due {
+            return None;
+        }
+        flight.last_started = Some(Instant::now());
+        let (tx, rx) = watch::channel(None);
+        flight.in_flight = Some(rx.clone());
+        let keys = self.clone();
+        // A task of its own: a check that stops waiting does not cancel the fetch,
+        // so the next check with the new `kid` finds the key.
+        tokio::spawn(async move {
+            let result = keys.fetch().await.map(|set| {
+                let n = set.len();
+                keys.install(set);
+                n
+            });
+            // A refresh logs its own result; a refetch has no one else to.
+            if let (false, Err(e)) = (force, &result) {
+                tracing::warn!(issuer = %keys.issuer, error = %e, "JWKS refetch failed; keeping the last good keys");
+            }
+            keys.flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .in_flight = None;
+            let _ = tx.send(Some(result));
+        });
+        Some(rx)
     }
 
     /// Makes `set` current, counting a removal if it lacks a key of the set it
@@ -327,8 +401,9 @@ impl IssuerKeys {
             }
             KeySource::Discovery(issuer) => super::discovery::fetch_keys(&self.http, issuer).await,
             KeySource::Url(url) => {
+                // Never the whole URL: it may carry credentials (see `redacted_uri`).
                 let fail = |message: String| JwksError::Fetch {
-                    url: url.clone(),
+                    url: redacted_uri(url),
                     message,
                 };
                 let mut resp = self
@@ -337,12 +412,12 @@ impl IssuerKeys {
                     .timeout(FETCH_TIMEOUT)
                     .send()
                     .await
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(http_error(e)))?;
                 if !resp.status().is_success() {
                     return Err(fail(format!("status {}", resp.status())));
                 }
                 let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+                while let Some(chunk) = resp.chunk().await.map_err(|e| fail(http_error(e)))? {
                     body.extend_from_slice(&chunk);
                     if body.len() > MAX_JWKS_BYTES {
                         return Err(fail("document larger than 1 MiB".into()));
@@ -353,9 +428,11 @@ impl IssuerKeys {
         }
     }
 
-    /// The key for a token, refetching once (rate-limited) when the `kid` is unknown.
+    /// The key for a token. When the `kid` is unknown, waits at most
+    /// `unknown_kid_wait` for the fetch in flight, or for one it starts if one is due
+    /// (rate-limited by `refetch_min_interval`), then looks again.
     pub async fn key_for(
-        &self,
+        self: &Arc<Self>,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyKey>, KeyLookupError> {
@@ -364,20 +441,13 @@ impl IssuerKeys {
                 return Ok(key.clone());
             }
         }
-        // Unknown kid (or never loaded): refetch, unless another check did so recently.
-        // Holding the lock while fetching makes concurrent misses share one fetch.
-        {
-            let mut last = self.last_fetch.lock().await;
-            let due = last.is_none_or(|t| t.elapsed() >= self.refetch_min_interval);
-            if due {
-                *last = Some(Instant::now());
-                match self.fetch().await {
-                    Ok(set) => self.install(set),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "JWKS refetch failed; keeping last good keys")
-                    }
-                }
-            }
+        if let Some(mut done) = self.join_or_start(false) {
+            // Timing out leaves the fetch running; its keys serve later checks.
+            let _ = tokio::time::timeout(
+                self.refetch.unknown_kid_wait,
+                done.wait_for(Option::is_some),
+            )
+            .await;
         }
         match self.current.load_full() {
             None => Err(KeyLookupError::Unavailable),
@@ -387,6 +457,20 @@ impl IssuerKeys {
                 .ok_or(KeyLookupError::UnknownKey),
         }
     }
+}
+
+/// A reqwest error's text without the URL it would repeat (reqwest puts the whole URL,
+/// userinfo and query included, in its message), with its causes, which name no URL.
+fn http_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The HTTP client every JWKS fetch uses. Redirects are not followed: a key set must
@@ -406,10 +490,14 @@ pub fn key_stores(
     issuers
         .iter()
         .map(|issuer| {
+            let refetch = RefetchPolicy {
+                min_interval: issuer.spec.refetch_min_interval,
+                unknown_kid_wait: issuer.spec.unknown_kid_wait,
+            };
             let keys = IssuerKeys::new(
                 &issuer.spec.issuer,
                 issuer.keys.clone(),
-                issuer.spec.refetch_min_interval,
+                refetch,
                 http.clone(),
                 metrics.clone(),
             );
@@ -488,13 +576,16 @@ mod tests {
     async fn a_set_that_drops_or_changes_a_key_counts_a_removal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
-        let keys = IssuerKeys::new(
+        let keys = Arc::new(IssuerKeys::new(
             "https://issuer",
             KeySource::File(path.clone()),
-            Duration::from_secs(1),
+            RefetchPolicy {
+                min_interval: Duration::from_secs(1),
+                unknown_kid_wait: Duration::from_millis(100),
+            },
             reqwest::Client::new(),
             Arc::new(Metrics::new()),
-        );
+        ));
         // (the set published as (kid, alg) pairs, the removals counted once it loads)
         let steps: [(&[(&str, &str)], u64); 8] = [
             (&[("a", "RS256"), ("b", "RS256")], 0),

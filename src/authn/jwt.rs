@@ -107,8 +107,9 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     /// The `aud` values.
     pub audiences: Vec<String>,
-    /// `exp`, seconds since the epoch.
-    pub exp: Option<u64>,
+    /// `exp` as time since the epoch, fraction included (RFC 7519 2: a NumericDate
+    /// may be non-integer).
+    pub exp: Option<Duration>,
     /// The issuer's leeway, so a cached token is held to the same clock.
     pub leeway: Duration,
     /// All claims.
@@ -122,10 +123,11 @@ impl VerifiedToken {
         self.audiences.iter().any(|a| audiences.contains(a))
     }
 
-    /// Whether the token is still within `exp` (plus leeway) at `now`.
-    pub fn is_live(&self, now: u64) -> bool {
+    /// Whether the token is still before `exp` (plus leeway) at `now` (time since the
+    /// epoch), by the same rule as a fresh verification ([`is_expired`]).
+    pub fn is_live(&self, now: Duration) -> bool {
         self.exp
-            .is_none_or(|exp| now <= exp.saturating_add(self.leeway.as_secs()))
+            .is_none_or(|exp| !is_expired(exp, self.leeway, now))
     }
 
     /// The principal this token names, with the mTLS peer beside it.
@@ -180,8 +182,8 @@ impl JwtVerifier {
         self.issuers.values().map(|t| t.keys.removals()).sum()
     }
 
-    /// Verifies a compact JWS token at time `now` (seconds since the epoch).
-    pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
+    /// Verifies a compact JWS token at time `now` (time since the epoch).
+    pub async fn verify(&self, token: &str, now: Duration) -> Result<VerifiedToken, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed("too long"));
         }
@@ -266,20 +268,20 @@ fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenErr
 }
 
 /// RFC 7519 4.1.4/4.1.5/4.1.6 with the issuer's leeway; numeric dates must be numbers.
+/// Times are compared exactly (nanoseconds, fractional claims kept), never in whole
+/// seconds: a token is refused from the instant `exp + leeway` is reached.
 /// Returns `exp` as checked: the caches bound their entries by this same value.
 fn check_times(
     claims: &Map<String, Value>,
     issuer: &Issuer,
-    now: u64,
-) -> Result<Option<u64>, TokenError> {
+    now: Duration,
+) -> Result<Option<Duration>, TokenError> {
     let spec = &issuer.spec;
-    let leeway = spec.leeway.as_secs();
-    let date = |name: &str| -> Result<Option<u64>, TokenError> {
+    let leeway = spec.leeway;
+    let date = |name: &str| -> Result<Option<Duration>, TokenError> {
         match claims.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            Some(v) => numeric_date(v)
                 .map(Some)
                 .ok_or(TokenError::Malformed("numeric date claim is not a number")),
         }
@@ -289,10 +291,11 @@ fn check_times(
     let iat = date("iat")?;
     match exp {
         None if spec.require_exp => return Err(TokenError::MissingExp),
-        Some(exp) if now > exp.saturating_add(leeway) => return Err(TokenError::Expired),
+        Some(exp) if is_expired(exp, leeway, now) => return Err(TokenError::Expired),
         _ => {}
     }
-    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+    // RFC 7519 4.1.5: not accepted *before* `nbf`; at `nbf - leeway` it is.
+    if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
         return Err(TokenError::NotYetValid);
     }
     if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
@@ -302,19 +305,45 @@ fn check_times(
         let (Some(exp), Some(iat)) = (exp, iat) else {
             return Err(TokenError::LifetimeTooLong);
         };
-        if exp.saturating_sub(iat) > max.as_secs() {
+        if exp.saturating_sub(iat) > max {
             return Err(TokenError::LifetimeTooLong);
         }
     }
     Ok(exp)
 }
 
+/// RFC 7519 4.1.4: the token "MUST NOT be accepted for processing" on or after `exp`;
+/// the leeway moves that instant later, nothing else does.
+pub fn is_expired(exp: Duration, leeway: Duration, now: Duration) -> bool {
+    now >= exp.saturating_add(leeway)
+}
+
+/// A NumericDate (RFC 7519 2): seconds since the epoch, an integer or not, as an exact
+/// time; `None` for anything that is not a non-negative number. Dates past what a
+/// `Duration` holds are the end of time, as they mean.
+fn numeric_date(v: &Value) -> Option<Duration> {
+    if let Some(secs) = v.as_u64() {
+        return Some(Duration::from_secs(secs));
+    }
+    let secs = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0)?;
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
 /// Scopes from `scope` (RFC 8693 4.2: space-delimited string; some issuers send an
 /// array) or, failing that, `scp` (array or string, as Azure AD and Okta do).
+///
+/// A string is split on U+0020 only (RFC 6749 3.3: `scope-token *( SP scope-token )`,
+/// and a scope-token has no other whitespace): `"x\tledger.read"` is one scope, not
+/// two, so a tab or newline cannot smuggle a scope past an issuer that checks tokens.
 pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     let from = |v: Option<&Value>| -> Option<Vec<String>> {
         match v? {
-            Value::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Value::String(s) => Some(
+                s.split(' ')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             Value::Array(items) => Some(
                 items
                     .iter()
@@ -342,7 +371,14 @@ fn string_or_array(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Seconds since the Unix epoch.
+/// The time since the Unix epoch, to the nanosecond: what every time check compares.
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Whole seconds since the Unix epoch (for minting tokens).
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -397,6 +433,12 @@ mod tests {
             (json!({"scope": "a", "scp": ["x"]}), &["a"]),
             (json!({"scope": 5}), &[]),
             (json!({"scope": ""}), &[]),
+            // RFC 6749 3.3: only U+0020 delimits.
+            (json!({"scope": "x\tledger.read"}), &["x\tledger.read"]),
+            (json!({"scope": "a\nb c"}), &["a\nb", "c"]),
+            (json!({"scope": "a\u{a0}b"}), &["a\u{a0}b"]),
+            (json!({"scp": "x\rledger.read"}), &["x\rledger.read"]),
+            (json!({"scope": " a  b "}), &["a", "b"]),
             (json!({}), &[]),
         ];
         for (input, want) in cases {
@@ -418,16 +460,18 @@ mod tests {
     #[test]
     fn time_checks() {
         let now = 1_000_000;
+        let at = Duration::from_secs(now);
         let strict = issuer(0, true, None);
         let lenient = issuer(30, true, None);
         let optional = issuer(0, false, None);
         let bounded = issuer(0, true, Some(3600));
         let cases: &[(&Issuer, Value, Result<(), TokenError>)] = &[
             (&strict, json!({"exp": now + 1}), Ok(())),
-            (&strict, json!({"exp": now}), Ok(())),
+            // RFC 7519 4.1.4: on or after `exp`, refused.
+            (&strict, json!({"exp": now}), Err(TokenError::Expired)),
             (&strict, json!({"exp": now - 1}), Err(TokenError::Expired)),
-            (&lenient, json!({"exp": now - 30}), Ok(())),
-            (&lenient, json!({"exp": now - 31}), Err(TokenError::Expired)),
+            (&lenient, json!({"exp": now - 29}), Ok(())),
+            (&lenient, json!({"exp": now - 30}), Err(TokenError::Expired)),
             (&strict, json!({}), Err(TokenError::MissingExp)),
             (&optional, json!({}), Ok(())),
             (
@@ -437,19 +481,36 @@ mod tests {
             ),
             (
                 &strict,
+                json!({"exp": -5}),
+                Err(TokenError::Malformed("numeric date claim is not a number")),
+            ),
+            (
+                &strict,
                 json!({"exp": now + 10, "nbf": now + 1}),
                 Err(TokenError::NotYetValid),
             ),
+            (&strict, json!({"exp": now + 10, "nbf": now}), Ok(())),
             (&lenient, json!({"exp": now + 10, "nbf": now + 30}), Ok(())),
+            (
+                &lenient,
+                json!({"exp": now + 10, "nbf": now + 31}),
+                Err(TokenError::NotYetValid),
+            ),
             (
                 &strict,
                 json!({"exp": now + 10, "iat": now + 5}),
                 Err(TokenError::IssuedInFuture),
             ),
             (&bounded, json!({"exp": now + 10, "iat": now}), Ok(())),
+            (&bounded, json!({"exp": now + 3600, "iat": now}), Ok(())),
             (
                 &bounded,
                 json!({"exp": now + 3601, "iat": now}),
+                Err(TokenError::LifetimeTooLong),
+            ),
+            (
+                &bounded,
+                json!({"exp": 1e300, "iat": now}),
                 Err(TokenError::LifetimeTooLong),
             ),
             (
@@ -460,11 +521,153 @@ mod tests {
         ];
         for (issuer, input, want) in cases {
             assert_eq!(
+                &check_times(&claims(input.clone()), issuer, at).map(|_| ()),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    /// Sub-second claims and clocks, compared exactly: half a second either side of
+    /// `exp` and `nbf`, with and without leeway. A check that rounds a fractional
+    /// `exp` up, or compares in whole seconds, accepts a token late and fails here.
+    #[test]
+    fn time_checks_are_exact_to_the_sub_second() {
+        // The clock reads 1,000,000.75 s.
+        let now = Duration::from_millis(1_000_000_750);
+        let strict = issuer(0, true, None);
+        let lenient = issuer(1, true, None);
+        let expired = Err(TokenError::Expired);
+        let early = Err(TokenError::NotYetValid);
+        let cases: &[(&Issuer, Value, Result<(), TokenError>)] = &[
+            // exp half a second before and after now.
+            (&strict, json!({"exp": 1_000_000.25}), expired.clone()),
+            (&strict, json!({"exp": 1_000_001.25}), Ok(())),
+            // exp exactly now (fraction included), and a millisecond after.
+            (&strict, json!({"exp": 1_000_000.75}), expired.clone()),
+            (&strict, json!({"exp": 1_000_000.751}), Ok(())),
+            // The integer second before now's is past, however close.
+            (&strict, json!({"exp": 1_000_000}), expired.clone()),
+            // With one second of leeway: exp + 1 s is the instant of refusal.
+            (&lenient, json!({"exp": 999_999.75}), expired.clone()),
+            (&lenient, json!({"exp": 999_999.76}), Ok(())),
+            (&lenient, json!({"exp": 999_999.25}), expired.clone()),
+            // nbf half a second after and before now.
+            (
+                &strict,
+                json!({"exp": 1_000_010, "nbf": 1_000_001.25}),
+                early.clone(),
+            ),
+            (
+                &strict,
+                json!({"exp": 1_000_010, "nbf": 1_000_000.25}),
+                Ok(()),
+            ),
+            // nbf a tenth of a second ahead: still early (a check that rounds it down
+            // would let it in).
+            (
+                &strict,
+                json!({"exp": 1_000_010, "nbf": 1_000_000.85}),
+                early.clone(),
+            ),
+            (
+                &strict,
+                json!({"exp": 1_000_010, "nbf": 1_000_000.75}),
+                Ok(()),
+            ),
+            // With leeway, nbf - 1 s is the first instant of acceptance.
+            (
+                &lenient,
+                json!({"exp": 1_000_010, "nbf": 1_000_001.75}),
+                Ok(()),
+            ),
+            (
+                &lenient,
+                json!({"exp": 1_000_010, "nbf": 1_000_002.25}),
+                early.clone(),
+            ),
+            // iat half a second ahead is in the future without leeway.
+            (
+                &strict,
+                json!({"exp": 1_000_010, "iat": 1_000_001.25}),
+                Err(TokenError::IssuedInFuture),
+            ),
+            (
+                &strict,
+                json!({"exp": 1_000_010, "iat": 1_000_000.25}),
+                Ok(()),
+            ),
+        ];
+        for (issuer, input, want) in cases {
+            assert_eq!(
                 &check_times(&claims(input.clone()), issuer, now).map(|_| ()),
                 want,
                 "{input}"
             );
         }
+        // A cached token is held to the same instant.
+        let token = |exp: f64, leeway: u64| VerifiedToken {
+            issuer: "i".into(),
+            subject: "s".into(),
+            kind: PrincipalKind::Service,
+            scopes: vec![],
+            audiences: vec![],
+            exp: numeric_date(&json!(exp)),
+            leeway: Duration::from_secs(leeway),
+            claims: Claims::default(),
+        };
+        assert!(!token(1_000_000.25, 0).is_live(now));
+        assert!(!token(1_000_000.75, 0).is_live(now));
+        assert!(token(1_000_001.25, 0).is_live(now));
+        assert!(!token(999_999.75, 1).is_live(now));
+        assert!(token(999_999.76, 1).is_live(now));
+    }
+
+    /// A token over `MAX_TOKEN_BYTES` is refused before anything else, even when it is
+    /// validly signed by a trusted issuer; one just under it verifies.
+    #[tokio::test]
+    async fn a_validly_signed_token_over_the_size_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = [7u8; 32];
+        std::fs::write(dir.path().join("secret"), secret).unwrap();
+        let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n    leeway: 0s\n";
+        let config = crate::config::Config::from_str(text, &dir.path().join("c.yaml")).unwrap();
+        let http = reqwest::Client::new();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let stores = super::super::jwks::key_stores(&config.issuers, &http, &metrics);
+        for (_, keys) in &stores {
+            keys.refresh().await.unwrap();
+        }
+        let verifier = JwtVerifier::new(stores);
+        let now = unix_now();
+        let sign = |padding: usize| {
+            let claims = json!({
+                "iss": "i", "sub": "svc", "exp": now.as_secs() + 60,
+                "pad": "x".repeat(padding),
+            });
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(&secret),
+            )
+            .unwrap()
+        };
+        // About 20 KB: refused as too long.
+        let big = sign(15_000);
+        assert!(
+            big.len() > MAX_TOKEN_BYTES && big.len() < 21_000,
+            "{}",
+            big.len()
+        );
+        assert_eq!(
+            verifier.verify(&big, now).await.err(),
+            Some(TokenError::Malformed("too long"))
+        );
+        // Just under the limit: verified.
+        let padding = (MAX_TOKEN_BYTES - 200) * 3 / 4;
+        let fits = sign(padding);
+        assert!(fits.len() <= MAX_TOKEN_BYTES, "{}", fits.len());
+        assert_eq!(verifier.verify(&fits, now).await.unwrap().subject, "svc");
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn to_check_response(
                 headers.push(overwrite("www-authenticate", &challenge));
             }
             let code = match status {
+                DenyStatus::BadRequest => tonic::Code::InvalidArgument,
                 DenyStatus::Unauthorized => tonic::Code::Unauthenticated,
                 DenyStatus::Forbidden => tonic::Code::PermissionDenied,
             };

@@ -122,7 +122,7 @@ pub struct ExpectSpec {
     pub decision: Expected,
     /// The rule that decides.
     pub rule: Option<String>,
-    /// 200 for allow; 401 or 403 for deny.
+    /// 200 for allow; 400, 401 or 403 for deny.
     pub status: Option<u16>,
     /// The deny reason as decision logs name it (`deny_rule`, `no_matching_rule`, …).
     pub reason: Option<String>,
