@@ -337,6 +337,8 @@ where
                 }
                 return;
             }
+            // A first request, or the last in flight ended: the deadline moves.
+            () = activity.changed() => {}
             _ = closing.changed(), if asked_at.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 asked_at = Some(Instant::now());

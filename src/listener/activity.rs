@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tonic::codegen::Service;
 
 /// One connection's requests.
@@ -21,6 +22,8 @@ pub struct Activity {
     open: AtomicUsize,
     /// When the last request ended, in milliseconds after `accepted`.
     last_end_ms: AtomicU64,
+    /// Signalled when the first request starts and whenever none is left in flight.
+    changed: Notify,
 }
 
 impl Activity {
@@ -31,6 +34,7 @@ impl Activity {
             started: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
+            changed: Notify::new(),
         })
     }
 
@@ -53,9 +57,17 @@ impl Activity {
         Some(self.accepted + Duration::from_millis(ms))
     }
 
+    /// Completes when the first request starts or the last in flight ends (or did so
+    /// since the previous call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     fn begin(self: &Arc<Self>) -> InFlight {
         self.open.fetch_add(1, Ordering::AcqRel);
-        self.started.store(true, Ordering::Release);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
         InFlight(self.clone())
     }
 }
@@ -68,7 +80,9 @@ impl Drop for InFlight {
         let a = &self.0;
         let ms = u64::try_from(a.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
         a.last_end_ms.fetch_max(ms, Ordering::AcqRel);
-        a.open.fetch_sub(1, Ordering::AcqRel);
+        if a.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.changed.notify_one();
+        }
     }
 }
 
