@@ -307,3 +307,88 @@ async fn http_service_checks_over_mtls_only_from_the_allowed_envoy() {
     .await;
     check_outcomes(&outcomes, &hopwarden);
 }
+
+/// The certificate hopwarden's gRPC listener presents to a client holding the
+/// gateway's certificate (DER), or the handshake's error.
+async fn served_certificate(addr: std::net::SocketAddr, certs: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(certs.join("gateway.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join("gateway-key.pem")).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, session) = tls.get_ref();
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+    Ok(session.peer_certificates().unwrap()[0].to_vec())
+}
+
+fn leaf_der(pem: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(pem)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn certificates_are_reloaded_without_a_restart_and_a_bad_one_keeps_the_last_good() {
+    let d = common::Deployment::new(&[("ledger.yaml", common::LEDGER_POLICY)]);
+    certificates(d.path());
+    let certs = d.path().join("certs");
+    let config = d.config(
+        "",
+        &format!(
+            "listeners:\n  tls:\n    cert: certs/hopwarden.pem\n    key: certs/hopwarden-key.pem\n    \
+             client_ca: certs/ca.pem\n    allowed_spiffe_ids: [\"{GATEWAY_ID}\"]\n    reload_interval: 1s\n"
+        ),
+    );
+    let server = hopwarden::server::start(config).await.unwrap();
+    let addr = server.local_addr;
+    let first = leaf_der(&certs.join("hopwarden.pem"));
+    assert_eq!(served_certificate(addr, &certs).await.unwrap(), first);
+
+    // A renewed certificate (same CA, new key), written as cert-manager would.
+    let status = Command::new("sh")
+        .arg(repo().join("scripts/gen-certs.sh"))
+        .arg(&certs)
+        .arg("hopwarden:hopwarden")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let second = leaf_der(&certs.join("hopwarden.pem"));
+    assert_ne!(first, second);
+    let renewed = common::eventually(Duration::from_secs(5), || async {
+        served_certificate(addr, &certs).await.ok().as_ref() == Some(&second)
+    })
+    .await;
+    assert!(renewed, "the renewed certificate was not served within 5s");
+
+    // A broken certificate file: the last good one stays in use.
+    std::fs::write(certs.join("hopwarden.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(served_certificate(addr, &certs).await.unwrap(), second);
+    server.shutdown().await.unwrap();
+}
