@@ -352,7 +352,10 @@ impl Process {
             .replace("decision_log: {to: decisions.log}", "decision_log: {to: \"off\"}");
         let path = d.path().join("hopwarden.yaml");
         std::fs::write(&path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hopwarden"))
+        // HOPWARDEN_BIN: measure another build (the release one) with the same attacks.
+        let bin = std::env::var("HOPWARDEN_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hopwarden").to_string());
+        let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
@@ -496,4 +499,100 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Opens `n` connections that send the HTTP/2 preface, then (when `trickle`) one byte
+/// of a never-finished HEADERS frame a second, else nothing. Returns how many the
+/// server closed within `wait` and how long the last close took.
+async fn slow_connections(addr: SocketAddr, n: usize, trickle: bool, wait: Duration) -> (usize, Duration) {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let Ok(mut tcp) = TcpStream::connect(addr).await else { continue };
+        tasks.spawn(async move {
+            if tcp.write_all(PREFACE).await.is_err() || tcp.write_all(SETTINGS).await.is_err() {
+                return Some(started.elapsed());
+            }
+            // A HEADERS frame header declaring 16,000 bytes, sent a byte at a time.
+            let frame = [0u8, 0x3e, 0x80, 1, 4, 0, 0, 0, 1];
+            let deadline = started + wait;
+            let (mut rd, mut wr) = tcp.into_split();
+            let writer = async {
+                for b in frame.iter().chain(std::iter::repeat(&0u8)) {
+                    if !trickle {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if wr.write_all(&[*b]).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let reader = async {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => return started.elapsed(),
+                        Ok(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                closed = reader => Some(closed),
+                () = writer => None,
+                () = tokio::time::sleep_until(deadline.into()) => None,
+            }
+        });
+    }
+    let (mut closed, mut last) = (0, Duration::ZERO);
+    while let Some(done) = tasks.join_next().await {
+        if let Some(at) = done.unwrap() {
+            closed += 1;
+            last = last.max(at);
+        }
+    }
+    (closed, last)
+}
+
+/// The figures in docs/security.md: RSS of hopwarden (defaults) during and after each
+/// attack the issue describes, and the normal client's slowest check meanwhile. Not
+/// part of the suite (about a minute): `HOPWARDEN_BIN=target/release/hopwarden cargo
+/// test --test listeners measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand (docs/security.md)"]
+async fn measure_attacks() {
+    let p = Process::start("").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = p.rss_mb();
+    eprintln!("idle: {idle:.1} MB");
+    let report = |name: &str, peak: f64, normal: usize, slowest: Duration, p: &Process| {
+        eprintln!(
+            "{name}: peak {peak:.1} MB (+{:.1}), after {:.1} MB; normal checks {normal}, slowest {slowest:?}",
+            peak - idle,
+            p.rss_mb()
+        );
+    };
+    let addr = p.addr;
+    for (name, conns) in [("1 connection x 200 streams x 4 MiB", 1), ("3 connections x 200 streams x 4 MiB", 3)] {
+        let until = Instant::now() + Duration::from_secs(10);
+        let attack = futures_join_all((0..conns).map(|_| body_attack(addr, 200, 4 << 20, 4 << 20, until)));
+        let (_, peak, normal, slowest) = during(&p, attack).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report(name, peak, normal, slowest, &p);
+    }
+    let until = Instant::now() + Duration::from_secs(8);
+    let attack = futures_join_all((0..3).map(|_| body_attack(addr, 200, 65_000, 64_000, until)));
+    let (_, peak, normal, slowest) = during(&p, attack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report("3 connections x 200 streams x 64,000 B held", peak, normal, slowest, &p);
+    let attack = slow_connections(addr, 500, true, Duration::from_secs(30));
+    let ((closed, last), peak, normal, slowest) = during(&p, attack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report(&format!("500 trickling connections ({closed} closed, last after {last:?})"), peak, normal, slowest, &p);
+    let attack = slow_connections(addr, 5000, false, Duration::from_secs(30));
+    let ((closed, last), peak, normal, slowest) = during(&p, attack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report(&format!("5000 silent connections ({closed} closed, last after {last:?})"), peak, normal, slowest, &p);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!("12s after the last attack: {:.1} MB", p.rss_mb());
 }
