@@ -544,7 +544,11 @@ mod tests {
         assert_eq!(c.spec.cache.deny_ttl, Duration::from_secs(5));
         let l = &c.spec.listeners;
         assert_eq!(
-            (l.max_connections, l.max_request_bytes, l.request_bytes_in_flight),
+            (
+                l.max_connections,
+                l.max_request_bytes,
+                l.request_bytes_in_flight
+            ),
             (1024, 65536, 64 << 20)
         );
         assert_eq!(l.handshake_timeout, Duration::from_secs(10));
@@ -632,7 +636,10 @@ mod tests {
                 "listeners:\n  tls: {cert: c, key: k, client_ca: ca, allowed_spiffe_ids: [gw]}\n",
                 "\"gw\" is not a SPIFFE ID",
             ),
-            ("listeners: {max_conections: 5}\n", "unknown field `max_conections`"),
+            (
+                "listeners: {max_conections: 5}\n",
+                "unknown field `max_conections`",
+            ),
         ];
         for (text, want) in cases {
             let err = load(text).expect_err(text);

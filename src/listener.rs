@@ -182,7 +182,11 @@ fn warn_cap(last: &Mutex<Option<Instant>>, max: usize, listener: &TcpListener) {
     if last.is_none_or(|at| at.elapsed() >= CAP_WARN_EVERY) {
         *last = Some(Instant::now());
         let addr = listener.local_addr().ok();
-        tracing::warn!(?addr, max_connections = max, "connection limit reached; closing new connections");
+        tracing::warn!(
+            ?addr,
+            max_connections = max,
+            "connection limit reached; closing new connections"
+        );
     }
 }
 

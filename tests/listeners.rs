@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::codegen::http;
-use tonic_prost::prost;
-use tonic_prost::prost::bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::codegen::http;
+use tonic_prost::prost;
+use tonic_prost::prost::bytes::Bytes;
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -39,7 +39,9 @@ async fn silent(addr: SocketAddr, preface: bool, wait: Duration) -> Option<Durat
         tcp.write_all(PREFACE).await.unwrap();
         tcp.write_all(SETTINGS).await.unwrap();
     }
-    until_closed(&mut tcp, wait).await.then(|| started.elapsed())
+    until_closed(&mut tcp, wait)
+        .await
+        .then(|| started.elapsed())
 }
 
 /// Reads (and drops) what the server sends until it closes: true if it did in `wait`.
@@ -166,7 +168,10 @@ async fn a_connection_that_sends_no_request_is_closed_after_the_handshake_timeou
         tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n")
             .await
             .unwrap();
-        assert!(until_closed(&mut tcp, Duration::from_secs(5)).await, "{addr}");
+        assert!(
+            until_closed(&mut tcp, Duration::from_secs(5)).await,
+            "{addr}"
+        );
         assert!(started.elapsed() < Duration::from_secs(2), "{addr}");
     }
     // The server answers on as before.
@@ -234,7 +239,10 @@ async fn connections_past_the_cap_are_closed_at_once() {
         .expect("a fifth connection was kept open");
     assert!(took < Duration::from_millis(500), "{took:?}");
     // Those inside the cap are served as before.
-    assert_eq!(server.check(Check::new("ledger", "GET", "/x")).await.status, 401);
+    assert_eq!(
+        server.check(Check::new("ledger", "GET", "/x")).await.status,
+        401
+    );
     // A freed slot takes a new connection.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -256,11 +264,19 @@ async fn connections_past_the_cap_are_closed_at_once() {
 
 #[tokio::test]
 async fn a_request_past_the_message_limit_is_refused() {
-    let (_d, server) = server("listeners: {max_request_bytes: 4096}\nhttp_listen: 127.0.0.1:0\n").await;
+    let (_d, server) =
+        server("listeners: {max_request_bytes: 4096}\nhttp_listen: 127.0.0.1:0\n").await;
     let big = Check::new("ledger", "GET", "/x").header("x-padding", &"a".repeat(8000));
     let refused = server.check_rpc(big).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
-    assert_eq!(server.check(Check::new("ledger", "GET", "/x")).await.status, 401);
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        server.check(Check::new("ledger", "GET", "/x")).await.status,
+        401
+    );
     // The HTTP service: a declared body past the limit is refused, and so is a
     // header block past it (hyper's 431).
     let http = server.handle.http_addr.unwrap();
@@ -324,15 +340,26 @@ async fn streams_past_the_request_budget_are_refused_and_slow_bodies_time_out() 
     // Two streams fit the budget (each holds its declared 60,005 bytes); the third
     // does not; a fourth declaring more than the message limit is refused outright.
     let statuses = body_attack(addr, 3, 60_000, 1_000, started + Duration::from_millis(600)).await;
-    assert_eq!(statuses, vec!["8".to_string()], "only the third is refused at once");
+    assert_eq!(
+        statuses,
+        vec!["8".to_string()],
+        "only the third is refused at once"
+    );
     let refused = body_attack(addr, 1, 70_000, 0, Instant::now() + Duration::from_secs(2)).await;
     assert_eq!(refused, vec!["8".to_string()]);
     // Those that never finish are answered DEADLINE_EXCEEDED after the body timeout.
     let at = Instant::now();
     let statuses = body_attack(addr, 2, 60_000, 1_000, at + Duration::from_secs(4)).await;
     assert_eq!(statuses, vec!["4".to_string(), "4".to_string()]);
-    assert!(at.elapsed() >= Duration::from_millis(900), "{:?}", at.elapsed());
-    assert_eq!(server.check(Check::new("ledger", "GET", "/x")).await.status, 401);
+    assert!(
+        at.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        at.elapsed()
+    );
+    assert_eq!(
+        server.check(Check::new("ledger", "GET", "/x")).await.status,
+        401
+    );
 }
 
 /// hopwarden as its own process (so its memory is measured alone), with `extra` config.
@@ -349,7 +376,10 @@ impl Process {
         let text = d
             .config_text("", extra)
             .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
-            .replace("decision_log: {to: decisions.log}", "decision_log: {to: \"off\"}");
+            .replace(
+                "decision_log: {to: decisions.log}",
+                "decision_log: {to: \"off\"}",
+            );
         let path = d.path().join("hopwarden.yaml");
         std::fs::write(&path, text).unwrap();
         // HOPWARDEN_BIN: measure another build (the release one) with the same attacks.
@@ -393,7 +423,10 @@ impl Drop for Process {
 
 /// The highest RSS seen while `attack` runs, sampled every 50 ms; and how many checks
 /// a normal client sent meanwhile and the slowest answer it got.
-async fn during<F: std::future::Future>(p: &Process, attack: F) -> (F::Output, f64, usize, Duration) {
+async fn during<F: std::future::Future>(
+    p: &Process,
+    attack: F,
+) -> (F::Output, f64, usize, Duration) {
     let peak = Arc::new(std::sync::Mutex::new(p.rss_mb()));
     let pid_status = format!("/proc/{}/status", p.child.id());
     let stop = Arc::new(AtomicUsize::new(0));
@@ -482,13 +515,21 @@ async fn memory_stays_bounded_under_the_body_trickle_attack() {
     assert_eq!(big.len(), 600, "every 4 MiB stream is refused");
     assert!(big.iter().all(|s| s == "8"), "{big:?}");
     assert!(near.iter().all(|s| s == "8" || s == "4"), "{near:?}");
-    assert!(peak - idle < 256.0, "peak {peak:.1} MB over idle {idle:.1} MB");
-    assert!(after - idle < 64.0, "after {after:.1} MB, idle {idle:.1} MB");
+    assert!(
+        peak - idle < 256.0,
+        "peak {peak:.1} MB over idle {idle:.1} MB"
+    );
+    assert!(
+        after - idle < 64.0,
+        "after {after:.1} MB, idle {idle:.1} MB"
+    );
     assert!(normal >= 10, "only {normal} normal checks answered");
 }
 
 /// `join_all` without the futures crate.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,
@@ -504,11 +545,18 @@ where
 /// Opens `n` connections that send the HTTP/2 preface, then (when `trickle`) one byte
 /// of a never-finished HEADERS frame a second, else nothing. Returns how many the
 /// server closed within `wait` and how long the last close took.
-async fn slow_connections(addr: SocketAddr, n: usize, trickle: bool, wait: Duration) -> (usize, Duration) {
+async fn slow_connections(
+    addr: SocketAddr,
+    n: usize,
+    trickle: bool,
+    wait: Duration,
+) -> (usize, Duration) {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let Ok(mut tcp) = TcpStream::connect(addr).await else { continue };
+        let Ok(mut tcp) = TcpStream::connect(addr).await else {
+            continue;
+        };
         tasks.spawn(async move {
             if tcp.write_all(PREFACE).await.is_err() || tcp.write_all(SETTINGS).await.is_err() {
                 return Some(started.elapsed());
@@ -573,9 +621,13 @@ async fn measure_attacks() {
         );
     };
     let addr = p.addr;
-    for (name, conns) in [("1 connection x 200 streams x 4 MiB", 1), ("3 connections x 200 streams x 4 MiB", 3)] {
+    for (name, conns) in [
+        ("1 connection x 200 streams x 4 MiB", 1),
+        ("3 connections x 200 streams x 4 MiB", 3),
+    ] {
         let until = Instant::now() + Duration::from_secs(10);
-        let attack = futures_join_all((0..conns).map(|_| body_attack(addr, 200, 4 << 20, 4 << 20, until)));
+        let attack =
+            futures_join_all((0..conns).map(|_| body_attack(addr, 200, 4 << 20, 4 << 20, until)));
         let (_, peak, normal, slowest) = during(&p, attack).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         report(name, peak, normal, slowest, &p);
@@ -584,15 +636,33 @@ async fn measure_attacks() {
     let attack = futures_join_all((0..3).map(|_| body_attack(addr, 200, 65_000, 64_000, until)));
     let (_, peak, normal, slowest) = during(&p, attack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report("3 connections x 200 streams x 64,000 B held", peak, normal, slowest, &p);
+    report(
+        "3 connections x 200 streams x 64,000 B held",
+        peak,
+        normal,
+        slowest,
+        &p,
+    );
     let attack = slow_connections(addr, 500, true, Duration::from_secs(30));
     let ((closed, last), peak, normal, slowest) = during(&p, attack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report(&format!("500 trickling connections ({closed} closed, last after {last:?})"), peak, normal, slowest, &p);
+    report(
+        &format!("500 trickling connections ({closed} closed, last after {last:?})"),
+        peak,
+        normal,
+        slowest,
+        &p,
+    );
     let attack = slow_connections(addr, 5000, false, Duration::from_secs(30));
     let ((closed, last), peak, normal, slowest) = during(&p, attack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report(&format!("5000 silent connections ({closed} closed, last after {last:?})"), peak, normal, slowest, &p);
+    report(
+        &format!("5000 silent connections ({closed} closed, last after {last:?})"),
+        peak,
+        normal,
+        slowest,
+        &p,
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     eprintln!("12s after the last attack: {:.1} MB", p.rss_mb());
 }

@@ -25,7 +25,10 @@ const GATEWAY_ID: &str = "spiffe://hopwarden.local/ns/gateway/sa/gateway";
 /// SPIFFE ID, from a CA hopwarden does not trust) under `dir/other`.
 fn certificates(dir: &Path) {
     for (out, names) in [
-        ("certs", &["hopwarden:hopwarden", "gateway:gateway", "email:email"][..]),
+        (
+            "certs",
+            &["hopwarden:hopwarden", "gateway:gateway", "email:email"][..],
+        ),
         ("other", &["gateway:gateway"][..]),
     ] {
         let status = Command::new("sh")
@@ -47,7 +50,10 @@ fn start_hopwarden(dir: &Path, ports: &Ports) -> Proc {
     let certs = dir.join("certs");
     let mut config = text.clone();
     for (from, to) in [
-        ("listen: 0.0.0.0:9191", format!("listen: 127.0.0.1:{}", ports.hopwarden)),
+        (
+            "listen: 0.0.0.0:9191",
+            format!("listen: 127.0.0.1:{}", ports.hopwarden),
+        ),
         (
             "http_listen: 0.0.0.0:9193",
             format!("http_listen: 127.0.0.1:{}", ports.hopwarden_http),
@@ -81,7 +87,12 @@ fn start_hopwarden(dir: &Path, ports: &Ports) -> Proc {
 fn start_ledger(dir: &Path, port: u16) -> Proc {
     // scripts/test.sh builds the examples first; the demo service sits beside deps/.
     let exe = std::env::current_exe().unwrap();
-    let demo = exe.parent().unwrap().parent().unwrap().join("examples/demo-service");
+    let demo = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/demo-service");
     assert!(
         demo.exists(),
         "{} is missing: run scripts/test.sh, or cargo build --examples first",
@@ -100,7 +111,11 @@ fn wait(proc: &Proc, timeout: Duration, mut ready: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} not ready after {timeout:?}:\n{}", proc.name, proc.tail());
+    panic!(
+        "{} not ready after {timeout:?}:\n{}",
+        proc.name,
+        proc.tail()
+    );
 }
 
 /// How an Envoy reaches hopwarden in one case.
@@ -153,7 +168,13 @@ fn start_envoy(dir: &Path, name: &str, config: &str) -> Proc {
     let mut cmd = Command::new(envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}")));
     cmd.arg("-c")
         .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
         // Certificate paths in the configs are relative to the working directory.
         .current_dir(dir);
     Proc::spawn(name, cmd, dir).unwrap()
@@ -294,7 +315,12 @@ async fn http_service_checks_over_mtls_only_from_the_allowed_envoy() {
     let shared = shared_ports();
     let hopwarden = start_hopwarden(dir.path(), &shared);
     let _ledger = start_ledger(dir.path(), shared.app["ledger"]);
-    let cases = [Client::Allowed, Client::OtherIdentity, Client::NoCertificate, Client::Plain];
+    let cases = [
+        Client::Allowed,
+        Client::OtherIdentity,
+        Client::NoCertificate,
+        Client::Plain,
+    ];
     let outcomes = run_cases(
         dir.path(),
         "gateway-http.yaml",
@@ -387,7 +413,11 @@ async fn certificates_are_reloaded_without_a_restart_and_a_bad_one_keeps_the_las
     assert!(renewed, "the renewed certificate was not served within 5s");
 
     // A broken certificate file: the last good one stays in use.
-    std::fs::write(certs.join("hopwarden.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    std::fs::write(
+        certs.join("hopwarden.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(served_certificate(addr, &certs).await.unwrap(), second);
     server.shutdown().await.unwrap();

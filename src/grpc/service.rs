@@ -151,7 +151,11 @@ where
                     .get_or_insert_with(|| tokio::time::Instant::now() + bounds.body_timeout);
                 match tokio::time::timeout_at(at, body.frame()).await {
                     Ok(frame) => frame,
-                    Err(_) => return Err(Status::deadline_exceeded("the check request did not arrive in time")),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "the check request did not arrive in time",
+                        ))
+                    }
                 }
             }
         };
@@ -382,7 +386,10 @@ mod tests {
         let held = bounds.budget.reserve(65_536 - 8).unwrap();
         let body = framed(0, &check().encode_to_vec());
         let refused = read_check(request(body.clone()), &bounds).await;
-        assert_eq!(refused.map_err(|s| s.code()), Err(tonic::Code::ResourceExhausted));
+        assert_eq!(
+            refused.map_err(|s| s.code()),
+            Err(tonic::Code::ResourceExhausted)
+        );
         drop(held);
         assert_eq!(bounds.budget.used(), 0);
         assert_eq!(read_check(request(body), &bounds).await.ok(), Some(check()));
@@ -414,7 +421,10 @@ mod tests {
             Err(tonic::Code::DeadlineExceeded)
         );
         let took = started.elapsed();
-        assert!(took >= bounds.body_timeout && took < 10 * bounds.body_timeout, "{took:?}");
+        assert!(
+            took >= bounds.body_timeout && took < 10 * bounds.body_timeout,
+            "{took:?}"
+        );
     }
 
     #[tokio::test]

@@ -57,7 +57,8 @@ impl Reservation {
         let taken = budget
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(more).filter(|total| *total <= budget.limit)
+                used.checked_add(more)
+                    .filter(|total| *total <= budget.limit)
             })
             .is_ok();
         if taken {

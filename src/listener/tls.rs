@@ -261,7 +261,11 @@ impl ClientCertVerifier for AllowList {
         // strangers; the identities are names, not secrets.
         let uris: Vec<&str> = cert.valid_uri_names().take(4).collect();
         let dns: Vec<&str> = cert.valid_dns_names().take(4).collect();
-        tracing::warn!(?uris, ?dns, "client certificate not in the allow-list; refused");
+        tracing::warn!(
+            ?uris,
+            ?dns,
+            "client certificate not in the allow-list; refused"
+        );
         Err(rustls::Error::InvalidCertificate(
             CertificateError::ApplicationVerificationFailure,
         ))
