@@ -59,7 +59,7 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     /// The listeners' TLS files did not load.
     #[error("listeners.tls: {0}")]
-    Tls(#[from] TlsError),
+    Tls(TlsError),
 }
 
 /// A running server.
@@ -152,7 +152,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
 
     let bounds = Bounds::new(&config.spec.listeners);
     let tls = match &config.spec.listeners.tls {
-        Some(spec) => Some(Tls::load(spec)?),
+        Some(spec) => Some(Tls::load(spec).map_err(StartError::Tls)?),
         None => None,
     };
     let listener = TcpListener::bind(config.spec.listen)

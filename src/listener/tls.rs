@@ -29,12 +29,12 @@ use super::Protocol;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file holds no usable PEM item of the kind needed.
     #[error("{path}: no {what} in it")]
@@ -45,12 +45,12 @@ pub enum TlsError {
         what: &'static str,
     },
     /// The CA, certificate or key was refused by rustls.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Rustls {
         /// Which part.
         what: &'static str,
         /// rustls's reason.
-        source: rustls::Error,
+        error: rustls::Error,
     },
     /// The client verifier could not be built from the CA file.
     #[error("client_ca {path}: {message}")]
@@ -143,9 +143,9 @@ fn read_files(spec: &TlsSpec) -> Result<Vec<Vec<u8>>, TlsError> {
     [&spec.cert, &spec.key, &spec.client_ca]
         .into_iter()
         .map(|path| {
-            std::fs::read(path).map_err(|source| TlsError::Read {
+            std::fs::read(path).map_err(|error| TlsError::Read {
                 path: path.clone(),
-                source,
+                error,
             })
         })
         .collect()
@@ -162,9 +162,9 @@ fn build(spec: &TlsSpec, files: &[Vec<u8>]) -> Result<Configs, TlsError> {
     })?;
     let mut roots = RootCertStore::empty();
     for ca_cert in certificates(ca, &spec.client_ca)? {
-        roots.add(ca_cert).map_err(|source| TlsError::Rustls {
+        roots.add(ca_cert).map_err(|error| TlsError::Rustls {
             what: "client_ca",
-            source,
+            error,
         })?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -182,15 +182,15 @@ fn build(spec: &TlsSpec, files: &[Vec<u8>]) -> Result<Configs, TlsError> {
     let config = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsError::Rustls {
+            .map_err(|error| TlsError::Rustls {
                 what: "protocol versions",
-                source,
+                error,
             })?
             .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|source| TlsError::Rustls {
+            .map_err(|error| TlsError::Rustls {
                 what: "cert and key",
-                source,
+                error,
             })?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
