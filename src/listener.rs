@@ -144,6 +144,9 @@ pub async fn serve<S, B>(
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
+            // A finished connection's task keeps its memory (the connection's state is
+            // stored in it) until joined: join each as it ends, not at the next accept.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) if out_of_resources(&e) => {
@@ -157,8 +160,6 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        // Finished connections' tasks, so the set does not grow with every one.
-        while connections.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn_cap(&last_warned, bounds.max_connections, &listener);
             drop(stream);
