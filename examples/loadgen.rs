@@ -383,7 +383,7 @@ async fn floor(o: &Opts) -> Result<(), Error> {
 }
 
 /// Until killed: a gRPC ext_authz server that allows every check without looking at
-/// it (tonic's generated code still decodes it), with hopwarden's transport (`hopwarden::grpc::transport`). The benchmark puts it
+/// it (tonic's generated code still decodes it), with hopwarden's transport (`hopwarden::listener`). The benchmark puts it
 /// behind Envoy (setup e) and under `run` (the gRPC floor): what it costs is what any
 /// ext_authz server costs here before it does any work.
 async fn allow_all(listen: &str) -> Result<(), Error> {
@@ -410,11 +410,13 @@ async fn allow_all(listen: &str) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("allow-all: listening on {}", listener.local_addr()?);
     let never = std::future::pending();
-    use hopwarden::grpc::transport::{serve, Protocol};
+    use hopwarden::listener::{serve, Bounds, Protocol};
     serve(
         Protocol::Http2,
         listener,
         AuthorizationServer::new(AllowAll),
+        &Bounds::default(),
+        None,
         never,
     )
     .await;

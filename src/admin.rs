@@ -2,18 +2,19 @@
 //! `/readyz` (policies and every issuer's keys loaded, and not shutting down).
 
 use std::convert::Infallible;
+use std::future::{pending, ready, Ready};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tonic::codegen::Service;
 
+use crate::listener::{self, tls::Tls, Bounds, Protocol};
 use crate::telemetry::Metrics;
 
 /// Shared readiness, set by the server as keys load and cleared on shutdown.
@@ -31,22 +32,37 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoints on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = route(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+/// Serves the admin endpoints on `listener` (HTTP/1.1, over `tls` when set, within
+/// `bounds`) until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    bounds: Bounds,
+    tls: Option<Arc<Tls>>,
+) {
+    let routes = Routes { metrics, ready };
+    listener::serve(Protocol::Http1, listener, routes, &bounds, tls, pending()).await
+}
+
+/// The admin endpoints.
+#[derive(Clone)]
+struct Routes {
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+}
+
+impl Service<Request<Incoming>> for Routes {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        ready(Ok(route(&req, &self.metrics, &self.ready)))
     }
 }
 

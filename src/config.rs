@@ -60,6 +60,9 @@ pub struct ConfigSpec {
     /// Admin HTTP (metrics, health); off when absent.
     #[serde(default)]
     pub admin: Option<AdminSpec>,
+    /// Bounds on every listener (connections, timeouts, request sizes) and their mTLS.
+    #[serde(default)]
+    pub listeners: crate::listener::spec::ListenersSpec,
     /// Where the decision log goes.
     #[serde(default)]
     pub decision_log: DecisionLogSpec,
@@ -71,6 +74,10 @@ pub struct ConfigSpec {
 pub struct AdminSpec {
     /// `/metrics`, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
+    /// Whether `listeners.tls` applies here too; `false` lets kubelet probes and a
+    /// Prometheus without a client certificate in (the limits still apply).
+    #[serde(default = "default_true")]
+    pub tls: bool,
 }
 
 /// Decision log settings.
@@ -430,6 +437,10 @@ impl Config {
             }
         };
         spec.policies = base.join(&spec.policies);
+        spec.listeners.resolve(base);
+        for (needle, message) in spec.listeners.problems() {
+            errors.push(invalid(needle, message));
+        }
         let mut issuers = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for spec_issuer in &spec.issuers {
@@ -701,6 +712,33 @@ mod tests {
         assert_eq!(i.spec.principal_claim, "sub");
         assert_eq!(i.algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
         assert_eq!(c.spec.cache.deny_ttl, Duration::from_secs(5));
+        let l = &c.spec.listeners;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_request_bytes,
+                l.request_bytes_in_flight
+            ),
+            (1024, 65536, 64 << 20)
+        );
+        assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+        assert_eq!(l.body_timeout, Duration::from_secs(5));
+        assert!(l.tls.is_none());
+    }
+
+    #[test]
+    fn listener_tls_paths_resolve_against_the_config() {
+        let c = load(
+            "admin: {listen: 127.0.0.1:9192, tls: false}\nlisteners:\n  tls:\n    cert: certs/hw.pem\n    key: /abs/hw-key.pem\n    client_ca: ca.pem\n    allowed_spiffe_ids: [\"spiffe://td/ns/gw/sa/gw\"]\n",
+        )
+        .unwrap();
+        let tls = c.spec.listeners.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/hw/certs/hw.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/hw-key.pem"));
+        assert_eq!(tls.client_ca, PathBuf::from("/etc/hw/ca.pem"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
+        assert!(!c.spec.admin.as_ref().unwrap().tls);
     }
 
     #[test]
@@ -765,6 +803,34 @@ mod tests {
             (
                 "services:\n  by_host: {ledger.ns: a, ledger.ns.svc.cluster.local: b}\n",
                 "different services",
+            ),
+            (
+                "listeners: {max_connections: 0}\n",
+                "listeners.max_connections must be at least 1",
+            ),
+            (
+                "listeners: {idle_timeout: 0s}\n",
+                "listeners.idle_timeout 0ns is below 10ms",
+            ),
+            (
+                "listeners: {max_request_bytes: 100}\n",
+                "listeners.max_request_bytes 100 is below 1024",
+            ),
+            (
+                "listeners: {max_request_bytes: 1048576, request_bytes_in_flight: 65536}\n",
+                "is below max_request_bytes 1048576",
+            ),
+            (
+                "listeners:\n  tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}\n",
+                "listeners.tls needs allowed_spiffe_ids or allowed_dns_names",
+            ),
+            (
+                "listeners:\n  tls: {cert: c, key: k, client_ca: ca, allowed_spiffe_ids: [gw]}\n",
+                "\"gw\" is not a SPIFFE ID",
+            ),
+            (
+                "listeners: {max_conections: 5}\n",
+                "unknown field `max_conections`",
             ),
         ];
         for (text, want) in cases {

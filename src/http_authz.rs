@@ -26,19 +26,30 @@ use tonic::codegen::{BoxFuture, Service};
 
 use crate::decision::DenyReason;
 use crate::engine::{Engine, EngineError};
-use crate::grpc::transport::{self, Protocol};
+use crate::listener::{self, tls::Tls, Bounds, Protocol};
 
-/// Serves Envoy's HTTP checks on `listener` until `shutdown` completes, then lets
-/// in-flight checks finish. HTTP/1.1 and HTTP/2 (prior knowledge) both work; Envoy
-/// spends less per check on HTTP/2.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    transport::serve(Protocol::Auto, listener, HttpChecks { engine }, shutdown).await
+/// Serves Envoy's HTTP checks on `listener` (over `tls` when set, within `bounds`)
+/// until `shutdown` completes, then lets in-flight checks finish. HTTP/1.1 and HTTP/2
+/// (prior knowledge) both work; Envoy spends less per check on HTTP/2.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    bounds: &Bounds,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let checks = HttpChecks {
+        engine,
+        bounds: Arc::new(bounds.clone()),
+    };
+    listener::serve(Protocol::Auto, listener, checks, bounds, tls, shutdown).await
 }
 
 /// One HTTP check per request.
 #[derive(Clone)]
 struct HttpChecks {
     engine: Arc<Engine>,
+    bounds: Arc<Bounds>,
 }
 
 impl Service<Request<Incoming>> for HttpChecks {
@@ -53,9 +64,23 @@ impl Service<Request<Incoming>> for HttpChecks {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let engine = self.engine.clone();
         // The body (present only with Envoy's `with_request_body`) is not read: no
-        // rule looks at it.
+        // rule looks at it. One larger than any request is still refused, as gRPC's is.
         let (parts, _body) = req.into_parts();
+        if declared_length(&parts.headers).is_some_and(|n| n > self.bounds.max_request_bytes) {
+            return Box::pin(async { Ok(refused(StatusCode::PAYLOAD_TOO_LARGE, "too_large")) });
+        }
+        // What the check holds while it is answered: its header block.
+        let size = parts.uri.path().len()
+            + parts
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum::<usize>();
+        let Some(held) = self.bounds.budget.reserve(size) else {
+            return Box::pin(async { Ok(refused(StatusCode::SERVICE_UNAVAILABLE, "unavailable")) });
+        };
         Box::pin(async move {
+            let _held = held;
             let req = match convert::to_authz_request(&parts) {
                 Ok(req) => req,
                 Err(e) => {
@@ -69,6 +94,26 @@ impl Service<Request<Incoming>> for HttpChecks {
             })
         })
     }
+}
+
+/// The `content-length` a request declares.
+fn declared_length(headers: &hyper::HeaderMap) -> Option<usize> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A check refused before it is read (too large, or the request budget spent): never
+/// an allow, since Envoy passes anything but a 200 on to the client.
+fn refused(status: StatusCode, error: &'static str) -> Response<Full<Bytes>> {
+    tracing::debug!(%status, "HTTP check refused before it was read");
+    let body = format!(r#"{{"error":"{error}","message":"authorization unavailable"}}"#);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
 }
 
 /// A server fault: 503, which Envoy passes to the client, so the request is refused

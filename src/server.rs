@@ -16,6 +16,8 @@ use crate::cache::{DecisionCache, TokenCache};
 use crate::config::Config;
 use crate::decision_log::DecisionLog;
 use crate::engine::Engine;
+use crate::listener::tls::{Tls, TlsError};
+use crate::listener::Bounds;
 use crate::policy::{PolicyErrors, PolicySet};
 use crate::reload::{self, ReloadTrigger};
 use crate::telemetry::Metrics;
@@ -53,6 +55,9 @@ pub enum StartError {
     /// The HTTP client for JWKS could not be built.
     #[error("cannot build the JWKS HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The listeners' TLS files did not load.
+    #[error("listeners.tls: {0}")]
+    Tls(TlsError),
 }
 
 /// A running server.
@@ -142,6 +147,11 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         log,
     ));
 
+    let bounds = Bounds::new(&config.spec.listeners);
+    let tls = match &config.spec.listeners.tls {
+        Some(spec) => Some(Tls::load(spec).map_err(StartError::Tls)?),
+        None => None,
+    };
     let grpc_bind_error = |source| StartError::Bind {
         listener: "listen",
         addr: config.spec.listen,
@@ -170,6 +180,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let readiness = Arc::new(Readiness::default());
 
     let mut background = Vec::new();
+    if let Some(tls) = &tls {
+        background.push(tokio::spawn(tls.clone().watch()));
+    }
     let admin_addr = match &config.spec.admin {
         None => None,
         Some(admin) => {
@@ -184,6 +197,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
                 listener,
                 metrics.clone(),
                 readiness.clone(),
+                bounds.clone(),
+                tls.clone().filter(|_| admin.tls),
             )));
             tracing::info!(addr = %addr, "admin listening");
             Some(addr)
@@ -223,6 +238,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         dynamic_metadata: config.spec.dynamic_metadata,
     };
     let ready_flag = readiness.clone();
+    let (http_bounds, http_tls) = (bounds.clone(), tls.clone());
     let task = tokio::spawn(async move {
         // Both listeners close together, after the grace below.
         let (closing_tx, mut closing_rx) = tokio::sync::watch::channel(false);
@@ -240,10 +256,19 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
                 let closing = async move {
                     let _ = closing_rx.wait_for(|closing| *closing).await;
                 };
-                crate::http_authz::serve(http_engine, listener, closing).await;
+                crate::http_authz::serve(http_engine, listener, &http_bounds, http_tls, closing)
+                    .await;
             }
         };
-        let grpc = crate::grpc::serve(grpc_engine, options, health_service, listener, shutdown);
+        let grpc = crate::grpc::serve(
+            grpc_engine,
+            options,
+            health_service,
+            listener,
+            &bounds,
+            tls,
+            shutdown,
+        );
         tokio::join!(grpc, http);
     });
     tracing::info!(addr = %local_addr, "hopwarden listening");

@@ -908,11 +908,16 @@ async fn malformed_check_requests_are_clean_denies() {
         resp.status.unwrap().code,
         tonic::Code::InvalidArgument as i32
     );
-    // A huge header value is refused, not a panic.
+    // A large header value is a clean deny, not a panic.
     let a = s
-        .check(read_tx().header("authorization", &format!("Bearer {}", "a".repeat(100_000))))
+        .check(read_tx().header("authorization", &format!("Bearer {}", "a".repeat(50_000))))
         .await;
     assert_eq!(a.status, 401);
+    // One past the message limit (listeners.max_request_bytes, 64 KiB) is refused
+    // unread: Envoy fails closed on the error.
+    let huge = read_tx().header("authorization", &format!("Bearer {}", "a".repeat(100_000)));
+    let refused = s.check_rpc(huge).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

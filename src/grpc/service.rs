@@ -27,6 +27,8 @@ use tonic_prost::prost::bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic_prost::prost::Message;
 
 use super::check::CheckService;
+use crate::listener::budget::Reservation;
+use crate::listener::Bounds;
 
 /// What the service answers with: a message, or one encoded earlier.
 // Moved once per check into `respond`; boxing the message would add an allocation to
@@ -55,22 +57,20 @@ impl Answer {
 #[derive(Clone)]
 pub struct AuthorizationService {
     checks: Arc<CheckService>,
+    bounds: Arc<Bounds>,
 }
 
 impl AuthorizationService {
-    /// The gRPC service answering with `checks`.
-    pub fn new(checks: CheckService) -> Self {
+    /// The gRPC service answering with `checks`, reading requests within `bounds`.
+    pub fn new(checks: CheckService, bounds: Bounds) -> Self {
         AuthorizationService {
             checks: Arc::new(checks),
+            bounds: Arc::new(bounds),
         }
     }
 }
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
-/// The largest check request read: tonic's default limit for a decoded message.
-/// Envoy sends headers and (only if `with_request_body` is set) part of the body.
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// A gRPC message's prefix: a compressed flag and a big-endian length.
 const PREFIX: usize = 5;
@@ -94,8 +94,9 @@ where
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
         let checks = self.checks.clone();
+        let bounds = self.bounds.clone();
         Box::pin(async move {
-            let answer = match read_check(req).await {
+            let answer = match read_check(req, &bounds).await {
                 Ok(check) => checks.check(check).await,
                 Err(status) => Err(status),
             };
@@ -107,8 +108,9 @@ where
     }
 }
 
-/// The one message of a unary request.
-async fn read_check<B>(req: http::Request<B>) -> Result<CheckRequest, Status>
+/// The one message of a unary request, read within `bounds`: at most
+/// `max_request_bytes`, taken from the request budget, in at most `body_timeout`.
+async fn read_check<B>(req: http::Request<B>, bounds: &Bounds) -> Result<CheckRequest, Status>
 where
     B: HttpBody,
     B::Error: Into<StdError>,
@@ -132,24 +134,49 @@ where
             ));
         }
     }
+    let max = bounds.max_request_bytes;
     let mut body = std::pin::pin!(req.into_body());
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    // Bytes this request holds (its buffer's size, or the size its prefix declares),
+    // taken from the process-wide budget before they are allocated.
+    let mut held: Option<Reservation> = None;
+    let mut deadline = None;
+    loop {
+        // Envoy sends a check's headers and body together: the body is usually there
+        // already, and then no timer is set.
+        let frame = match poll_once(body.as_mut()).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let at = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + bounds.body_timeout);
+                match tokio::time::timeout_at(at, body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "the check request did not arrive in time",
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame =
             frame.map_err(|e| Status::internal(format!("reading the request: {}", e.into())))?;
         let Ok(data) = frame.into_data() else {
             continue; // request trailers carry nothing we read
         };
         let had_prefix = buf.len() >= PREFIX;
-        if buf.len() + data.remaining() > PREFIX + MAX_MESSAGE {
-            return Err(too_large());
+        if buf.len() + data.remaining() > PREFIX + max {
+            return Err(too_large(max));
         }
+        take(&mut held, buf.len() + data.remaining(), bounds)?;
         buf.put(data);
         // Once the prefix is in, its length decides: refuse early, or make room once.
         if let (false, Some(((_, declared), _))) = (had_prefix, split_prefix(&buf)) {
-            if declared > MAX_MESSAGE {
-                return Err(too_large());
+            if declared > max {
+                return Err(too_large(max));
             }
+            take(&mut held, PREFIX + declared, bounds)?;
             buf.reserve((PREFIX + declared).saturating_sub(buf.len()));
         }
     }
@@ -170,14 +197,41 @@ where
         .map_err(|e| Status::internal(format!("decoding the check request: {e}")))
 }
 
+/// The body's next frame if it is there now, without waiting.
+async fn poll_once<B: HttpBody>(
+    mut body: Pin<&mut B>,
+) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await
+}
+
+/// Grows what the request holds of the budget to `need` bytes, or refuses it.
+fn take(held: &mut Option<Reservation>, need: usize, bounds: &Bounds) -> Result<(), Status> {
+    let more = need.saturating_sub(held.as_ref().map_or(0, Reservation::bytes));
+    let taken = match held {
+        Some(reservation) => reservation.grow(more),
+        None => bounds
+            .budget
+            .reserve(more)
+            .map(|r| *held = Some(r))
+            .is_some(),
+    };
+    if taken {
+        Ok(())
+    } else {
+        // A deny, not a fault of the check: Envoy's failure mode decides, and with
+        // failure_mode_allow off the request is refused.
+        Err(Status::resource_exhausted("too many check bytes in flight"))
+    }
+}
+
 /// A gRPC message's prefix (compressed flag, declared length) and what follows it.
 fn split_prefix(buf: &[u8]) -> Option<((bool, usize), &[u8])> {
     let ([compressed, len @ ..], rest) = buf.split_first_chunk::<PREFIX>()?;
     Some(((*compressed != 0, u32::from_be_bytes(*len) as usize), rest))
 }
 
-fn too_large() -> Status {
-    Status::resource_exhausted(format!("check request larger than {MAX_MESSAGE} bytes"))
+fn too_large(max: usize) -> Status {
+    Status::resource_exhausted(format!("check request larger than {max} bytes"))
 }
 
 /// A `200` with the answer as the one message and `grpc-status: 0` after it.
@@ -267,7 +321,9 @@ mod tests {
     }
 
     async fn read(req: http::Request<Full<Bytes>>) -> Result<CheckRequest, tonic::Code> {
-        read_check(req).await.map_err(|s| s.code())
+        read_check(req, &Bounds::default())
+            .await
+            .map_err(|s| s.code())
     }
 
     #[tokio::test]
@@ -300,7 +356,7 @@ mod tests {
         let mut gzip = request(framed(0, &message));
         gzip.headers_mut()
             .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
-        let refused = read_check(gzip).await.unwrap_err();
+        let refused = read_check(gzip, &Bounds::default()).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unimplemented);
         let answer = refused.into_http::<Body>();
         assert_eq!(answer.headers()["grpc-accept-encoding"], "identity");
@@ -313,10 +369,61 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_over_the_limit_is_refused_before_it_is_read_whole() {
-        let body = framed(0, &vec![0u8; MAX_MESSAGE + 1]);
+        let max = Bounds::default().max_request_bytes;
+        let body = framed(0, &vec![0u8; max + 1]);
         assert_eq!(
             read(request(body)).await,
             Err(tonic::Code::ResourceExhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_past_the_budget_is_refused_and_its_bytes_given_back() {
+        let bounds = Bounds {
+            budget: crate::listener::budget::Budget::new(65_536),
+            ..Bounds::default()
+        };
+        let held = bounds.budget.reserve(65_536 - 8).unwrap();
+        let body = framed(0, &check().encode_to_vec());
+        let refused = read_check(request(body.clone()), &bounds).await;
+        assert_eq!(
+            refused.map_err(|s| s.code()),
+            Err(tonic::Code::ResourceExhausted)
+        );
+        drop(held);
+        assert_eq!(bounds.budget.used(), 0);
+        assert_eq!(read_check(request(body), &bounds).await.ok(), Some(check()));
+        assert_eq!(bounds.budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_in_time_is_refused() {
+        // Headers, then a body that never comes: as a peer sending nothing more.
+        struct Silent;
+        impl HttpBody for Silent {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Poll::Pending
+            }
+        }
+        let bounds = Bounds {
+            body_timeout: std::time::Duration::from_millis(100),
+            ..Bounds::default()
+        };
+        let started = std::time::Instant::now();
+        let refused = read_check(http::Request::new(Silent), &bounds).await;
+        assert_eq!(
+            refused.map_err(|s| s.code()),
+            Err(tonic::Code::DeadlineExceeded)
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= bounds.body_timeout && took < 10 * bounds.body_timeout,
+            "{took:?}"
         );
     }
 

@@ -177,7 +177,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc, String> {
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc, String> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -407,7 +407,7 @@ impl Stack {
 
 type Subs = Vec<((&'static str, u16), u16)>;
 
-fn gateway_subs(p: &Ports) -> Subs {
+pub fn gateway_subs(p: &Ports) -> Subs {
     let mut subs: Subs = vec![
         (("0.0.0.0", 9901), p.gateway_admin),
         (("0.0.0.0", 10000), p.gateway),
@@ -419,7 +419,7 @@ fn gateway_subs(p: &Ports) -> Subs {
     subs
 }
 
-fn gateway_http_subs(p: &Ports) -> Subs {
+pub fn gateway_http_subs(p: &Ports) -> Subs {
     vec![
         (("0.0.0.0", 9902), p.gateway_http_admin),
         (("0.0.0.0", 10001), p.gateway_http),
@@ -468,6 +468,37 @@ pub fn render(file: &Path, subs: &[((&str, u16), u16)]) -> Result<String, String
         ));
     }
     Ok(text.replace(" ## }", " }"))
+}
+
+/// Uncomments the `# transport_socket:` block of a rendered Envoy config (the mTLS
+/// to hopwarden that envoy/*.yaml carry commented out). Fails if there is none, so a
+/// config that loses its block fails the test that enables it.
+pub fn enable_hopwarden_tls(text: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut indent: Option<String> = None;
+    let mut found = 0;
+    for line in text.lines() {
+        if line.trim_start() == "# transport_socket:" {
+            let pad = line[..line.len() - line.trim_start().len()].to_string();
+            out.push(format!("{pad}transport_socket:"));
+            indent = Some(pad);
+            found += 1;
+            continue;
+        }
+        match &indent {
+            Some(pad) if line.starts_with(&format!("{pad}#   ")) => {
+                out.push(format!("{pad}{}", &line[pad.len() + 2..]));
+            }
+            _ => {
+                indent = None;
+                out.push(line.to_string());
+            }
+        }
+    }
+    if found != 1 {
+        return Err(format!("{found} commented transport_socket blocks; want 1"));
+    }
+    Ok(out.join("\n") + "\n")
 }
 
 /// A plain HTTP/1.1 GET on 127.0.0.1 (for Envoy's admin API): status and body.
