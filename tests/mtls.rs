@@ -1,7 +1,7 @@
 //! mTLS between Envoy and hopwarden, end to end: the real hopwarden binary with
 //! `listeners.tls`, a real Envoy rendered from envoy/gateway.yaml and
 //! envoy/gateway-http.yaml with their commented `transport_socket` block enabled, and
-//! certificates made at test time by scripts/gen-certs.sh. An allowed client
+//! certificates made at test time by `hopwarden dev certs`. An allowed client
 //! certificate gets answers; no certificate, another workload's certificate, the
 //! allowed identity from another CA, or plain TCP get none (Envoy fails closed: 503).
 //! These tests fail, never skip, when Envoy is missing.
@@ -31,14 +31,14 @@ fn certificates(dir: &Path) {
         ),
         ("other", &["gateway:gateway"][..]),
     ] {
-        let status = Command::new("sh")
-            .arg(repo().join("scripts/gen-certs.sh"))
+        let status = Command::new(env!("CARGO_BIN_EXE_hopwarden"))
+            .args(["dev", "certs"])
             .arg(dir.join(out))
             .args(names)
             .stdout(Stdio::null())
             .status()
-            .expect("sh scripts/gen-certs.sh");
-        assert!(status.success(), "gen-certs.sh {out} failed");
+            .expect("hopwarden dev certs");
+        assert!(status.success(), "hopwarden dev certs {out} failed");
     }
 }
 
@@ -51,15 +51,15 @@ fn start_hopwarden(dir: &Path, ports: &Ports) -> Proc {
     let mut config = text.clone();
     for (from, to) in [
         (
-            "listen: 0.0.0.0:9191",
+            "listen: 127.0.0.1:9191",
             format!("listen: 127.0.0.1:{}", ports.hopwarden),
         ),
         (
-            "http_listen: 0.0.0.0:9193",
+            "http_listen: 127.0.0.1:9193",
             format!("http_listen: 127.0.0.1:{}", ports.hopwarden_http),
         ),
         (
-            "listen: 0.0.0.0:9192",
+            "listen: 127.0.0.1:9192",
             format!("listen: 127.0.0.1:{}", ports.hopwarden_admin),
         ),
         ("./policies", repo.join("policies").display().to_string()),
@@ -395,9 +395,12 @@ async fn certificates_are_reloaded_without_a_restart_and_a_bad_one_keeps_the_las
     let first = leaf_der(&certs.join("hopwarden.pem"));
     assert_eq!(served_certificate(addr, &certs).await.unwrap(), first);
 
-    // A renewed certificate (same CA, new key), written as cert-manager would.
-    let status = Command::new("sh")
-        .arg(repo().join("scripts/gen-certs.sh"))
+    // A renewed certificate (same CA, new key), written as cert-manager would: without
+    // the old files, `dev certs` keeps the valid CA and issues a new leaf.
+    std::fs::remove_file(certs.join("hopwarden.pem")).unwrap();
+    std::fs::remove_file(certs.join("hopwarden-key.pem")).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_hopwarden"))
+        .args(["dev", "certs"])
         .arg(&certs)
         .arg("hopwarden:hopwarden")
         .stdout(Stdio::null())
