@@ -31,14 +31,18 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoints on `listener` until the task is aborted.
+/// Serves the admin endpoints on `listener` until the task is aborted; aborting it
+/// closes the open connections too (a probe's keep-alive connection included).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Finished connections' tasks, so the set does not grow with every one.
+        while connections.try_join_next().is_some() {}
         let (metrics, ready) = (metrics.clone(), ready.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let response = route(&req, &metrics, &ready);
                 async move { Ok::<_, Infallible>(response) }
