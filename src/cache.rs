@@ -387,6 +387,124 @@ mod tests {
         assert_eq!(cache.get(&[3; 32], Duration::ZERO).as_deref(), Some(&*d));
     }
 
+    fn policy(yaml: &str) -> Arc<ServicePolicy> {
+        let file = (std::path::PathBuf::from("t.yaml"), yaml.to_string());
+        let set = crate::policy::PolicySet::from_sources(&[file]).unwrap_or_else(|e| panic!("{e}"));
+        let policy = set.services().next().expect("one service").clone();
+        policy
+    }
+
+    /// Every input of a decision key, so that one can be changed at a time.
+    #[derive(Clone)]
+    struct Inputs {
+        generation: u64,
+        key_removals: u64,
+        policy: Arc<ServicePolicy>,
+        hop: Hop,
+        action: Action,
+        req: AuthzRequest,
+    }
+
+    impl Inputs {
+        fn key(&self) -> Fingerprint {
+            decision_key(
+                self.generation,
+                self.key_removals,
+                &self.policy,
+                self.hop,
+                &self.action,
+                &self.req,
+            )
+        }
+    }
+
+    #[test]
+    fn changing_any_single_input_changes_the_decision_key() {
+        // Two services whose rules read the same header, so only the name differs.
+        let rules =
+            "rules:\n  - {id: r, to: [{paths: [/**]}], when: {headers: {x-tenant: [acme]}}}\n";
+        let ledger = policy(&format!("service: ledger\n{rules}"));
+        let email = policy(&format!("service: email\n{rules}"));
+        let base = Inputs {
+            generation: 1,
+            key_removals: 0,
+            policy: ledger,
+            hop: Hop::Mesh,
+            action: Action {
+                method: "GET".into(),
+                path: "/transactions/42".into(),
+                grpc: None,
+            },
+            req: AuthzRequest {
+                headers: [
+                    ("authorization", "Bearer a.b.c"),
+                    ("x-tenant", "acme"),
+                    ("x-unread", "1"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                source_principal: Some("spiffe://x/ns/a/sa/payments".into()),
+                ..Default::default()
+            },
+        };
+        let with = |change: &dyn Fn(&mut Inputs)| {
+            let mut i = base.clone();
+            change(&mut i);
+            i
+        };
+        let header = |name: &'static str, value: Option<&'static str>| {
+            move |i: &mut Inputs| match value {
+                Some(v) => drop(i.req.headers.insert(name.into(), v.into())),
+                None => drop(i.req.headers.remove(name)),
+            }
+        };
+        let cases: Vec<(&str, Inputs)> = vec![
+            ("generation", with(&|i| i.generation = 2)),
+            ("key removals", with(&|i| i.key_removals = 1)),
+            ("service", with(&|i| i.policy = email.clone())),
+            ("hop", with(&|i| i.hop = Hop::Gateway)),
+            ("method", with(&|i| i.action.method = "POST".into())),
+            ("path", with(&|i| i.action.path = "/transactions/43".into())),
+            (
+                "grpc method",
+                with(&|i| i.action.grpc = Some("ledger.v1.Ledger/Get".into())),
+            ),
+            (
+                "token",
+                with(&header("authorization", Some("Bearer a.b.d"))),
+            ),
+            ("no token", with(&header("authorization", None))),
+            (
+                "peer",
+                with(&|i| i.req.source_principal = Some("spiffe://x/ns/a/sa/other".into())),
+            ),
+            ("no peer", with(&|i| i.req.source_principal = None)),
+            ("when header", with(&header("x-tenant", Some("globex")))),
+            ("no when header", with(&header("x-tenant", None))),
+            // Length-prefixed fields: moving bytes from one field to the next is a change.
+            (
+                "field boundary",
+                with(&|i| {
+                    i.action.method = "GET/".into();
+                    i.action.path = "transactions/42".into();
+                }),
+            ),
+        ];
+        let mut seen = HashSet::from([base.key()]);
+        for (input, inputs) in &cases {
+            assert!(
+                seen.insert(inputs.key()),
+                "changing the {input} kept the key"
+            );
+        }
+        // Inputs no rule can read leave the key alone, so the cache still hits.
+        let unread = with(&header("x-unread", Some("2")));
+        assert_eq!(unread.key(), base.key());
+        let host = with(&|i| i.req.host = "other.internal".into());
+        assert_eq!(host.key(), base.key());
+    }
+
     #[test]
     fn zero_entries_disables() {
         let cache = DecisionCache::new(0, Duration::from_secs(60), Duration::from_secs(5));

@@ -74,6 +74,9 @@ pub struct ServerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// The admin server, stopped only once the drain is over: during it `/readyz`
+    /// answers 503 and `/metrics` still shows the last checks.
+    admin: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -85,14 +88,25 @@ impl ServerHandle {
 
     /// Stops accepting checks, lets in-flight ones finish (up to `drain_timeout`), and
     /// returns once the server has stopped.
+    ///
+    /// Readiness goes first: `/readyz` answers 503 and gRPC health NOT_SERVING for
+    /// the grace period while the listeners still answer, so a load balancer (or
+    /// Kubernetes during a rolling update) stops sending checks before they close.
+    /// The admin server stays up until the drain is over.
     pub async fn shutdown(mut self) -> Result<(), String> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        // The key loaders go first: the one that reports SERVING once keys load must
+        // not undo the NOT_SERVING below.
         for task in &self.background {
             task.abort();
         }
-        match tokio::time::timeout(self.drain_timeout, &mut self.task).await {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let drained = tokio::time::timeout(self.drain_timeout, &mut self.task).await;
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
+        match drained {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
@@ -183,6 +197,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch()));
     }
+    let mut admin_task = None;
     let admin_addr = match &config.spec.admin {
         None => None,
         Some(admin) => {
@@ -193,7 +208,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             };
             let listener = crate::admin::bind(admin.listen).await.map_err(bind_error)?;
             let addr = listener.local_addr().map_err(bind_error)?;
-            background.push(tokio::spawn(crate::admin::serve(
+            admin_task = Some(tokio::spawn(crate::admin::serve(
                 listener,
                 metrics.clone(),
                 readiness.clone(),
@@ -284,6 +299,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         shutdown: Some(shutdown_tx),
         task,
         background,
+        admin: admin_task,
         drain_timeout: config.spec.drain_timeout,
     })
 }

@@ -331,7 +331,7 @@ rules:
 }
 
 #[tokio::test]
-async fn anonymous_allow_overwrites_identity_headers() {
+async fn anonymous_allow_removes_a_forged_principal_header() {
     let policy = r#"
 service: ledger
 rules:
@@ -345,7 +345,9 @@ rules:
         .check(Check::new("ledger", "GET", "/healthz").header("x-hopwarden-principal", "admin"))
         .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.header("x-hopwarden-principal"), Some(""));
+    // No principal: the client's copy is removed, not set to an empty value.
+    assert_eq!(a.header("x-hopwarden-principal"), None, "{a:?}");
+    assert_eq!(a.headers_to_remove, ["x-hopwarden-principal"], "{a:?}");
     assert_eq!(a.header("x-hopwarden-principal-kind"), Some("anonymous"));
     assert_eq!(a.header("x-hopwarden-rule"), Some("public-health"));
     // The rule is for anonymous callers only; a token does not make it match.
@@ -569,21 +571,38 @@ async fn cache_hit_same_answer_and_expired_token_not_served_from_cache() {
     c["exp"] = json!(now + 2);
     let short = key().sign(&c);
     let first = s.check(read_tx().bearer(&short)).await;
+    assert_eq!(decision_cache_hits(&s), 0);
     let second = s.check(read_tx().bearer(&short)).await;
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 200);
+    // The second answer came from the cache, and is the same answer.
+    assert_eq!(decision_cache_hits(&s), 1);
     assert_eq!(first.headers, second.headers);
+    assert_eq!(first.headers_to_remove, second.headers_to_remove);
     // Wait past exp (leeway 0): the cached allow must not be served.
     tokio::time::sleep(Duration::from_millis(
-        (now + 3 - common::now()) * 1000 + 200,
+        (now + 3).saturating_sub(common::now()) * 1000 + 200,
     ))
     .await;
     let third = s.check(read_tx().bearer(&short)).await;
     assert_eq!(third.status, 401, "{third:?}");
+    assert_eq!(decision_cache_hits(&s), 1);
     // Denies are cached too and give the same answer.
     let bad = s.check(read_tx()).await;
     let bad2 = s.check(read_tx()).await;
     assert_eq!((bad.status, bad2.status), (401, 401));
+    assert_eq!(bad.body, bad2.body);
+    assert_eq!(decision_cache_hits(&s), 2);
+}
+
+/// The decision cache's hits so far, from the server's metrics.
+fn decision_cache_hits(s: &TestServer) -> u64 {
+    let page = s.handle.engine.metrics().encode();
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"hopwarden_cache_requests_total{cache="decision",result="hit"} "#)
+        })
+        .map_or(0, |v| v.parse().unwrap_or_else(|e| panic!("{v}: {e}")))
 }
 
 /// RFC 7519 NumericDate may have a fraction: the caches must still stop at `exp`.
@@ -597,7 +616,7 @@ async fn fractional_exp_is_not_served_from_cache_after_expiry() {
     assert_eq!(s.check(read_tx().bearer(&short)).await.status, 200);
     assert_eq!(s.check(read_tx().bearer(&short)).await.status, 200);
     tokio::time::sleep(Duration::from_millis(
-        (now + 4 - common::now()) * 1000 + 200,
+        (now + 4).saturating_sub(common::now()) * 1000 + 200,
     ))
     .await;
     let late = s.check(read_tx().bearer(&short)).await;
@@ -641,6 +660,29 @@ async fn cache_key_covers_inputs() {
             .status,
         403
     );
+}
+
+#[tokio::test]
+async fn the_hop_is_part_of_the_cache_key() {
+    let policy = r#"
+service: ledger
+rules:
+  - id: payments-reads-in-the-mesh
+    from: { principals: ["spiffe://hopwarden.local/ns/payments/sa/payments"] }
+    to: [{ methods: [GET], paths: ["/transactions/{id}"] }]
+    when: { hop: mesh }
+"#;
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let t = token(PAYMENTS, "ledger", "");
+    let a = s.check(read_tx().bearer(&t).hop("mesh")).await;
+    assert_eq!(
+        (a.status, a.rule()),
+        (200, Some("payments-reads-in-the-mesh"))
+    );
+    // The same token and path at the gateway: the mesh allow must not answer it.
+    let a = s.check(read_tx().bearer(&t).hop("gateway")).await;
+    assert_eq!((a.status, a.reason()), (403, Some("no_matching_rule")));
 }
 
 #[tokio::test]

@@ -9,9 +9,77 @@ use std::path::PathBuf;
 
 use common::stack::{envoy_binary, hopwarden_healthy, Stack, StackSpec};
 use common::{dev_token, repo, PAYMENTS};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn start_stack(dir: &tempfile::TempDir) -> Stack {
+    start_stack_from(dir, repo())
+}
+
+/// A public status page on media, open to anonymous callers: added for the tests to
+/// the repository's own media policy (none of the examples allows anonymous callers).
+const PUBLIC_STATUS_RULE: &str = r#"
+  - id: public-status
+    description: Anyone may read the status page.
+    from: { anonymous: true }
+    to: [{ methods: [GET], paths: ["/public/status"] }]
+"#;
+
+/// The repository as the stack reads it, with PUBLIC_STATUS_RULE in media's policy:
+/// everything else is a link to the real files.
+fn repo_with_public_status(dir: &tempfile::TempDir) -> PathBuf {
+    let real = repo();
+    let copy = dir.path().join("repo");
+    std::fs::create_dir_all(copy.join("policies")).unwrap();
+    for name in ["envoy", "dev", "scripts", "hopwarden.yaml"] {
+        std::os::unix::fs::symlink(real.join(name), copy.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(real.join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if path.file_name().unwrap() == "media.yaml" {
+            assert!(text.contains("\nrules:\n"), "media.yaml has no rules list");
+            text = text.replacen("\nrules:\n", &format!("\nrules:{PUBLIC_STATUS_RULE}"), 1);
+        }
+        std::fs::write(copy.join("policies").join(path.file_name().unwrap()), text).unwrap();
+    }
+    copy
+}
+
+/// hopwarden's decision log lines so far (it writes them to stdout with its own logs).
+fn decisions(stack: &Stack) -> Vec<Value> {
+    stack
+        .log("hopwarden")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("decision").is_some())
+        .collect()
+}
+
+/// The decisions hopwarden logged for the requests sent since the previous marker:
+/// sends a marker request (an anonymous GET of `marker`, which hopwarden logs with
+/// that path) and waits for its decision (the log is flushed every 20 ms). Checks are
+/// logged in the order they are answered, so what lies between two markers is what
+/// the requests sent between them caused.
+async fn decisions_until_marker(
+    stack: &Stack,
+    http: &reqwest::Client,
+    marker: &str,
+    after: usize,
+) -> (Vec<Value>, usize) {
+    let url = format!("http://127.0.0.1:{}{marker}", stack.ports.gateway);
+    let r = send(http, "GET", &url, &[("host", "ledger.localhost")]).await;
+    assert_eq!(r.status, 401, "{marker}: {}", r.body);
+    let at = || decisions(stack).iter().position(|d| d["path"] == marker);
+    let logged = common::eventually(std::time::Duration::from_secs(5), || async {
+        at().is_some()
+    })
+    .await;
+    assert!(logged, "{marker} not logged:\n{}", stack.log("hopwarden"));
+    let at = at().unwrap();
+    (decisions(stack)[after..at].to_vec(), at + 1)
+}
+
+fn start_stack_from(dir: &tempfile::TempDir, repo: PathBuf) -> Stack {
     // scripts/test.sh builds the examples first (`cargo test` alone builds them as
     // test harnesses, not as programs); the demo service sits beside deps/.
     let exe = std::env::current_exe().unwrap();
@@ -27,12 +95,12 @@ fn start_stack(dir: &tempfile::TempDir) -> Stack {
         demo.display()
     );
     let spec = StackSpec {
-        repo: repo(),
+        repo,
         dir: dir.path().to_path_buf(),
         certs: dir.path().join("certs"),
         hopwarden: PathBuf::from(env!("CARGO_BIN_EXE_hopwarden")),
         demo,
-        envoy: envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}")),
+        envoy: envoy_binary(&common::repo()).unwrap_or_else(|e| panic!("{e}")),
         fixed_ports: false,
     };
     Stack::start(&spec).unwrap_or_else(|e| panic!("stack did not start: {e}"))
@@ -93,7 +161,7 @@ fn assert_ledger_saw_payments(r: &Reply) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_north_south() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = start_stack(&dir);
+    let stack = start_stack_from(&dir, repo_with_public_status(&dir));
     let http = reqwest::Client::new();
     let gw =
         |host: &str, path: &str| format!("http://127.0.0.1:{}{path}#{host}", stack.ports.gateway);
@@ -182,16 +250,47 @@ async fn gateway_north_south() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["path"], "/transactions/42?next=/refunds/7");
-    for path in [
-        "/refunds/7?/transactions/42",
-        "/transactions/../refunds/7",
-        "/transactions/42/../../refunds/7",
-        "/transactions%2F..%2Frefunds/7",
-        "/transactions/%2e%2e/refunds/7",
-        "/transactions//..//refunds/7",
-        "/transactions/..;/refunds/7",
-        "/REFUNDS/7",
-    ] {
+    // Each is refused, and the table says by whom: hopwarden (403, its decision log
+    // gives the reason), or Envoy before any check (400: hopwarden never saw it).
+    // (path sent, status, what hopwarden's decision log says: reason, path it matched)
+    let cases = [
+        (
+            "/refunds/7?/transactions/42",
+            403,
+            Some(("deny_rule", "/refunds/7")),
+        ),
+        (
+            "/transactions/../refunds/7",
+            403,
+            Some(("deny_rule", "/refunds/7")),
+        ),
+        (
+            "/transactions/42/../../refunds/7",
+            403,
+            Some(("deny_rule", "/refunds/7")),
+        ),
+        ("/transactions%2F..%2Frefunds/7", 400, None),
+        (
+            "/transactions/%2e%2e/refunds/7",
+            403,
+            Some(("deny_rule", "/refunds/7")),
+        ),
+        // Envoy drops the empty segment with the dot-dot, then merges the slashes.
+        (
+            "/transactions//..//refunds/7",
+            403,
+            Some(("no_matching_rule", "/transactions/refunds/7")),
+        ),
+        (
+            "/transactions/..;/refunds/7",
+            403,
+            Some(("deny_rule", "/refunds/7")),
+        ),
+        // Deny rules match other spellings of their paths too.
+        ("/REFUNDS/7", 403, Some(("deny_rule", "/REFUNDS/7"))),
+    ];
+    let (_, mut seen) = decisions_until_marker(&stack, &http, "/marker-start", 0).await;
+    for (i, (path, status, reason)) in cases.into_iter().enumerate() {
         let r = send(
             &http,
             "GET",
@@ -202,13 +301,53 @@ async fn gateway_north_south() {
             ],
         )
         .await;
-        assert!(
-            matches!(r.status, 400 | 403 | 404),
-            "{path}: {} {}",
-            r.status,
-            r.body
-        );
+        let (logged, next) =
+            decisions_until_marker(&stack, &http, &format!("/marker-{i}"), seen).await;
+        seen = next;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        match reason {
+            Some((reason, matched)) => {
+                assert_eq!(r.body["error"], "forbidden", "{path}");
+                assert_eq!(logged.len(), 1, "{path}: {logged:?}");
+                let d = &logged[0];
+                let seen = (&d["decision"], &d["status"], &d["principal"]);
+                assert_eq!(seen, (&json!("deny"), &json!(403), &json!(PAYMENTS)), "{d}");
+                assert_eq!(
+                    (&d["reason"], &d["path"]),
+                    (&json!(reason), &json!(matched)),
+                    "{path}"
+                );
+            }
+            None => assert!(logged.is_empty(), "{path}: {logged:?}"),
+        }
     }
+
+    // An anonymous allow: the upstream sees no x-hopwarden-principal at all, neither
+    // the client's forged one nor an empty one.
+    let r = get(
+        "media.localhost",
+        "/public/status",
+        None,
+        vec![("x-hopwarden-principal", "spiffe://evil")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["service"], "media");
+    assert_eq!(r.body["rule"], "public-status");
+    assert_eq!(
+        r.body["hopwarden_headers"]["x-hopwarden-principal-kind"],
+        "anonymous"
+    );
+    assert!(
+        r.body["hopwarden_headers"]
+            .get("x-hopwarden-principal")
+            .is_none(),
+        "{}",
+        r.body
+    );
+    // Only that page: anonymous callers get nothing else.
+    let r = get("media.localhost", "/public/other", None, vec![]).await;
+    assert_eq!(r.status, 401, "{}", r.body);
 
     // The third-party partner only through the gateway, only its own jobs.
     let partner = dev_token("partner:transcribe-co", "media", "media.transcribe");
@@ -339,6 +478,10 @@ async fn gateway_over_the_http_service() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // Every check above is in hopwarden's log before it is searched for the token.
+    let (logged, _) = decisions_until_marker(&stack, &http, "/marker-end", 0).await;
+    assert_eq!(logged.len(), 7, "{logged:?}");
+    assert_eq!(logged[6]["reason"], "unknown_service", "{logged:?}");
     assert!(
         !stack.log("hopwarden").contains(&read[7..47]),
         "token in the log"

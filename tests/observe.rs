@@ -138,21 +138,95 @@ async fn metrics_and_health_over_http() {
         sample(&page, r#"hopwarden_policy_reloads_total{result="ok"}"#),
         Some(1.0)
     );
+}
 
-    // Not ready while shutting down.
-    let handle = s.handle;
-    let shutdown = tokio::spawn(handle.shutdown());
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            reqwest::get(format!("http://{admin}/readyz"))
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(503)
-                == 503
-        })
-        .await
+/// One look at the admin port and gRPC health while the server shuts down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen {
+    /// `/readyz`'s status (None: the connection failed).
+    readyz: Option<u16>,
+    /// `/healthz`'s status.
+    healthz: Option<u16>,
+    /// Whether `/metrics` answered 200 with the check counters on it.
+    metrics: bool,
+    /// gRPC health's status (None: the RPC failed).
+    grpc: Option<i32>,
+}
+
+async fn status(client: &reqwest::Client, url: String) -> Option<(u16, String)> {
+    let resp = client.get(url).send().await.ok()?;
+    let code = resp.status().as_u16();
+    Some((code, resp.text().await.ok()?))
+}
+
+#[tokio::test]
+async fn draining_goes_unready_before_the_listeners_close() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let admin = s.handle.admin_addr.expect("admin enabled");
+    let grpc_addr = s.handle.local_addr;
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/transactions/42").bearer(&t))
+            .await
+            .status,
+        200
     );
+
+    // Watch everything an operator's probes see, from just before the shutdown to
+    // just after it.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
+    let client = reqwest::Client::new();
+    let shutdown = tokio::spawn(s.handle.shutdown());
+    let mut seen = Vec::new();
+    while !shutdown.is_finished() {
+        let grpc = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status);
+        let readyz = status(&client, format!("http://{admin}/readyz")).await;
+        let healthz = status(&client, format!("http://{admin}/healthz")).await;
+        let metrics = status(&client, format!("http://{admin}/metrics")).await;
+        seen.push(Seen {
+            readyz: readyz.map(|r| r.0),
+            healthz: healthz.map(|r| r.0),
+            metrics: metrics
+                .is_some_and(|(code, page)| code == 200 && page.contains("hopwarden_checks_total")),
+            grpc,
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     shutdown.await.unwrap().unwrap();
+
+    // During the grace period the admin server answered: not ready (a real 503, not a
+    // refused connection), alive, with its metrics; and gRPC health said NOT_SERVING.
+    assert!(
+        seen.iter()
+            .any(|s| s.readyz == Some(503) && s.healthz == Some(200) && s.metrics),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.grpc == Some(ServingStatus::NotServing as i32)),
+        "{seen:#?}"
+    );
+    // Never ready again once the drain had begun.
+    let first_503 = seen.iter().position(|s| s.readyz == Some(503)).unwrap();
+    assert!(
+        seen[first_503..].iter().all(|s| s.readyz != Some(200)),
+        "{seen:#?}"
+    );
+    // Then every listener closed, and the probes' open connections with them.
+    assert!(status(&client, format!("http://{admin}/readyz"))
+        .await
+        .is_none());
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+    assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
 }
 
 #[tokio::test]

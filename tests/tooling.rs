@@ -1,8 +1,9 @@
 //! The offline tools as a user runs them: `hopwarden test`, `explain` and `review`.
 //!
 //! Outputs are compared with golden files in `tests/golden/`; after a deliberate
-//! change, regenerate them with `UPDATE_GOLDEN=1 cargo test --test tooling` and
-//! review the diff by hand. Tokens are minted at test time with the dev key, and
+//! change, regenerate them with `UPDATE_GOLDEN=1 cargo test --test tooling` (which
+//! fails, having compared nothing), review the diff by hand and run again without it.
+//! Tokens are minted at test time with the dev key, and
 //! nothing volatile (exp, temp paths) appears in golden text.
 
 mod common;
@@ -13,28 +14,61 @@ use common::{dev_signed, now, repo, run_bin as run, run_bin_with};
 const TD: &str = "spiffe://hopwarden.local/ns";
 const STS: &str = "https://sts.hopwarden.local";
 
-/// Compares `actual` with `tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1.
-fn golden(name: &str, actual: &str) {
-    let path = repo().join("tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        // Rewriting compares nothing: never in CI.
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
+/// The golden files a test compares its outputs with (`tests/golden/<name>`).
+///
+/// With UPDATE_GOLDEN=1 it rewrites each of them instead, and fails the test once all
+/// are written: a rewrite compares nothing, so a run with UPDATE_GOLDEN set is never
+/// green, and the next run without it checks the files it wrote.
+struct Golden {
+    update: bool,
+    rewritten: Vec<String>,
+}
+
+impl Golden {
+    fn new() -> Golden {
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        assert!(
+            !(update && std::env::var("CI").as_deref() == Ok("true")),
             "UPDATE_GOLDEN is for local use"
         );
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
+        Golden {
+            update,
+            rewritten: Vec::new(),
+        }
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(
-        actual,
-        want,
-        "{} differs (UPDATE_GOLDEN=1 to accept)",
-        path.display()
-    );
+
+    /// Compares `actual` with the golden file `name`, or rewrites it.
+    fn check(&mut self, name: &str, actual: &str) {
+        let path = repo().join("tests/golden").join(name);
+        if self.update {
+            let changed = std::fs::read_to_string(&path).ok().as_deref() != Some(actual);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            let how = if changed { "rewritten" } else { "unchanged" };
+            self.rewritten.push(format!("{name} ({how})"));
+            return;
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+        assert_eq!(
+            actual,
+            want,
+            "{} differs (UPDATE_GOLDEN=1 to accept)",
+            path.display()
+        );
+    }
+}
+
+impl Drop for Golden {
+    fn drop(&mut self) {
+        if !self.rewritten.is_empty() && !std::thread::panicking() {
+            panic!(
+                "UPDATE_GOLDEN is set, so nothing was compared: wrote {}; review the diff, \
+                 then run again without it",
+                self.rewritten.join(", ")
+            );
+        }
+    }
 }
 
 fn token(sub: &str, aud: &str, scope: &str) -> String {
@@ -255,6 +289,7 @@ fn explain(args: &[&str]) -> String {
 
 #[test]
 fn explain_allowed_via_token() {
+    let mut golden = Golden::new();
     let t = token(
         &format!("{TD}/payments/sa/payments"),
         "ledger",
@@ -268,11 +303,12 @@ fn explain_allowed_via_token() {
         "--token",
         &t,
     ]);
-    golden("explain_allowed_token.txt", &out);
+    golden.check("explain_allowed_token.txt", &out);
 }
 
 #[test]
 fn explain_rejected_tokens() {
+    let mut golden = Golden::new();
     let sub = format!("{TD}/payments/sa/payments");
     let now = now();
     let expired = dev_signed(&json!({
@@ -287,7 +323,7 @@ fn explain_rejected_tokens() {
         "--token",
         &expired,
     ]);
-    golden("explain_expired_token.txt", &out);
+    golden.check("explain_expired_token.txt", &out);
 
     let for_email = token(&sub, "email", "ledger.read");
     let out = explain(&[
@@ -300,11 +336,12 @@ fn explain_rejected_tokens() {
         "--format",
         "json",
     ]);
-    golden("explain_wrong_audience.json", &out);
+    golden.check("explain_wrong_audience.json", &out);
 }
 
 #[test]
 fn explain_deny_rule_and_insufficient_scope() {
+    let mut golden = Golden::new();
     let sub = format!("{TD}/payments/sa/payments");
     let t = token(&sub, "ledger", "ledger.read ledger.write");
     let out = explain(&[
@@ -317,7 +354,7 @@ fn explain_deny_rule_and_insufficient_scope() {
         "--token",
         &t,
     ]);
-    golden("explain_deny_rule.txt", &out);
+    golden.check("explain_deny_rule.txt", &out);
 
     let bare = token(&format!("{TD}/billing/sa/billing"), "email", "email.send");
     let out = explain(&[
@@ -330,11 +367,12 @@ fn explain_deny_rule_and_insufficient_scope() {
         "--token",
         &bare,
     ]);
-    golden("explain_insufficient_scope.txt", &out);
+    golden.check("explain_insufficient_scope.txt", &out);
 }
 
 #[test]
 fn explain_mtls_only_caller() {
+    let mut golden = Golden::new();
     let peer = format!("{TD}/ledger/sa/reconciler");
     for (hop, name) in [
         ("mesh", "explain_mtls_mesh.txt"),
@@ -350,7 +388,7 @@ fn explain_mtls_only_caller() {
             "--peer",
             &peer,
         ]);
-        golden(name, &out);
+        golden.check(name, &out);
     }
 }
 
@@ -410,6 +448,7 @@ fn explain_asserted_caller_and_errors() {
 
 #[test]
 fn review_formats_match_golden() {
+    let mut golden = Golden::new();
     for (format, name) in [
         ("text", "review.txt"),
         ("markdown", "review.md"),
@@ -418,7 +457,7 @@ fn review_formats_match_golden() {
     ] {
         let (code, out, err) = run(&["review", "policies", "--format", format], &repo());
         assert_eq!(code, 0, "{err}");
-        golden(name, &out);
+        golden.check(name, &out);
     }
 }
 
@@ -486,6 +525,7 @@ cases:
 
 #[test]
 fn review_usage_lists_unused_grants() {
+    let mut golden = Golden::new();
     let dir = tempfile::tempdir().unwrap();
     let log = [
         r#"{"timestamp":"2024-06-01T08:00:00.000000Z","level":"INFO","message":"policies loaded","services":5}"#,
@@ -509,7 +549,7 @@ fn review_usage_lists_unused_grants() {
         dir.path(),
     );
     assert_eq!(code, 0, "{err}");
-    golden("review_usage.txt", &out);
+    golden.check("review_usage.txt", &out);
     let (code, _, err) = run(&["review", ".", "--usage", "missing.log"], dir.path());
     assert_eq!(code, 1);
     assert!(

@@ -97,22 +97,37 @@ mod tests {
     }
 
     #[test]
-    fn an_allow_is_encoded_once_and_decodes_to_the_built_answer() {
-        let req = request(&[("authorization", "Bearer x")]);
+    fn an_allow_is_encoded_once_and_decodes_to_each_requests_own_answer() {
+        // Checks the same decision answers: they differ in everything but
+        // x-hopwarden-* headers.
+        let requests = [
+            request(&[("authorization", "Bearer x")]),
+            request(&[("x-request-id", "2"), ("cookie", "c=1")]),
+            AuthzRequest {
+                method: "POST".into(),
+                path: "/transactions/7?x=1".into(),
+                host: "ledger.internal".into(),
+                source_principal: Some("spiffe://example.org/ns/a/sa/b".into()),
+                ..request(&[("authorization", "Bearer y"), ("x-tenant", "acme")])
+            },
+            request(&[]),
+        ];
         for dynamic_metadata in [false, true] {
             let options = ResponseOptions { dynamic_metadata };
             // A new decision (and so an empty memo) per option.
             let outcome = allowed();
-            let (Answer::Encoded(first), Answer::Encoded(second)) = (
-                answer(&outcome, &req, options),
-                answer(&outcome, &request(&[("x-request-id", "2")]), options),
-            ) else {
-                panic!("an allow without x-hopwarden-* headers is pre-encoded");
-            };
-            // The second check reused the first one's bytes.
-            assert!(Arc::ptr_eq(&first, &second));
-            let decoded = Answer::Encoded(first).into_message().unwrap();
-            assert_eq!(decoded, to_check_response(&outcome, &req, options));
+            let mut first: Option<Arc<[u8]>> = None;
+            for req in &requests {
+                let Answer::Encoded(bytes) = answer(&outcome, req, options) else {
+                    panic!("an allow without x-hopwarden-* headers is pre-encoded");
+                };
+                // Every check after the first reused the first one's bytes...
+                let first = first.get_or_insert_with(|| bytes.clone());
+                assert!(Arc::ptr_eq(first, &bytes));
+                // ...and they are exactly the answer built for this request.
+                let decoded = Answer::Encoded(bytes).into_message().unwrap();
+                assert_eq!(decoded, to_check_response(&outcome, req, options));
+            }
         }
     }
 

@@ -34,9 +34,12 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+// tokio's clock is the system's outside tests; tests pause it, so a slow test run
+// cannot pass HOLD_MAX where the test means the hold to still be waiting.
+use tokio::time::Instant;
 
 /// Above this many buffered bytes a write goes out at once, without waiting for a
 /// flush, so one busy connection cannot grow the buffer without bound.
@@ -321,7 +324,10 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_flush(cx))).await
     }
 
-    #[tokio::test]
+    // Tests that expect a hold or a read gate to be still waiting run on tokio's paused
+    // clock: however slow the machine, HOLD_MAX does not pass between two polls.
+
+    #[tokio::test(start_paused = true)]
     async fn a_flush_waits_for_the_scheduler_and_frames_added_meanwhile_share_the_write() {
         let rec = Recorder::default();
         let mut io = Coalescing::new(rec.clone());
@@ -438,7 +444,7 @@ mod tests {
             .map(|r| r.map(|()| buf.filled().len()).unwrap())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn after_a_batch_of_bytes_the_next_read_waits_for_the_scheduler() {
         let (mut io, reads) = Source::new(READ_BATCH / 4);
         // Within one poll of the connection, as h2 does once per accepted stream:
@@ -468,15 +474,25 @@ mod tests {
         assert_eq!(*reads.lock().unwrap(), 8);
     }
 
-    #[tokio::test]
+    /// The same wait, started HOLD_MAX earlier and not fired.
+    fn aged(d: &Deferred) -> Arc<Deferred> {
+        Arc::new(Deferred {
+            fired: AtomicBool::new(false),
+            task: Mutex::new(d.task.lock().unwrap().clone()),
+            since: d.since - HOLD_MAX,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_read_waits_no_longer_than_hold_max() {
         let (mut io, reads) = Source::new(READ_BATCH);
         std::future::poll_fn(|cx| {
             assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH));
             assert!(read_once(&mut io, cx).is_pending());
             // This task keeps the scheduler from coming back (as a long run of
-            // expensive checks would): past HOLD_MAX the next read goes ahead.
-            std::thread::sleep(HOLD_MAX);
+            // expensive checks would): once HOLD_MAX has passed (the paused clock
+            // cannot pass it, so the gate is aged instead) the next read goes ahead.
+            io.read_gate = io.read_gate.as_deref().map(aged);
             assert_eq!(read_once(&mut io, cx), Poll::Ready(READ_BATCH));
             Poll::Ready(())
         })
@@ -506,22 +522,31 @@ mod tests {
         assert_eq!(got, data);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[tokio::test(start_paused = true)]
     async fn answers_of_checks_that_finish_together_leave_in_one_write() {
         // Shaped like hyper's server: the connection task starts one task per check;
         // a finished check hands its answer over and wakes the connection task, which
-        // adds what it has to the stream and flushes.
+        // adds what it has to the stream and flushes. Checks finish in three waves
+        // (each check of a wave starts one of the next), so the connection is polled
+        // again while its flush is held, with more answers still to come.
         let rec = Recorder::default();
         let mut io = Coalescing::new(rec.clone());
         let conn = tokio::spawn(async move {
             let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<u8>();
-            for i in 0..20u8 {
+            for i in 0..10u8 {
                 let tx = tx.clone();
-                tokio::spawn(async move { tx.send(i).unwrap() });
+                tokio::spawn(async move {
+                    tx.send(i).unwrap();
+                    tokio::spawn(async move {
+                        tx.send(10 + i).unwrap();
+                        tokio::spawn(async move { tx.send(20 + i).unwrap() });
+                    });
+                });
             }
             drop(tx);
-            let mut open = true;
+            let (mut open, mut polls) = (true, 0);
             std::future::poll_fn(|cx| {
+                polls += 1;
                 while open {
                     match answers.poll_recv(cx) {
                         Poll::Ready(Some(a)) => {
@@ -535,17 +560,19 @@ mod tests {
                 if open {
                     Poll::Pending
                 } else {
-                    Poll::Ready(())
+                    Poll::Ready(polls)
                 }
             })
             .await
         });
-        conn.await.unwrap();
+        let polls = conn.await.unwrap();
+        // One poll per wave at least, and one more when the scheduler came back.
+        assert!(polls >= 4, "{polls} polls");
         let mut all = rec.writes().concat();
         all.sort();
-        assert_eq!(all, (0..20u8).collect::<Vec<_>>());
-        // One write, or two if the scheduler's periodic maintenance fell in between;
-        // a flush that gave up its hold at the first re-poll made about ten.
-        assert!(rec.writes().len() <= 2, "{} writes", rec.writes().len());
+        assert_eq!(all, (0..30u8).collect::<Vec<_>>());
+        // One write: a flush that gave up its hold when the connection was polled
+        // again made one per wave.
+        assert_eq!(rec.writes().len(), 1, "{:?}", rec.writes());
     }
 }

@@ -95,13 +95,15 @@ pub fn to_check_response(
     let metadata = options.dynamic_metadata.then(|| metadata(outcome));
     match &*outcome.decision {
         Decision::Allow(allowed) => {
-            // All three are always set, so a client's copy is overwritten even when
-            // Envoy's `allowed_headers` kept it from us (empty principal: anonymous).
-            let mut headers = vec![
-                overwrite(PRINCIPAL_HEADER, &allowed.principal),
-                overwrite(KIND_HEADER, allowed.kind_str()),
-                overwrite(RULE_HEADER, &allowed.rule),
-            ];
+            // Always set (or, for an anonymous caller, removed), so a client's copy
+            // never stays, even when Envoy's `allowed_headers` kept it from us.
+            let anonymous = allowed.principal.is_empty();
+            let mut headers = Vec::with_capacity(4);
+            if !anonymous {
+                headers.push(overwrite(PRINCIPAL_HEADER, &allowed.principal));
+            }
+            headers.push(overwrite(KIND_HEADER, allowed.kind_str()));
+            headers.push(overwrite(RULE_HEADER, &allowed.rule));
             if let Some(would) = &allowed.dry_run {
                 headers.push(overwrite(DRY_RUN_HEADER, &would.header()));
             }
@@ -111,12 +113,18 @@ pub fn to_check_response(
                 .iter()
                 .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
                 .collect();
-            let headers_to_remove = req
+            let mut headers_to_remove: Vec<String> = req
                 .headers
                 .keys()
                 .filter(|k| k.starts_with(OWN_HEADER_PREFIX) && !ours.contains(&k.as_str()))
                 .cloned()
                 .collect();
+            // An anonymous caller has no principal: the header is removed rather than
+            // set empty (Envoy versions that drop empty values from ext_authz answers
+            // would leave a client's forged copy in place), as the HTTP service does.
+            if anonymous && !headers_to_remove.iter().any(|k| k == PRINCIPAL_HEADER) {
+                headers_to_remove.push(PRINCIPAL_HEADER.to_string());
+            }
             CheckResponse {
                 status: Some(rpc::Status {
                     code: tonic::Code::Ok as i32,
@@ -221,6 +229,55 @@ mod tests {
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    fn ok(response: &CheckResponse) -> &OkHttpResponse {
+        match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok,
+            other => panic!("not an ok response: {other:?}"),
+        }
+    }
+
+    fn set(ok: &OkHttpResponse, name: &str) -> Option<String> {
+        ok.headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+    }
+
+    #[test]
+    fn an_anonymous_allow_removes_the_principal_header() {
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        let forged = AuthzRequest {
+            headers: [(PRINCIPAL_HEADER.to_string(), "admin".to_string())].into(),
+            ..Default::default()
+        };
+        for req in [AuthzRequest::default(), forged] {
+            let response = to_check_response(&Outcome::allowed_for_tests(""), &req, options);
+            let ok = ok(&response);
+            assert_eq!(set(ok, PRINCIPAL_HEADER), None, "{ok:?}");
+            assert_eq!(ok.headers_to_remove, [PRINCIPAL_HEADER], "{ok:?}");
+            assert!(set(ok, KIND_HEADER).is_some() && set(ok, RULE_HEADER).is_some());
+        }
+        // A caller with a principal gets it set, overwriting a client's copy.
+        let forged = AuthzRequest {
+            headers: [(PRINCIPAL_HEADER.to_string(), "admin".to_string())].into(),
+            ..Default::default()
+        };
+        let response = to_check_response(
+            &Outcome::allowed_for_tests("spiffe://x/payments"),
+            &forged,
+            options,
+        );
+        let ok = ok(&response);
+        assert_eq!(
+            set(ok, PRINCIPAL_HEADER).as_deref(),
+            Some("spiffe://x/payments")
+        );
+        assert!(ok.headers_to_remove.is_empty(), "{ok:?}");
+    }
 
     #[test]
     fn raw_header_map_joins_repeats() {
