@@ -23,6 +23,7 @@ pub mod engine;
 pub mod explain;
 pub mod grpc;
 pub mod http_authz;
+pub mod limits;
 pub mod policy;
 pub mod principal;
 pub mod reload;
