@@ -84,11 +84,28 @@ pub fn whole_seconds(nanos: u64) -> u64 {
     nanos.div_ceil(1_000_000_000).max(1)
 }
 
+/// A bucket's identity. The rate and burst are part of it: a reload that changes a
+/// limit starts its callers on fresh budgets at the new rate (the old buckets go idle
+/// and are evicted), rather than carrying debt measured at the old one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     service: std::sync::Arc<str>,
     limit: std::sync::Arc<str>,
     caller: Caller,
+    rate: super::Rate,
+    burst: u64,
+}
+
+impl Key {
+    fn of(hit: &LimitHit) -> Self {
+        Key {
+            service: hit.service.clone(),
+            limit: hit.limit.clone(),
+            caller: hit.caller.clone(),
+            rate: hit.rate,
+            burst: hit.burst,
+        }
+    }
 }
 
 /// Every bucket of the process, bounded.
@@ -141,11 +158,7 @@ impl Buckets {
     /// Spends one request from `hit`'s bucket; also returns the state before.
     pub fn spend(&self, hit: &LimitHit, now: u64) -> (Spent, Gcra) {
         let interval = hit.rate.interval_nanos();
-        let mut key = Key {
-            service: hit.service.clone(),
-            limit: hit.limit.clone(),
-            caller: hit.caller.clone(),
-        };
+        let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
         if !shard.contains_key(&key) && shard.len() >= self.per_shard {
             shard.retain(|_, b| !b.idle(now));
@@ -163,11 +176,7 @@ impl Buckets {
 
     /// Puts a bucket back as it was before a spend (a later limit refused).
     fn restore(&self, hit: &LimitHit, before: Gcra) {
-        let key = Key {
-            service: hit.service.clone(),
-            limit: hit.limit.clone(),
-            caller: hit.caller.clone(),
-        };
+        let key = Key::of(hit);
         let mut shard = self.shard(&key);
         if let Some(bucket) = shard.get_mut(&key) {
             // Undo our one interval, not anyone else's spend since.
@@ -287,6 +296,10 @@ mod tests {
         assert!(t.spend_all(std::slice::from_ref(&b), 0).is_ok());
         assert!(t.spend_all(std::slice::from_ref(&other), 0).is_ok());
         assert_eq!(t.len(), 3);
+        // The same limit at another rate (a reload changed it) is a fresh budget.
+        let faster = hit("reads", named("a"), "2/s", 1);
+        assert!(t.spend_all(std::slice::from_ref(&faster), 0).is_ok());
+        assert_eq!(t.len(), 4);
     }
 
     #[test]
