@@ -155,6 +155,21 @@ pub struct LimitHit {
     pub burst: u64,
 }
 
+impl LimitHit {
+    /// For `explain`: `id: 200/s, burst 400, bucket <caller>`.
+    pub fn describe(&self) -> String {
+        let bucket = match &self.caller {
+            Caller::Service => "one budget for the service".to_string(),
+            Caller::Named(id) => format!("own budget of {id}"),
+            Caller::Others => "shared budget of callers the policy does not name".to_string(),
+        };
+        format!(
+            "{}: {}, burst {} ({bucket})",
+            self.limit, self.rate, self.burst
+        )
+    }
+}
+
 /// A request over a limit: what the 429 says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimited {

@@ -236,3 +236,108 @@ async fn a_policy_with_a_bad_limit_does_not_load() {
     assert!(err.contains("ledger.yaml:"), "{err}");
     assert!(err.contains("invalid rate \"0/s\""), "{err}");
 }
+
+/// A directory with a config and the limited ledger policy, for the offline tools.
+fn offline() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    std::fs::write(dir.path().join("p/ledger.yaml"), policy("3/m")).unwrap();
+    std::fs::write(dir.path().join("hopwarden.yaml"), "policies: p\n").unwrap();
+    dir
+}
+
+#[test]
+fn explain_shows_the_limits_a_request_counts_against() {
+    let dir = offline();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--service",
+            "ledger",
+            "--path",
+            "/transactions/1",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_bin(&args, dir.path());
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = explain(&["--id", PAYMENTS, "--scope", "ledger.read"]);
+    let want = format!(
+        "decision:    allow (rule payments-read-transactions, status 200)\n\
+         limits:      counts against these (a 429 when one is spent):\n  \
+         payments-reads: 3/m, burst 3 (own budget of {PAYMENTS})\n"
+    );
+    assert!(out.ends_with(&want), "{out}");
+    let out = explain(&["--peer", RECONCILER]);
+    assert!(
+        out.ends_with(&format!(
+            "  reconciler-reads: 2/m, burst 2 (own budget of {RECONCILER})\n"
+        )),
+        "{out}"
+    );
+    // A denied request counts against nothing, and says nothing of limits.
+    let out = explain(&["--id", PAYMENTS]);
+    assert!(out.contains("decision:    deny"), "{out}");
+    assert!(!out.contains("limits:"), "{out}");
+}
+
+#[test]
+fn policy_tests_can_assert_which_limits_apply() {
+    let dir = offline();
+    let suite = |cases: &str| {
+        std::fs::write(
+            dir.path().join("p/ledger_test.yaml"),
+            format!("service: ledger\ncases:\n{cases}"),
+        )
+        .unwrap();
+        run_bin(&["test", "p"], dir.path())
+    };
+    let passing = format!(
+        "  - name: payments reads count against their limit
+    caller: {{id: \"{PAYMENTS}\", issuer: \"https://sts.test.local\", scopes: [ledger.read]}}
+    request: {{path: /transactions/1}}
+    expect: {{decision: allow, limits: [payments-reads]}}
+  - name: the reconciler has its own
+    caller: {{peer: \"{RECONCILER}\"}}
+    request: {{path: /transactions/1}}
+    expect: {{decision: allow, limits: [reconciler-reads]}}
+  - name: a denial counts against none
+    caller: {{id: \"{PAYMENTS}\", issuer: \"https://sts.test.local\", scopes: [ledger.read]}}
+    request: {{path: /refunds/1}}
+    expect: {{decision: deny, limits: []}}
+"
+    );
+    let (code, out, err) = suite(&passing);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("\n3 passed, 0 failed\n"), "{out}");
+
+    let failing = format!(
+        "  - name: wrong limit
+    caller: {{peer: \"{RECONCILER}\"}}
+    request: {{path: /transactions/1}}
+    expect: {{decision: allow, limits: [payments-reads]}}
+"
+    );
+    let (code, out, err) = suite(&failing);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("expected allow (limits [payments-reads]), got allow (rule reconciler-reads, status 200), limits [reconciler-reads]"),
+        "{out}"
+    );
+
+    let unknown = format!(
+        "  - name: no such limit
+    caller: {{peer: \"{RECONCILER}\"}}
+    request: {{path: /transactions/1}}
+    expect: {{decision: allow, limits: [nope]}}
+"
+    );
+    let (code, out, err) = suite(&unknown);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}")
+            .contains("case \"no such limit\": service \"ledger\" has no limit \"nope\""),
+        "{out}{err}"
+    );
+}

@@ -13,7 +13,7 @@
 //! bounded by the policies).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -199,9 +199,7 @@ impl Buckets {
     }
 
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, Gcra>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let index = usize::try_from(h.finish() % SHARDS as u64).unwrap_or(0);
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // A panic while holding a shard cannot leave a bucket half-written (a
         // `Gcra` is one integer), so a poisoned lock is still good to use.
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())

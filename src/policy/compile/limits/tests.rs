@@ -60,6 +60,9 @@ fn rules_naming_limits() {
 
 const TD: &str = "spiffe://hopwarden.local/ns";
 
+/// `(limit id, bucket)` pairs.
+type Hits = Vec<(String, Caller)>;
+
 const POLICY: &str = r#"service: ledger
 rules:
   - id: reads
@@ -131,7 +134,7 @@ fn which_limits_a_request_counts_against() {
     let others = |id: &str| (id.to_string(), Caller::Others);
     let service = |id: &str| (id.to_string(), Caller::Service);
     #[rustfmt::skip]
-    let cases: Vec<(&str, Option<&Principal>, &str, &str, Vec<(String, Caller)>)> = vec![
+    let cases: Vec<(&str, Option<&Principal>, &str, &str, Hits)> = vec![
         ("reads", Some(&payments), "GET", "/transactions/1", vec![own("payments-reads"), own("everyone"), service("shared")]),
         // HEAD counts with GET, as in a deny rule.
         ("reads", Some(&payments), "HEAD", "/transactions/1", vec![own("payments-reads"), own("everyone"), service("shared")]),
