@@ -341,3 +341,30 @@ fn policy_tests_can_assert_which_limits_apply() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn review_lists_each_callers_limits() {
+    let dir = offline();
+    let (code, out, err) = run_bin(&["review", "p"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let want = format!(
+        "limits:
+  ledger payments-reads: 3/m, burst 3, per principal
+    callers: principal {PAYMENTS}
+    actions: any action
+    counts:  every allow it matches
+  ledger reconciler-reads: 2/m, burst 2, per principal
+    callers: peer {RECONCILER}
+    actions: any action
+    counts:  every allow it matches
+"
+    );
+    assert!(out.contains(&want), "{out}");
+    let (code, out, err) = run_bin(&["review", "p", "--format", "json"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let limits = &json["services"][0]["limits"];
+    assert_eq!(limits[0]["id"], "payments-reads");
+    assert_eq!(limits[0]["rate"], "3/m");
+    assert_eq!(limits[1]["callers"][0], format!("peer {RECONCILER}"));
+}

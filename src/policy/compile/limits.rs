@@ -61,12 +61,26 @@ impl Limit {
     pub fn from(&self) -> &FromClause {
         &self.selector.from
     }
+
+    /// Its `from` / `to` / `when`, as the deny rule they are compiled as.
+    pub fn selector(&self) -> &Rule {
+        &self.selector
+    }
 }
 
 impl ServicePolicy {
     /// The policy's limits, in file order.
     pub fn limits(&self) -> &[Limit] {
         &self.limits
+    }
+
+    /// The ids of the allow rules that name limit number `index` in `limits:`.
+    pub fn rules_naming(&self, index: usize) -> Vec<&str> {
+        self.allow
+            .iter()
+            .filter(|r| r.limits.contains(&index))
+            .map(|r| &*r.id)
+            .collect()
     }
 
     /// The limits a request that allow rule `rule` let through counts against, and
