@@ -139,7 +139,9 @@ impl Buckets {
         let mut spent: Vec<(usize, Gcra)> = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
             match self.spend(hit, now) {
-                (Spent::Allowed { .. }, before) => spent.push((i, before)),
+                // The last one never needs a refund: one limit allocates nothing.
+                (Spent::Allowed { .. }, before) if i + 1 < hits.len() => spent.push((i, before)),
+                (Spent::Allowed { .. }, _) => {}
                 (Spent::Refused { wait_nanos }, _) => {
                     for (j, before) in spent {
                         self.restore(&hits[j], before);
