@@ -368,3 +368,22 @@ fn review_lists_each_callers_limits() {
     assert_eq!(limits[0]["rate"], "3/m");
     assert_eq!(limits[1]["callers"][0], format!("peer {RECONCILER}"));
 }
+
+#[tokio::test]
+async fn a_dry_run_policy_lets_the_request_through_and_says_it_would_be_limited() {
+    let text = policy("1/m").replacen("service: ledger\n", "service: ledger\nmode: dry-run\n", 1);
+    let d = Deployment::new(&[("ledger.yaml", &text)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    let first = s.check(read().bearer(&t)).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.header("x-hopwarden-dry-run"), None, "{first:?}");
+    let over = s.check(read().bearer(&t)).await;
+    assert_eq!(over.status, 200, "{over:?}");
+    assert_eq!(
+        over.header("x-hopwarden-dry-run"),
+        Some("would-deny; reason=rate_limited"),
+        "{over:?}"
+    );
+    assert_eq!(rate_limited_total(&s, "payments-reads"), 1);
+}
