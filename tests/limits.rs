@@ -387,3 +387,34 @@ async fn a_dry_run_policy_lets_the_request_through_and_says_it_would_be_limited(
     );
     assert_eq!(rate_limited_total(&s, "payments-reads"), 1);
 }
+
+/// What the limits stage adds to a cached check: one spend from a caller's bucket
+/// (the clock read, the table lookup and the GCRA step). Printed, not asserted; for
+/// a meaningful figure run `cargo test --release --test limits cost -- --nocapture`.
+#[test]
+fn cost_of_spending_from_a_local_limit() {
+    use hopwarden::limits::{Buckets, Caller, LimitHit, Rate};
+    use std::sync::Arc;
+    let buckets = Buckets::default();
+    let hits = [LimitHit {
+        service: "ledger".into(),
+        limit: "payments-reads".into(),
+        caller: Caller::Named(Arc::from(PAYMENTS)),
+        rate: Rate::parse("1000000000/s").unwrap(),
+        burst: 1_000_000_000,
+    }];
+    let rounds = 5;
+    let per_round = 200_000u32;
+    let mut best = f64::MAX;
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        for _ in 0..per_round {
+            let spent = buckets.spend_all(std::hint::black_box(&hits), buckets.now());
+            assert!(spent.is_ok());
+        }
+        let ns = started.elapsed().as_nanos() as f64 / f64::from(per_round);
+        best = best.min(ns);
+    }
+    assert_eq!(buckets.len(), 1);
+    println!("limits stage: {best:.0} ns per cached check (best of {rounds} x {per_round})");
+}
