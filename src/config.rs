@@ -66,6 +66,31 @@ pub struct ConfigSpec {
     /// Where the decision log goes.
     #[serde(default)]
     pub decision_log: DecisionLogSpec,
+    /// Where rate limit counters live (docs/rate-limits.md).
+    #[serde(default)]
+    pub rate_limits: RateLimitsSpec,
+}
+
+/// The rate limits' counters: in the process, in a bounded table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsSpec {
+    /// The most buckets kept; idle ones are evicted first, and past the bound a
+    /// caller spends from its limit's shared `others` bucket.
+    #[serde(default = "default_max_buckets")]
+    pub max_buckets: usize,
+}
+
+impl Default for RateLimitsSpec {
+    fn default() -> Self {
+        RateLimitsSpec {
+            max_buckets: default_max_buckets(),
+        }
+    }
+}
+
+fn default_max_buckets() -> usize {
+    crate::limits::bucket::DEFAULT_MAX_BUCKETS
 }
 
 /// Admin HTTP settings.

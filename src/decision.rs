@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::limits::{LimitHit, RateLimited};
 use crate::principal::PrincipalKind;
 
 /// The outcome of a check: what Envoy is told to do with the request.
@@ -9,7 +10,7 @@ use crate::principal::PrincipalKind;
 pub enum Decision {
     /// Let the request through, with identity headers for the upstream.
     Allow(Allowed),
-    /// Answer the client directly with 400, 401 or 403.
+    /// Answer the client directly with 400, 401, 403 or 429.
     Deny(Denied),
 }
 
@@ -26,6 +27,9 @@ pub struct Allowed {
     /// Set when enforcement would have denied the request but a `mode: dry-run`
     /// policy or rule let it through.
     pub dry_run: Option<WouldDeny>,
+    /// The rate limits the request counts against; the engine spends from them on
+    /// every allow, cached or not.
+    pub limits: Vec<LimitHit>,
     /// The answer the transport encoded for this decision, kept so a cached decision
     /// is encoded once rather than on every hit (see `answer` in grpc/check.rs).
     pub answer: AnswerMemo,
@@ -127,6 +131,8 @@ pub enum DenyReason {
     DenyRule,
     /// No allow rule matched: default deny.
     NoMatchingRule,
+    /// The policy allowed the request but a rate limit's budget is spent.
+    RateLimited(RateLimited),
 }
 
 /// The HTTP status a denial answers with.
@@ -138,6 +144,8 @@ pub enum DenyStatus {
     Unauthorized,
     /// 403: the caller is known but not permitted.
     Forbidden,
+    /// 429: permitted, but over a rate limit.
+    TooManyRequests,
 }
 
 impl DenyStatus {
@@ -147,6 +155,7 @@ impl DenyStatus {
             DenyStatus::BadRequest => 400,
             DenyStatus::Unauthorized => 401,
             DenyStatus::Forbidden => 403,
+            DenyStatus::TooManyRequests => 429,
         }
     }
 }
@@ -164,13 +173,16 @@ impl DenyReason {
             DenyReason::InsufficientScope(_) => "insufficient_scope",
             DenyReason::DenyRule => "deny_rule",
             DenyReason::NoMatchingRule => "no_matching_rule",
+            DenyReason::RateLimited(_) => "rate_limited",
         }
     }
 
     /// The detail behind the reason, for the decision log only (never sent to the client).
-    pub fn detail(&self) -> Option<&'static str> {
+    /// For `rate_limited`, the limit's id.
+    pub fn detail(&self) -> Option<&str> {
         match self {
             DenyReason::InvalidToken(why) | DenyReason::UnknownService(why) => Some(why),
+            DenyReason::RateLimited(limited) => Some(&limited.limit),
             _ => None,
         }
     }
@@ -183,6 +195,7 @@ impl DenyReason {
             DenyReason::MissingCredential
             | DenyReason::InvalidToken(_)
             | DenyReason::WrongAudience => DenyStatus::Unauthorized,
+            DenyReason::RateLimited(_) => DenyStatus::TooManyRequests,
             _ => DenyStatus::Forbidden,
         }
     }
@@ -214,13 +227,32 @@ impl DenyReason {
                 r#"{"error":"insufficient_scope","message":"the token lacks a required scope"}"#
             }
             DenyReason::BadRequest => r#"{"error":"bad_request","message":"request not allowed"}"#,
+            DenyReason::RateLimited(_) => {
+                r#"{"error":"rate_limited","message":"too many requests; retry later"}"#
+            }
             _ => r#"{"error":"forbidden","message":"access denied"}"#,
         }
     }
 }
 
+impl DenyReason {
+    /// Response headers besides the challenge: for a 429, `retry-after` (whole
+    /// seconds) and the `ratelimit-policy` / `ratelimit` fields of
+    /// draft-ietf-httpapi-ratelimit-headers.
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            DenyReason::RateLimited(limited) => vec![
+                ("retry-after", limited.retry_after.to_string()),
+                ("ratelimit-policy", limited.policy_field()),
+                ("ratelimit", limited.field()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Decision {
-    /// The HTTP status Envoy answers with: 200 (forwarded upstream), 400, 401 or 403.
+    /// The HTTP status Envoy answers with: 200 (forwarded upstream), 400, 401, 403 or 429.
     pub fn http_status(&self) -> u16 {
         match self {
             Decision::Allow(_) => 200,
@@ -287,6 +319,15 @@ mod tests {
             (DenyReason::NoPolicy, 403, None),
             (DenyReason::UnknownService("x"), 403, None),
             (DenyReason::BadRequest, 400, None),
+            (
+                DenyReason::RateLimited(RateLimited {
+                    limit: "reads".into(),
+                    rate: crate::limits::Rate::parse("5/m").unwrap(),
+                    retry_after: 12,
+                }),
+                429,
+                None,
+            ),
         ];
         for (reason, code, challenge) in cases {
             assert_eq!(reason.status().code(), *code, "{reason:?}");
@@ -297,6 +338,19 @@ mod tests {
             );
             let body: serde_json::Value = serde_json::from_str(reason.body()).unwrap();
             assert!(body["error"].is_string());
+            let extra = reason.extra_headers();
+            if *code == 429 {
+                assert_eq!(body["error"], "rate_limited");
+                assert_eq!(reason.detail(), Some("reads"));
+                let want = [
+                    ("retry-after", "12".to_string()),
+                    ("ratelimit-policy", "\"reads\";q=5;w=60".to_string()),
+                    ("ratelimit", "\"reads\";r=0;t=12".to_string()),
+                ];
+                assert_eq!(extra, want);
+            } else {
+                assert!(extra.is_empty(), "{reason:?}");
+            }
         }
     }
 }

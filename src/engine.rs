@@ -1,8 +1,10 @@
-//! The request path: resolve -> cache -> authn -> policy -> decision.
+//! The request path: resolve -> cache -> authn -> policy -> limits -> decision.
 //!
 //! ```text
-//! AuthzRequest -> service + hop -> decision cache -> credential -> rules -> Decision
+//! AuthzRequest -> service + hop -> decision cache -> credential -> rules -> limits -> Decision
 //! ```
+//! The limits stage runs on cache hits too (a cached allow still spends budget) and
+//! its 429s are never cached.
 //! A deny is a normal answer; `Err` is only for server faults (keys never loaded),
 //! which the gRPC edge turns into UNAVAILABLE so Envoy's `failure_mode_allow` decides.
 
@@ -18,6 +20,7 @@ use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
 use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord, Timestamp};
+use crate::limits::Buckets;
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::Principal;
 use crate::request::{Action, AuthzRequest, Hop};
@@ -66,6 +69,7 @@ impl Outcome {
                 kind: Some(crate::principal::PrincipalKind::Service),
                 rule: Arc::from("payments-read"),
                 dry_run: None,
+                limits: Vec::new(),
                 answer: Default::default(),
             })),
             service: Some("ledger".into()),
@@ -95,6 +99,7 @@ pub struct Engine {
     decisions: DecisionCache,
     metrics: Arc<Metrics>,
     log: DecisionLog,
+    buckets: Buckets,
 }
 
 impl Engine {
@@ -116,7 +121,15 @@ impl Engine {
             decisions,
             metrics,
             log,
+            buckets: Buckets::default(),
         }
+    }
+
+    /// Bounds the rate limits' bucket table to about `max_buckets` (default
+    /// [`crate::limits::bucket::DEFAULT_MAX_BUCKETS`]).
+    pub fn with_max_buckets(mut self, max_buckets: usize) -> Self {
+        self.buckets = Buckets::new(max_buckets);
+        self
     }
 
     /// The metrics registry.
@@ -201,17 +214,48 @@ impl Engine {
         let hit = self.decisions.get(&key, now);
         self.metrics.cache("decision", hit.is_some());
         if let Some(decision) = hit {
-            outcome.decision = decision;
+            outcome.decision = self.spend(decision, policy);
             outcome.cached = true;
             outcome.action = Some(action);
             return Ok(outcome);
         }
         let (decision, deadline) = self.evaluate(policy, hop, &action, req, now).await?;
         let decision = Arc::new(decision);
+        // The allow is cached, never the 429 its limits may turn it into.
         self.decisions.insert(key, decision.clone(), deadline, now);
-        outcome.decision = decision;
+        outcome.decision = self.spend(decision, policy);
         outcome.action = Some(action);
         Ok(outcome)
+    }
+
+    /// The limits stage: an allow spends one request from each of its limits'
+    /// buckets, or becomes a 429 when one is empty (and then spends nothing). In a
+    /// dry-run policy the 429 is only recorded: the request goes through.
+    fn spend(&self, decision: Arc<Decision>, policy: &ServicePolicy) -> Arc<Decision> {
+        let Decision::Allow(allowed) = &*decision else {
+            return decision;
+        };
+        if allowed.limits.is_empty() {
+            return decision;
+        }
+        let Err(limited) = self.buckets.spend_all(&allowed.limits, self.buckets.now()) else {
+            return decision;
+        };
+        self.metrics.rate_limited(policy.service(), &limited.limit);
+        if policy.is_dry_run() {
+            let mut allowed = allowed.clone();
+            allowed.dry_run = Some(WouldDeny {
+                reason: DenyReason::RateLimited(limited),
+                rule: None,
+            });
+            return Arc::new(Decision::Allow(allowed));
+        }
+        Arc::new(Decision::Deny(Denied {
+            reason: DenyReason::RateLimited(limited),
+            rule: Some(allowed.rule.clone()),
+            principal: Some(allowed.principal.clone()).filter(|p| !p.is_empty()),
+            kind: allowed.kind,
+        }))
     }
 
     /// Authenticates and applies the service's rules; returns the decision and the
@@ -254,7 +298,10 @@ impl Engine {
             headers: &req.headers,
         };
         let verdict = policy.evaluate_traced(&input);
-        let decision = to_decision(verdict.evaluation, principal.as_ref());
+        let mut decision = to_decision(verdict.evaluation, principal.as_ref());
+        if let Decision::Allow(allowed) = &mut decision {
+            allowed.limits = policy.limits_for(&allowed.rule, &input);
+        }
         Ok((
             dry_run(decision, verdict.would_deny, policy.is_dry_run()),
             deadline,
@@ -285,6 +332,7 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
                 principal: denied.principal.unwrap_or_default(),
                 rule: Arc::from("dry-run"),
                 dry_run: Some(WouldDeny { reason, rule }),
+                limits: Vec::new(),
                 answer: Default::default(),
             })
         }
@@ -323,6 +371,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             kind: principal.map(|p| p.kind),
             rule,
             dry_run: None,
+            limits: Vec::new(),
             answer: Default::default(),
         }),
         // DESIGN: with no credential at all the answer is 401, whatever refused it.

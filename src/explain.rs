@@ -126,6 +126,10 @@ pub struct Report {
     pub rule: Option<String>,
     /// The deny reason as decision logs name it.
     pub reason: Option<String>,
+    /// The rate limits the request counts against if allowed, e.g.
+    /// `payments-reads: 200/s, burst 400 (own budget of spiffe://…)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
 }
 
 /// `hopwarden explain`: prints the report; exit 0 whatever the decision, 1 on errors.
@@ -271,6 +275,7 @@ async fn explain(
         status: 0,
         rule: None,
         reason: None,
+        limits: Vec::new(),
     };
     let finish = |mut report: Report, decision: Decision| {
         let text = describe_decision(&decision);
@@ -398,6 +403,13 @@ async fn explain(
     report.rules = explained.rules;
     report.would_deny = explained.verdict.would_deny.as_deref().map(str::to_string);
     let decision = to_decision(explained.verdict.evaluation, principal.as_ref());
+    if let Decision::Allow(allowed) = &decision {
+        report.limits = policy
+            .limits_for(&allowed.rule, &input)
+            .iter()
+            .map(crate::limits::LimitHit::describe)
+            .collect();
+    }
     Ok(finish(report, decision))
 }
 
@@ -482,5 +494,12 @@ pub fn render_text(r: &Report) -> String {
         out.push_str(&format!("{:<12} {w} (dry-run deny rule)\n", "would deny:"));
     }
     out.push_str(&format!("{:<12} {}\n", "decision:", r.decision));
+    if !r.limits.is_empty() {
+        let what = "counts against these (a 429 when one is spent):";
+        out.push_str(&format!("{:<12} {what}\n", "limits:"));
+        for l in &r.limits {
+            out.push_str(&format!("  {l}\n"));
+        }
+    }
     out
 }

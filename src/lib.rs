@@ -24,6 +24,7 @@ pub mod engine;
 pub mod explain;
 pub mod grpc;
 pub mod http_authz;
+pub mod limits;
 pub mod listener;
 pub mod policy;
 pub mod principal;

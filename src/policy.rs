@@ -16,11 +16,11 @@ mod inspect;
 mod matcher;
 mod spec;
 
-pub use compile::{ActionClause, Callers, FromClause, Rule, ServicePolicy, When};
+pub use compile::{ActionClause, Callers, FromClause, Limit, Rule, ServicePolicy, When};
 pub use eval::{EvalInput, Evaluation, RuleOutcome, Verdict};
 pub use explain::{describe_action, describe_clause, ConditionTrace, Explanation, RuleTrace};
 pub use matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-pub use spec::{ClauseSpec, Effect, FromSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
+pub use spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 
 use crate::yaml::{Location, YamlError};
 
@@ -452,7 +452,7 @@ mod tests {
         let c = dir.path().join("c.yaml");
         let d = dir.path().join("d.yaml");
         let want = format!(
-            "{}:1:10: duplicate service \"a\" (also defined in {})\n{}:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `mode`, `rules`",
+            "{}:1:10: duplicate service \"a\" (also defined in {})\n{}:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `mode`, `rules`, `limits`",
             c.display(), a.display(), d.display()
         );
         assert_eq!(err, want);

@@ -78,6 +78,32 @@ pub struct ServiceAccess {
     pub mode: Mode,
     /// Deny rules, then allow rules.
     pub rules: Vec<RuleAccess>,
+    /// Rate limits, in file order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitAccess>,
+}
+
+/// One rate limit, described: who it applies to and at what rate.
+#[derive(Debug, Serialize)]
+pub struct LimitAccess {
+    /// Its id.
+    pub id: String,
+    /// `N/s`, `N/m` or `N/h`.
+    pub rate: String,
+    /// Requests that may arrive at once.
+    pub burst: u64,
+    /// `principal` or `service`.
+    pub per: &'static str,
+    /// Who counts, as for rules (a limit with no `from` counts anonymous callers too).
+    pub callers: Vec<String>,
+    /// What every one of those callers must also be.
+    pub caller_conditions: Vec<String>,
+    /// Which actions count.
+    pub actions: Vec<String>,
+    /// `when` conditions.
+    pub conditions: Vec<String>,
+    /// The allow rules naming it; empty: every allow it matches counts.
+    pub rules: Vec<String>,
 }
 
 /// One rule, described.
@@ -180,11 +206,35 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
                     }
                 })
                 .collect();
+            let limits = policy
+                .limits()
+                .iter()
+                .enumerate()
+                .map(|(i, limit)| {
+                    let (callers, caller_conditions) = callers(limit.selector());
+                    LimitAccess {
+                        id: limit.id().to_string(),
+                        rate: limit.rate().to_string(),
+                        burst: limit.burst(),
+                        per: limit.per().as_str(),
+                        callers,
+                        caller_conditions,
+                        actions: actions(limit.selector()),
+                        conditions: conditions(limit.selector().when()),
+                        rules: policy
+                            .rules_naming(i)
+                            .into_iter()
+                            .map(str::to_string)
+                            .collect(),
+                    }
+                })
+                .collect();
             ServiceAccess {
                 service: policy.service().to_string(),
                 audiences: policy.audiences().to_vec(),
                 mode: policy.mode(),
                 rules,
+                limits,
             }
         })
         .collect();

@@ -152,14 +152,17 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         TokenCache::new(cache.token_max_entries, cache.ttl),
         metrics.clone(),
     );
-    let engine = Arc::new(Engine::new(
-        set,
-        config.services.clone(),
-        authn,
-        DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
-        metrics.clone(),
-        log,
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            set,
+            config.services.clone(),
+            authn,
+            DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
+            metrics.clone(),
+            log,
+        )
+        .with_max_buckets(config.spec.rate_limits.max_buckets),
+    );
 
     let bounds = Bounds::new(&config.spec.listeners);
     let tls = match &config.spec.listeners.tls {

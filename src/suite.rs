@@ -232,6 +232,17 @@ impl Checker<'_> {
                 );
             }
         }
+        for limit in expect.limits.iter().flatten() {
+            if !policy.limits().iter().any(|l| l.id() == limit) {
+                let at = self
+                    .at_value("limits", limit, start)
+                    .or(self.at_key("limits", start));
+                self.error(
+                    at,
+                    format!("case {name:?}: service {service:?} has no limit {limit:?}"),
+                );
+            }
+        }
         let status_ok = match (expect.decision, expect.status) {
             (_, None) => true,
             (Expected::Allow, Some(s)) => s == 200,
@@ -351,7 +362,21 @@ pub fn decide(policies: &PolicySet, case: &Case) -> Decision {
         action: &action,
         headers: &case.request.headers,
     };
-    to_decision(policy.evaluate_enforced(&input), case.principal.as_ref())
+    let mut decision = to_decision(policy.evaluate_enforced(&input), case.principal.as_ref());
+    if let Decision::Allow(allowed) = &mut decision {
+        allowed.limits = policy.limits_for(&allowed.rule, &input);
+    }
+    decision
+}
+
+/// The ids of the limits a decision counts against, sorted (none for a denial).
+fn limit_ids(d: &Decision) -> Vec<&str> {
+    let mut ids: Vec<&str> = match d {
+        Decision::Allow(a) => a.limits.iter().map(|h| &*h.limit).collect(),
+        Decision::Deny(_) => Vec::new(),
+    };
+    ids.sort_unstable();
+    ids
 }
 
 /// `allow (rule r, status 200)` / `deny (rule r, status 403, reason deny_rule)`.
@@ -389,6 +414,9 @@ fn describe_expect(e: &ExpectSpec) -> String {
     if let Some(r) = &e.reason {
         parts.push(format!("reason {r}"));
     }
+    if let Some(l) = &e.limits {
+        parts.push(format!("limits [{}]", l.join(", ")));
+    }
     let d = expected_str(e.decision);
     if parts.is_empty() {
         d.to_string()
@@ -408,9 +436,18 @@ pub fn mismatch(expect: &ExpectSpec, got: &Decision) -> Option<String> {
         && expect.rule.as_deref().is_none_or(|r| got.rule() == Some(r))
         && expect.status.is_none_or(|s| s == status)
         && expect.reason.as_deref().is_none_or(|r| reason == Some(r));
-    (!ok).then(|| {
+    let limits_ok = expect.limits.as_ref().is_none_or(|want| {
+        let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        want == limit_ids(got)
+    });
+    (!(ok && limits_ok)).then(|| {
+        let limits = match &expect.limits {
+            Some(_) => format!(", limits [{}]", limit_ids(got).join(", ")),
+            None => String::new(),
+        };
         format!(
-            "expected {}, got {}",
+            "expected {}, got {}{limits}",
             describe_expect(expect),
             describe_decision(got)
         )

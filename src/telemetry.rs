@@ -93,6 +93,15 @@ pub struct DryRunLabels {
     pub rule: String,
 }
 
+/// Labels of `hopwarden_rate_limited_total`: bounded by the policies' limits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// A service with a policy.
+    pub service: String,
+    /// The limit's id.
+    pub limit: String,
+}
+
 /// Every metric hopwarden exports.
 pub struct Metrics {
     registry: Registry,
@@ -105,6 +114,7 @@ pub struct Metrics {
     watch_errors: Counter,
     generation: Gauge,
     would_deny: Family<DryRunLabels, Counter>,
+    rate_limited: Family<RateLimitLabels, Counter>,
     decision_log_dropped: Counter,
     named_principals: RwLock<HashSet<String>>,
 }
@@ -177,6 +187,12 @@ impl Metrics {
             "Requests allowed only because a policy or rule is in dry-run mode",
             would_deny.clone(),
         );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests the policy allowed and a rate limit refused (429), by service and limit",
+            rate_limited.clone(),
+        );
         let decision_log_dropped = Counter::default();
         registry.register(
             "decision_log_dropped",
@@ -194,6 +210,7 @@ impl Metrics {
             watch_errors,
             generation,
             would_deny,
+            rate_limited,
             decision_log_dropped,
             named_principals: RwLock::new(HashSet::new()),
         }
@@ -274,6 +291,16 @@ impl Metrics {
     pub fn set_generation(&self, generation: u64) {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request refused by rate limit `limit` of `service`.
+    pub fn rate_limited(&self, service: &str, limit: &str) {
+        self.rate_limited
+            .get_or_create(&RateLimitLabels {
+                service: service.to_string(),
+                limit: limit.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a request allowed only because of dry-run.

@@ -144,10 +144,14 @@ pub fn to_check_response(
             if let Some(challenge) = denied.reason.www_authenticate() {
                 headers.push(overwrite("www-authenticate", &challenge));
             }
+            for (name, value) in denied.reason.extra_headers() {
+                headers.push(overwrite(name, &value));
+            }
             let code = match status {
                 DenyStatus::BadRequest => tonic::Code::InvalidArgument,
                 DenyStatus::Unauthorized => tonic::Code::Unauthenticated,
                 DenyStatus::Forbidden => tonic::Code::PermissionDenied,
+                DenyStatus::TooManyRequests => tonic::Code::ResourceExhausted,
             };
             CheckResponse {
                 status: Some(rpc::Status {

@@ -179,6 +179,11 @@ pub fn deny_response(reason: &DenyReason) -> Response<Full<Bytes>> {
             headers.insert(WWW_AUTHENTICATE, value);
         }
     }
+    for (name, value) in reason.extra_headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
     response
 }
 

@@ -4,12 +4,12 @@
 //! that `hopwarden validate` can list them in one run. Semantic errors are
 //! pointed at the offending value in the file with [`crate::yaml`]'s locators.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-use super::spec::{ClauseSpec, Effect, FromSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
+use super::spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 use super::PolicyError;
 use crate::principal::PrincipalKind;
 use crate::request::Hop;
@@ -27,6 +27,11 @@ pub struct ServicePolicy {
     /// Allow rules in file order: the first full match allows.
     pub(super) allow: Vec<Rule>,
     pub(super) header_inputs: Vec<String>,
+    /// Rate limits, in file order.
+    pub(super) limits: Vec<limits::Limit>,
+    /// Principal and peer ids the rules and limits name literally: the callers with
+    /// buckets of their own.
+    pub(super) named_callers: HashSet<Arc<str>>,
 }
 
 impl ServicePolicy {
@@ -76,6 +81,8 @@ pub struct Rule {
     pub(super) to: Option<Vec<ActionClause>>,
     pub(super) scopes: Vec<String>,
     pub(super) when: When,
+    /// Indices into the policy's limits that this allow rule names.
+    pub(super) limits: Vec<usize>,
 }
 
 impl Rule {
@@ -190,7 +197,7 @@ pub(super) fn compile_sources(
                 continue;
             }
         };
-        let mut cx = FileContext::new(file, text, &spec.rules);
+        let mut cx = FileContext::new(file, text, &spec.rules, &spec.limits);
         let policy = cx.policy(spec, &mut rule_ids);
         if let Some(first) = service_files.get(&policy.service) {
             let at = yaml::find_value(text, "service", &policy.service, 0);
@@ -226,18 +233,34 @@ struct FileContext<'a> {
 }
 
 impl<'a> FileContext<'a> {
-    fn new(file: &'a Path, text: &'a str, rules: &[RuleSpec]) -> Self {
-        let mut starts = Vec::with_capacity(rules.len());
-        let mut cursor = 0;
-        for rule in rules {
-            let start = yaml::find_value(text, "id", &rule.id, cursor);
-            if let Some(s) = start {
-                cursor = s + rule.id.len();
+    fn new(file: &'a Path, text: &'a str, rules: &[RuleSpec], limits: &[LimitSpec]) -> Self {
+        // Rules' regions, then limits': each from its `id:` to the next item's.
+        let mut starts = Vec::with_capacity(rules.len() + limits.len());
+        let ids = [
+            (
+                "rules",
+                rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ),
+            ("limits", limits.iter().map(|l| l.id.as_str()).collect()),
+        ];
+        for (key, ids) in ids {
+            let mut cursor = top_level_key(text, key).unwrap_or(0);
+            for id in ids {
+                let start = yaml::find_value(text, "id", id, cursor);
+                if let Some(s) = start {
+                    cursor = s + id.len();
+                }
+                starts.push(start.unwrap_or(cursor));
             }
-            starts.push(start.unwrap_or(cursor));
         }
-        let regions = (0..starts.len())
-            .map(|i| (starts[i], starts.get(i + 1).copied().unwrap_or(text.len())))
+        let mut sorted = starts.clone();
+        sorted.sort_unstable();
+        let regions = starts
+            .iter()
+            .map(|&s| {
+                let end = sorted.iter().copied().find(|&n| n > s);
+                (s, end.unwrap_or(text.len()))
+            })
             .collect();
         FileContext {
             file,
@@ -318,16 +341,34 @@ impl<'a> FileContext<'a> {
         };
         let mut deny = Vec::new();
         let mut allow = Vec::new();
-        for (index, rule) in spec.rules.into_iter().enumerate() {
+        let first_limit = spec.rules.len();
+        let mut named_limits = Vec::new();
+        let mut rule_index = Vec::new();
+        for (index, mut rule) in spec.rules.into_iter().enumerate() {
+            if let Some(names) = rule.limits.take() {
+                named_limits.push((index, rule.id.clone(), rule.effect, names));
+            }
             let rule = self.rule(index, rule, rule_ids);
             match rule.effect {
                 Effect::Deny => deny.push(rule),
-                Effect::Allow => allow.push(rule),
+                Effect::Allow => {
+                    rule_index.push((index, allow.len()));
+                    allow.push(rule);
+                }
             }
         }
+        let mut limits = self.limits(&spec.service, first_limit, spec.limits);
+        for (index, attached) in self.attach(named_limits, &mut limits) {
+            if let Some(&(_, at)) = rule_index.iter().find(|(i, _)| *i == index) {
+                allow[at].limits = attached;
+            }
+        }
+        let selectors = limits.iter().map(|l| &l.selector);
+        let named_callers = limits::named_callers(deny.iter().chain(allow.iter()).chain(selectors));
         let mut header_inputs: Vec<String> = deny
             .iter()
             .chain(allow.iter())
+            .chain(limits.iter().map(|l| &l.selector))
             .flat_map(|r| r.when.headers.iter().map(|(name, _)| name.clone()))
             .collect();
         header_inputs.sort();
@@ -339,6 +380,8 @@ impl<'a> FileContext<'a> {
             deny,
             allow,
             header_inputs,
+            limits,
+            named_callers,
         }
     }
 
@@ -412,6 +455,7 @@ impl<'a> FileContext<'a> {
             to,
             scopes,
             when,
+            limits: Vec::new(),
         }
     }
 
@@ -610,6 +654,17 @@ fn is_name(s: &str, first: impl Fn(u8) -> bool) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(&first) && bytes.all(|b| first(b) || matches!(b, b'.' | b'_' | b'-'))
 }
+
+/// Where top-level `key:` starts (column 1), if written.
+fn top_level_key(text: &str, key: &str) -> Option<usize> {
+    yaml::find_token(text, key, 0, text.len()).find(|&at| {
+        (at == 0 || text.as_bytes()[at - 1] == b'\n') && text[at + key.len()..].starts_with(':')
+    })
+}
+
+mod limits;
+
+pub use limits::Limit;
 
 #[cfg(test)]
 mod tests;

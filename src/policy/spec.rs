@@ -64,6 +64,9 @@ pub struct PolicySpec {
     /// Rules in file order; none means everything is denied.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Rate limits on what the rules allow.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
 }
 
 /// One rule as written.
@@ -88,6 +91,31 @@ pub struct RuleSpec {
     pub scopes: Option<Vec<String>>,
     /// Extra conditions on the hop, headers and claims.
     pub when: Option<WhenSpec>,
+    /// Ids of this policy's limits that the requests this rule allows count against
+    /// (allow rules only).
+    pub limits: Option<Vec<String>>,
+}
+
+/// One rate limit as written: `from`, `to` and `when` select requests as in rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Unique within the policy; shown in logs, metrics and the 429's fields.
+    pub id: String,
+    /// Why the limit exists, for people reading decisions.
+    pub description: Option<String>,
+    /// Whose requests count; omitted means every caller.
+    pub from: Option<FromSpec>,
+    /// Which actions count (any clause); omitted means every action.
+    pub to: Option<Vec<ClauseSpec>>,
+    /// Extra conditions on the hop, headers and claims.
+    pub when: Option<WhenSpec>,
+    /// `N/s`, `N/m` or `N/h`.
+    pub rate: String,
+    /// Requests that may arrive at once; default the rate's N.
+    pub burst: Option<u64>,
+    /// `principal` (default: a budget per caller) or `service` (one shared budget).
+    pub per: Option<String>,
 }
 
 /// The `from` block: each named field must match.

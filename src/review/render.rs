@@ -136,7 +136,44 @@ fn flags(review: &Review) -> Vec<(String, &'static str, String)> {
     out
 }
 
-/// An aligned table, then the flags, tests and usage.
+/// The rate limits, one paragraph each: which callers, which actions, what rate.
+/// Nothing when no policy has limits.
+fn limits(review: &Review, out: &mut String) {
+    let all: Vec<_> = review
+        .services
+        .iter()
+        .flat_map(|s| s.limits.iter().map(move |l| (&s.service, l)))
+        .collect();
+    if all.is_empty() {
+        return;
+    }
+    out.push_str("limits:\n");
+    for (service, l) in all {
+        let _ = writeln!(
+            out,
+            "  {service} {}: {}, burst {}, per {}",
+            l.id, l.rate, l.burst, l.per
+        );
+        let mut who = l.callers.join(" | ");
+        for c in &l.caller_conditions {
+            let _ = write!(who, " {c}");
+        }
+        let _ = writeln!(out, "    callers: {who}");
+        let _ = writeln!(out, "    actions: {}", l.actions.join(" | "));
+        if !l.conditions.is_empty() {
+            let _ = writeln!(out, "    when:    {}", l.conditions.join(", "));
+        }
+        let counts = if l.rules.is_empty() {
+            "every allow it matches".to_string()
+        } else {
+            format!("allows by {}", l.rules.join(", "))
+        };
+        let _ = writeln!(out, "    counts:  {counts}");
+    }
+    out.push('\n');
+}
+
+/// An aligned table, then the limits, flags, tests and usage.
 pub fn text(review: &Review) -> String {
     let mut all = vec![headings(review)];
     all.extend(rows(review));
@@ -152,6 +189,7 @@ pub fn text(review: &Review) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out.push('\n');
+    limits(review, &mut out);
     let flags = flags(review);
     if flags.is_empty() {
         out.push_str("flags: none\n");

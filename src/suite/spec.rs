@@ -126,4 +126,7 @@ pub struct ExpectSpec {
     pub status: Option<u16>,
     /// The deny reason as decision logs name it (`deny_rule`, `no_matching_rule`, …).
     pub reason: Option<String>,
+    /// The ids of exactly the rate limits the request counts against (any order;
+    /// `[]`: none). Which limits apply, not whether a budget is spent.
+    pub limits: Option<Vec<String>>,
 }

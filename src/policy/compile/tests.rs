@@ -25,8 +25,8 @@ fn one_error_per_kind() {
     #[rustfmt::skip]
     let cases: &[(&str, &str)] = &[
         // serde: unknown keys and wrong types, located by serde_yaml
-        ("service: t\nrule: []\n", "a.yaml:2:1: unknown field `rule`, expected one of `service`, `audiences`, `mode`, `rules`"),
-        ("service: t\nrules:\n  - id: r\n    form: {}\n", "a.yaml:4:5: rules[0]: unknown field `form`, expected one of `id`, `description`, `effect`, `mode`, `from`, `to`, `scopes`, `when`"),
+        ("service: t\nrule: []\n", "a.yaml:2:1: unknown field `rule`, expected one of `service`, `audiences`, `mode`, `rules`, `limits`"),
+        ("service: t\nrules:\n  - id: r\n    form: {}\n", "a.yaml:4:5: rules[0]: unknown field `form`, expected one of `id`, `description`, `effect`, `mode`, `from`, `to`, `scopes`, `when`, `limits`"),
         ("service: t\nrules:\n  - id: r\n    from: {principal: [a]}\n", "a.yaml:4:12: rules[0].from: unknown field `principal`, expected one of `principals`, `peers`, `kinds`, `issuers`, `anonymous`"),
         ("service: t\nrules:\n  - id: r\n    effect: maybe\n", "a.yaml:4:13: rules[0].effect: unknown variant `maybe`, expected `allow` or `deny`"),
         ("service: t\nrules:\n  - id: r\n    from: {kinds: [robot]}\n", "a.yaml:4:20: rules[0].from.kinds[0]: unknown variant `robot`, expected `service` or `user`"),
@@ -122,7 +122,7 @@ fn duplicate_services_and_all_errors_collected() {
         "p/a.yaml:3:28: path pattern \"x\": must start with '/'",
         "p/a.yaml:4:28: rule \"r2\": a deny rule cannot require scopes (it would stop applying to callers that lack them, which is almost always a mistake)",
         "p/b.yaml:2:10: duplicate service \"ledger\" (also defined in p/a.yaml)",
-        "p/c.yaml:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `mode`, `rules`",
+        "p/c.yaml:2:1: unknown field `bogus`, expected one of `service`, `audiences`, `mode`, `rules`, `limits`",
     ];
     assert_eq!(
         errors(&[("p/a.yaml", a), ("p/b.yaml", b), ("p/c.yaml", c)]),
