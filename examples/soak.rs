@@ -272,19 +272,65 @@ async fn send(
 }
 
 /// Malformed requests through Envoy (`count` of them) and raw junk to hopwarden.
-async fn burst(client: reqwest::Client, base: String, grpc_port: u16, stats: Arc<Stats>, good: String) {
+async fn burst(
+    client: reqwest::Client,
+    base: String,
+    grpc_port: u16,
+    stats: Arc<Stats>,
+    good: String,
+) {
     let huge = "a".repeat(20 * 1024);
     let shapes: Vec<(reqwest::Method, String, Option<String>)> = vec![
-        (reqwest::Method::GET, "/transactions/1".into(), Some("garbage".into())),
-        (reqwest::Method::GET, "/transactions/1".into(), Some(huge.clone())),
-        (reqwest::Method::GET, "/transactions/1".into(), Some(format!("{huge}.{huge}.x"))),
-        (reqwest::Method::GET, "/transactions/1".into(), Some("e30.e30.".into())),
-        (reqwest::Method::GET, "/transactions/1".into(), Some("!!!.@@@.###".into())),
-        (reqwest::Method::GET, "/transactions/1;x".into(), Some(good.clone())),
-        (reqwest::Method::GET, "/transactions/a%2Fb".into(), Some(good.clone())),
-        (reqwest::Method::GET, "/transactions/a%5Cb".into(), Some(good.clone())),
-        (reqwest::Method::GET, "/transactions/%ff".into(), Some(good.clone())),
-        (reqwest::Method::from_bytes(b"BREW").unwrap(), "/transactions/1".into(), Some(good.clone())),
+        (
+            reqwest::Method::GET,
+            "/transactions/1".into(),
+            Some("garbage".into()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/1".into(),
+            Some(huge.clone()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/1".into(),
+            Some(format!("{huge}.{huge}.x")),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/1".into(),
+            Some("e30.e30.".into()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/1".into(),
+            Some("!!!.@@@.###".into()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/1;x".into(),
+            Some(good.clone()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/a%2Fb".into(),
+            Some(good.clone()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/a%5Cb".into(),
+            Some(good.clone()),
+        ),
+        (
+            reqwest::Method::GET,
+            "/transactions/%ff".into(),
+            Some(good.clone()),
+        ),
+        (
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            "/transactions/1".into(),
+            Some(good.clone()),
+        ),
     ];
     let mut tasks = Vec::new();
     for i in 0..300 {
@@ -308,7 +354,9 @@ async fn burst(client: reqwest::Client, base: String, grpc_port: u16, stats: Arc
                 continue;
             };
             let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-            let mut bytes: Vec<u8> = (0..4096u32).map(|n| (n as u8).wrapping_mul(31).wrapping_add(i)).collect();
+            let mut bytes: Vec<u8> = (0..4096u32)
+                .map(|n| (n as u8).wrapping_mul(31).wrapping_add(i))
+                .collect();
             if i % 2 == 1 {
                 bytes.splice(0..0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".iter().copied());
             }
@@ -351,8 +399,9 @@ fn jwks_text(keys: &Path, ids: &[u64]) -> Result<String, Error> {
     let mut jwks = Vec::new();
     for id in ids {
         // `hopwarden token --jwks` output: a JWKS of the one key.
-        let set: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(keys.join(format!("key-{id}.jwks")))?)?;
+        let set: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            keys.join(format!("key-{id}.jwks")),
+        )?)?;
         jwks.push(set["keys"][0].clone());
     }
     Ok(json!({ "keys": jwks }).to_string())
@@ -368,7 +417,9 @@ async fn generation(client: &reqwest::Client, admin: u16) -> Option<u64> {
         .await
         .ok()?;
     text.lines()
-        .find(|l| l.starts_with("hopwarden_policy_generation ") || l.starts_with("policy_generation "))
+        .find(|l| {
+            l.starts_with("hopwarden_policy_generation ") || l.starts_with("policy_generation ")
+        })
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
@@ -394,7 +445,9 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if n < 2.0 {
         return 0.0;
     }
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
         (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
@@ -451,7 +504,10 @@ async fn main() -> Result<(), Error> {
                 let t = Instant::now();
                 let mut applied = false;
                 while t.elapsed() < Duration::from_secs(5) {
-                    if generation(&client, admin).await.is_some_and(|g| g >= first + n) {
+                    if generation(&client, admin)
+                        .await
+                        .is_some_and(|g| g >= first + n)
+                    {
                         applied = true;
                         break;
                     }
@@ -466,7 +522,12 @@ async fn main() -> Result<(), Error> {
     // Key rotations: add the next key, move tokens to it, drop the old key after the grace.
     let rotations = Arc::new(AtomicU64::new(0));
     let rotate_task = {
-        let (keys, dir, jwks, rotations) = (keys.clone(), a.keys.clone(), a.jwks.clone(), rotations.clone());
+        let (keys, dir, jwks, rotations) = (
+            keys.clone(),
+            a.keys.clone(),
+            a.jwks.clone(),
+            rotations.clone(),
+        );
         let (every, grace) = (a.rotate_every, a.grace);
         tokio::spawn(async move {
             let mut n = 0;
@@ -477,20 +538,31 @@ async fn main() -> Result<(), Error> {
                     break;
                 }
                 let (old, new) = (n - 1, n);
-                let Ok(text) = jwks_text(&dir, &[old, new]) else { break };
+                let Ok(text) = jwks_text(&dir, &[old, new]) else {
+                    break;
+                };
                 write_atomically(&jwks, &text).expect("write jwks");
                 // hopwarden re-reads the file every second: give it three.
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 let pem = std::fs::read(dir.join(format!("key-{new}.pem"))).expect("key");
                 let tokens = Arc::new(Tokens::new(&pem, &format!("soak-{new}")).expect("mint"));
                 let previous = keys.load().current.clone();
-                keys.rcu(|k| Keys { current: tokens.clone(), retired: None, stranger: k.stranger.clone() });
+                keys.rcu(|k| Keys {
+                    current: tokens.clone(),
+                    retired: None,
+                    stranger: k.stranger.clone(),
+                });
                 tokio::time::sleep(Duration::from_secs(grace)).await;
-                write_atomically(&jwks, &jwks_text(&dir, &[new]).expect("jwks")).expect("write jwks");
+                write_atomically(&jwks, &jwks_text(&dir, &[new]).expect("jwks"))
+                    .expect("write jwks");
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 // From now on the retired key's tokens (allowed and cached a minute
                 // ago) must be refused.
-                keys.rcu(|k| Keys { current: k.current.clone(), retired: Some(previous.clone()), stranger: k.stranger.clone() });
+                keys.rcu(|k| Keys {
+                    current: k.current.clone(),
+                    retired: Some(previous.clone()),
+                    stranger: k.stranger.clone(),
+                });
                 rotations.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -498,12 +570,16 @@ async fn main() -> Result<(), Error> {
 
     // Malformed bursts.
     let burst_task = {
-        let (client, base, stats, keys) = (client.clone(), base.clone(), stats.clone(), keys.clone());
+        let (client, base, stats, keys) =
+            (client.clone(), base.clone(), stats.clone(), keys.clone());
         let (every, grpc_port) = (a.burst_every, a.grpc_port);
         tokio::spawn(async move {
             let mut n = 0;
             loop {
-                tokio::time::sleep_until((start + Duration::from_secs(every / 2 + every * n)).into()).await;
+                tokio::time::sleep_until(
+                    (start + Duration::from_secs(every / 2 + every * n)).into(),
+                )
+                .await;
                 n += 1;
                 if start.elapsed() + Duration::from_secs(5) > deadline {
                     break;
@@ -525,7 +601,12 @@ async fn main() -> Result<(), Error> {
                 tick.tick().await;
                 if let (Some((rss, fds)), envoy) = (usage(hw), usage(envoy)) {
                     let envoy_rss = envoy.map_or(0, |e| e.0);
-                    samples.lock().unwrap().push((start.elapsed().as_secs_f64(), rss, fds, envoy_rss));
+                    samples.lock().unwrap().push((
+                        start.elapsed().as_secs_f64(),
+                        rss,
+                        fds,
+                        envoy_rss,
+                    ));
                 }
             }
         })
@@ -620,11 +701,20 @@ fn summary(
     let fds = samples.iter().map(|s| s.2);
     let (fd_min, fd_max) = (fds.clone().min().unwrap_or(0), fds.max().unwrap_or(0));
     let overload = stats.overload.load(Ordering::Relaxed);
-    let (applied, failed) = (reloads.0.load(Ordering::Relaxed), reloads.1.load(Ordering::Relaxed));
+    let (applied, failed) = (
+        reloads.0.load(Ordering::Relaxed),
+        reloads.1.load(Ordering::Relaxed),
+    );
     println!("summary: {sent} checks in {} s ({:.0}/s), {wrong} wrong answers, {errors} errors, {overload} not sent (512 in flight)", a.seconds, sent as f64 / a.seconds as f64);
-    println!("  malformed: {malformed} sent, {malformed_errors} answered 5xx or failed (counted apart)");
+    println!(
+        "  malformed: {malformed} sent, {malformed_errors} answered 5xx or failed (counted apart)"
+    );
     println!("  policy reloads: {applied} applied, {failed} not applied within 5 s");
-    println!("  key rotations: {} completed, {} checks with a retired key's token", rotations.load(Ordering::Relaxed), stats.retired_checked.load(Ordering::Relaxed));
+    println!(
+        "  key rotations: {} completed, {} checks with a retired key's token",
+        rotations.load(Ordering::Relaxed),
+        stats.retired_checked.load(Ordering::Relaxed)
+    );
     println!(
         "  hopwarden RSS: first {:.1} MB, last {:.1} MB, max {:.1} MB; slope {:+.2} MB/min (all), {:+.2} MB/min (after minute 1); fds {fd_min}..{fd_max}",
         rss.first().map_or(0.0, |p| p.1 / 1e6),

@@ -27,7 +27,12 @@ fuzz_target!(|data: &[u8]| {
                     issuer.spec.jwks_uri.is_some(),
                     issuer.spec.secret_file.is_some(),
                 ];
-                assert_eq!(sources.iter().filter(|s| **s).count(), 1, "{}", issuer.spec.issuer);
+                assert_eq!(
+                    sources.iter().filter(|s| **s).count(),
+                    1,
+                    "{}",
+                    issuer.spec.issuer
+                );
             }
         }
         Err(errors) => {

@@ -115,7 +115,10 @@ fuzz_target!(|data: &[u8]| {
         }
         return;
     }
-    assert!(decodable.is_some(), "a decision for a body that is not one message");
+    assert!(
+        decodable.is_some(),
+        "a decision for a body that is not one message"
+    );
     assert_ne!(encoding, Some("gzip"), "a compressed request was read");
     let trailers = answer.trailers().expect("trailers").clone();
     assert_eq!(trailers["grpc-status"], "0");
@@ -133,7 +136,8 @@ fuzz_target!(|data: &[u8]| {
                 .find(|h| h.key == RULE_HEADER)
                 .map(|h| h.value.clone())
                 .expect("an allow names its rule");
-            let req = AuthzRequest::try_from(decodable.unwrap()).expect("an allowed check converts");
+            let req =
+                AuthzRequest::try_from(decodable.unwrap()).expect("an allowed check converts");
             assert_allow_is_earned(&req, &rule);
         }
         Some(HttpResponse::DeniedResponse(denied)) => {

@@ -59,10 +59,17 @@ fuzz_target!(|data: &[u8]| {
     let service = req.service.clone().unwrap_or_else(|| "-".to_string());
     assert!(!hop.is_empty() && !service.is_empty());
     assert!(!hop.contains('/') && !service.contains('/'));
-    assert!(!(hop == "mesh" && req.service.is_none()), "mesh without a service");
+    assert!(
+        !(hop == "mesh" && req.service.is_none()),
+        "mesh without a service"
+    );
     assert_eq!(req.service.as_deref() == Some("-"), false);
     assert!(req.path.starts_with('/'));
-    assert_eq!(format!("/{hop}/{service}{}", req.path), raw, "the path was changed");
+    assert_eq!(
+        format!("/{hop}/{service}{}", req.path),
+        raw,
+        "the path was changed"
+    );
     assert_eq!(req.header(":path"), Some(req.path.as_str()));
     assert_eq!(req.header(":method"), Some(parts.method.as_str()));
     assert_eq!(req.header(":authority"), Some(req.host.as_str()));

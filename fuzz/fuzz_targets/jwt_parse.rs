@@ -53,19 +53,32 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header: Map<String, Value> = serde_json::from_str(header).expect("accepted header is JSON");
-    let claims: Map<String, Value> = serde_json::from_str(claims).expect("accepted claims are JSON");
+    let claims: Map<String, Value> =
+        serde_json::from_str(claims).expect("accepted claims are JSON");
     assert_eq!(header.get("alg").and_then(Value::as_str), Some("HS256"));
     assert!(!header.contains_key("crit"));
     if let Some(typ) = header.get("typ") {
         let typ = typ.as_str().expect("typ is a string").to_ascii_lowercase();
-        assert!(["jwt", "at+jwt", "application/at+jwt"].contains(&typ.as_str()), "{typ}");
+        assert!(
+            ["jwt", "at+jwt", "application/at+jwt"].contains(&typ.as_str()),
+            "{typ}"
+        );
     }
-    assert_eq!(claims.get("iss").and_then(Value::as_str), Some(SECRET_ISSUER));
+    assert_eq!(
+        claims.get("iss").and_then(Value::as_str),
+        Some(SECRET_ISSUER)
+    );
     assert_eq!(verified.issuer, SECRET_ISSUER);
     let sub = claims.get("sub").and_then(Value::as_str).expect("sub");
     assert_eq!(verified.subject, sub);
-    assert!(!sub.is_empty() && !sub.chars().any(char::is_control), "{sub:?}");
-    assert!(claims.get("exp").is_some_and(Value::is_number), "exp is required");
+    assert!(
+        !sub.is_empty() && !sub.chars().any(char::is_control),
+        "{sub:?}"
+    );
+    assert!(
+        claims.get("exp").is_some_and(Value::is_number),
+        "exp is required"
+    );
     assert!(verified.exp.is_some() && verified.is_live(now));
 
     // Any other signature is refused: change one character of it.
@@ -74,5 +87,8 @@ fuzz_target!(|data: &[u8]| {
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).expect("ASCII");
     let verdict = h.runtime.block_on(h.verifier.verify(&forged, now));
-    assert!(verdict.is_err(), "a token with a changed signature was accepted");
+    assert!(
+        verdict.is_err(),
+        "a token with a changed signature was accepted"
+    );
 });

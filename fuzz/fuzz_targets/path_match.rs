@@ -46,7 +46,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.starts_with('/'), "{path:?} -> {c:?}");
         assert!(c == "/" || !c.ends_with('/'), "{path:?} -> {c:?}");
         assert!(
-            !c.chars().any(|ch| ch == '\\' || ch == ';' || ch.is_control()),
+            !c.chars()
+                .any(|ch| ch == '\\' || ch == ';' || ch.is_control()),
             "{path:?} -> {c:?}"
         );
         if c != "/" {
@@ -75,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(named.as_str()),
             "pattern {pattern:?} names a path that is never canonical"
         );
-        assert!(p.matches(&named) && folded.matches(&named), "{pattern:?} {named:?}");
+        assert!(
+            p.matches(&named) && folded.matches(&named),
+            "{pattern:?} {named:?}"
+        );
     }
     let exact = p.matches(path);
     assert!(!exact || folded.matches(path), "{pattern:?} {path:?}");
