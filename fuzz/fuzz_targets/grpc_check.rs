@@ -145,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(matches!(status, 401 | 403), "deny status {status}");
             assert_ne!(code, OK, "a deny with an OK status");
         }
-        None => panic!("an answer without an HTTP response"),
+        // hopwarden answers errors with a gRPC status, never ErrorResponse.
+        other => panic!("an answer without an allow or a deny: {other:?}"),
     }
 });
