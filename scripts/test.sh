@@ -52,6 +52,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets --locked 2>&1 | tee "$log"
 # One closing line for the whole suite (the last binaries cargo runs are the examples,
-# which hold no tests, so cargo's own last line would read "0 passed").
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+# which hold no tests, so cargo's own last line would read "0 passed"). Printed after
+# the fuzz smoke run, so it stays the last line.
+total=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log")
+echo "== fuzz smoke (scripts/fuzz.sh --smoke: every cargo fuzz target for a few seconds)"
+scripts/fuzz.sh --smoke
+echo "$total"
