@@ -21,6 +21,7 @@ use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use hopwarden::grpc::check::CheckService;
 use hopwarden::grpc::convert::{ResponseOptions, RULE_HEADER};
 use hopwarden::grpc::service::AuthorizationService;
+use hopwarden::listener::{spec::ListenersSpec, Bounds};
 use hopwarden::request::AuthzRequest;
 use hopwarden_fuzz::{assert_allow_is_earned, harness};
 use http_body_util::BodyExt;
@@ -76,12 +77,16 @@ fuzz_target!(|data: &[u8]| {
         request = request.header("grpc-encoding", e);
     }
     let request = request.body(Frames(chunks)).expect("request");
-    let mut service = AuthorizationService::new(CheckService::new(
-        h.engine.clone(),
-        ResponseOptions {
-            dynamic_metadata: true,
-        },
-    ));
+    // The listeners' default bounds (64 KiB messages), as `serve` runs them.
+    let mut service = AuthorizationService::new(
+        CheckService::new(
+            h.engine.clone(),
+            ResponseOptions {
+                dynamic_metadata: true,
+            },
+        ),
+        Bounds::new(&ListenersSpec::default()),
+    );
     let (parts, answer) = h.runtime.block_on(async {
         let response = service.call(request).await.expect("infallible");
         let (parts, body) = response.into_parts();

@@ -15,7 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hopwarden::authn::jwt::now_secs;
+use hopwarden::authn::jwt::unix_now;
 use hopwarden_fuzz::{harness, SECRET_ISSUER};
 use jsonwebtoken::{crypto, Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let h = harness();
-    let now = now_secs();
+    let now = unix_now();
     if mode % 2 == 0 {
         let verdict = h.runtime.block_on(h.verifier.verify(text, now));
         assert!(verdict.is_err(), "an unsigned token was accepted: {text:?}");

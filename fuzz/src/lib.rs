@@ -19,7 +19,6 @@ use hopwarden::decision_log::{DecisionLog, LogTarget};
 use hopwarden::engine::Engine;
 use hopwarden::policy::{PathPattern, PolicySet};
 use hopwarden::request::{canonical_path, AuthzRequest};
-use hopwarden::resolve::ServiceResolver;
 use hopwarden::telemetry::Metrics;
 
 /// The one caller the fuzz policy allows without a token.
@@ -138,7 +137,7 @@ fn build() -> Harness {
     let log = DecisionLog::start(&LogTarget::Off, metrics.clone()).expect("decision log");
     let engine = Arc::new(Engine::new(
         set,
-        ServiceResolver::new(&config.spec.services),
+        config.services.clone(),
         authn,
         DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
         metrics,

@@ -60,12 +60,11 @@ impl PathPattern {
         if !raw.starts_with('/') {
             return fail("must start with '/'");
         }
-        if let Some(c) = raw
-            .chars()
-            .find(|c| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control())
-        {
-            // `?`/`#` start a query or fragment, `%` escapes are decoded and `\`
-            // refused before matching: the canonical path never contains them.
+        if let Some(c) = raw.chars().find(|c| {
+            matches!(c, '?' | '#' | '%' | '\\' | ';') || c.is_whitespace() || c.is_control()
+        }) {
+            // `?`/`#` start a query or fragment, `%` escapes are decoded, and `\` and
+            // `;` are refused before matching: the canonical path never contains them.
             return fail(&format!("must not contain {c:?}"));
         }
         let mut segments = Vec::new();
@@ -552,6 +551,10 @@ mod tests {
             ("/a?b", "path pattern \"/a?b\": must not contain '?'"),
             ("/a#b", "path pattern \"/a#b\": must not contain '#'"),
             ("/%61", "path pattern \"/%61\": must not contain '%'"),
+            (
+                "/admin;x",
+                "path pattern \"/admin;x\": must not contain ';'",
+            ),
             ("/a\\b", "path pattern \"/a\\\\b\": must not contain '\\\\'"),
             ("/a b", "path pattern \"/a b\": must not contain ' '"),
             ("/a\tb", "path pattern \"/a\\tb\": must not contain '\\t'"),
