@@ -188,6 +188,8 @@ fn hopwarden_validate(r: &Rendered) -> (i32, String) {
                     }
                 }
             }
+        } else if volume["name"] == "tls" && volume.get("secret").is_some() {
+            tls_secret_files(&target);
         } else if volume.get("secret").is_some() {
             std::fs::create_dir_all(&target).unwrap();
             std::fs::copy(
@@ -210,6 +212,30 @@ fn hopwarden_validate(r: &Rendered) -> (i32, String) {
     let (code, out, err) =
         common::run_bin(&["validate", "--config", config.to_str().unwrap()], &root);
     (code, format!("{out}{err}"))
+}
+
+/// The chart's TLS Secret as cert-manager writes it (tls.crt, tls.key, ca.crt), from
+/// a CA and a server certificate `hopwarden dev certs` makes.
+fn tls_secret_files(target: &Path) {
+    let made = target.with_file_name("tls-made");
+    let (code, out, err) = common::run_bin(
+        &[
+            "dev",
+            "certs",
+            made.to_str().unwrap(),
+            "hopwarden:hopwarden",
+        ],
+        target.parent().unwrap(),
+    );
+    assert_eq!(code, 0, "hopwarden dev certs:\n{out}{err}");
+    std::fs::create_dir_all(target).unwrap();
+    for (from, to) in [
+        ("hopwarden.pem", "tls.crt"),
+        ("hopwarden-key.pem", "tls.key"),
+        ("ca.pem", "ca.crt"),
+    ] {
+        std::fs::copy(made.join(from), target.join(to)).unwrap();
+    }
 }
 
 fn assert_validates(r: &Rendered) -> String {
@@ -287,6 +313,10 @@ fn default_profile() {
     let config = r.config_text();
     assert!(config.contains("listen: 0.0.0.0:9191"), "{config}");
     assert!(config.contains("http_listen: 0.0.0.0:9193"), "{config}");
+    // mTLS is opt-in: plain listeners, no Secret to mount, no Envoy TLS text.
+    assert!(!config.contains("tls"), "{config}");
+    assert!(!spec["volumes"].to_string().contains("\"tls\""), "{spec}");
+    assert!(!r.notes.contains("mTLS is ON"));
     let out = assert_validates(&r);
     assert!(out.contains("0 service policy"), "{out}");
 }
@@ -449,6 +479,111 @@ fn istio_profile() {
     assert!(out.contains("2 service policy"), "{out}");
 }
 
+/// `tls.enabled`: listeners.tls in the config, its paths on a read-only directory mount
+/// of the Secret, the admin port plain for the probes, and the Envoy side in NOTES.txt.
+#[test]
+fn tls_profile() {
+    let r = render(&["ci/tls-values.yaml"]);
+    let config = r.config_text();
+    for want in [
+        "cert: tls/tls.crt",
+        "key: tls/tls.key",
+        "client_ca: tls/ca.crt",
+        "- spiffe://hopwarden.local/ns/gateway/sa/gateway",
+        "- ledger-envoy.ledger.svc",
+        "reload_interval: 30s",
+        // config.extra's listener bounds merge with the chart's tls block.
+        "max_connections: 256",
+    ] {
+        assert!(config.contains(want), "config lacks {want:?}:\n{config}");
+    }
+    assert!(
+        config.contains("admin:\n  listen: 0.0.0.0:9192\n  tls: false"),
+        "{config}"
+    );
+
+    let pod = &r.one("Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("tls volume");
+    assert_eq!(volume["secret"]["secretName"], "hopwarden-tls");
+    let mount = r.container()["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("tls mount");
+    assert_eq!(mount["mountPath"], "/etc/hopwarden/tls");
+    assert_eq!(mount["readOnly"], true);
+    // A subPath mount would never see a renewed certificate.
+    assert!(mount.get("subPath").is_none(), "{mount}");
+    // Plain admin: the probes still ask /readyz, Prometheus still scrapes.
+    assert_eq!(
+        r.container()["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    assert_eq!(
+        r.one("ServiceMonitor")["spec"]["endpoints"][0]["port"],
+        "admin"
+    );
+
+    for want in [
+        "mTLS is ON",
+        "URI SAN spiffe://hopwarden.local/ns/gateway/sa/gateway",
+        "DNS SAN ledger-envoy.ledger.svc",
+        "stays plain HTTP",
+        "UpstreamTlsContext",
+        "certificate_chain:",
+        "sni: hopwarden.hopwarden.svc.cluster.local",
+        "goes through the mesh",
+        "leave tls off",
+    ] {
+        assert!(
+            r.notes.contains(want),
+            "NOTES.txt lacks {want:?}:\n{}",
+            r.notes
+        );
+    }
+
+    let out = assert_validates(&r);
+    assert!(out.contains("1 service policy"), "{out}");
+    // The config's paths name the Secret's files as the pod sees them.
+    let etc = r.dir.path().join("pod/etc/hopwarden");
+    for file in ["tls/tls.crt", "tls/tls.key", "tls/ca.crt"] {
+        let text = std::fs::read_to_string(etc.join(file)).unwrap();
+        assert!(text.starts_with("-----BEGIN "), "{file} is not PEM");
+    }
+}
+
+/// `tls.admin`: the admin port speaks mTLS too, so the probes can only be TCP checks.
+#[test]
+fn tls_admin_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = dir.path().join("admin.yaml");
+    std::fs::write(
+        &admin,
+        "tls:\n  admin: true\nserviceMonitor:\n  enabled: false\n",
+    )
+    .unwrap();
+    let r = render(&["ci/tls-values.yaml", admin.to_str().unwrap()]);
+    let config = r.config_text();
+    assert!(
+        config.contains("admin:\n  listen: 0.0.0.0:9192\n  tls: true"),
+        "{config}"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = &r.container()[probe];
+        assert_eq!(p["tcpSocket"]["port"], "admin", "{probe}: {p}");
+        assert!(p.get("httpGet").is_none(), "{probe}: {p}");
+    }
+    assert!(r.kind("ServiceMonitor").is_empty());
+    assert!(!r.notes.contains("stays plain HTTP"), "{}", r.notes);
+    assert_validates(&r);
+}
+
 /// values.schema.json refuses what the chart cannot use, before anything renders.
 #[test]
 fn schema_rejects_bad_values() {
@@ -463,6 +598,19 @@ fn schema_rejects_bad_values() {
             "istio:\n  authorizationPolicies: [{name: a, namespace: b, paths: [/x], rules: [{}]}]\n",
             "authorizationPolicies",
         ),
+        ("tls:\n  enabled: true\n  allowedDnsNames: [gw]\n", "secretName"),
+        (
+            "tls:\n  enabled: true\n  secretName: \"\"\n  allowedDnsNames: [gw]\n",
+            "secretName",
+        ),
+        // Any certificate the CA signed would do: refused.
+        ("tls:\n  enabled: true\n  secretName: s\n", "/tls"),
+        (
+            "tls:\n  enabled: true\n  secretName: s\n  allowedSpiffeIds: [gw]\n",
+            "allowedSpiffeIds",
+        ),
+        ("tls:\n  reloadInterval: 500ms\n", "reloadInterval"),
+        ("tls:\n  secret: s\n", "secret"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (values, want)) in cases.iter().enumerate() {
@@ -488,6 +636,29 @@ fn schema_rejects_bad_values() {
         text.contains("config.extra.listen is set by the chart"),
         "{text}"
     );
+    // Nor can a TLS block that would bypass the chart's Secret mount, nor a
+    // ServiceMonitor that would scrape a TLS-only admin port in plain HTTP.
+    for (values, want) in [
+        (
+            "config:\n  extra:\n    listeners:\n      tls: {cert: c}\n",
+            "config.extra.listeners.tls is set by the chart",
+        ),
+        (
+            "tls:\n  enabled: true\n  secretName: s\n  allowedDnsNames: [gw]\n  admin: true\nserviceMonitor:\n  enabled: true\n",
+            "tls.admin with serviceMonitor.enabled",
+        ),
+    ] {
+        std::fs::write(&file, values).unwrap();
+        let (ok, text) = k8s_check(&[
+            "render",
+            CHART,
+            out.to_str().unwrap(),
+            "--values",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{values:?}: {text}");
+        assert!(text.contains(want), "{values:?}: {text}");
+    }
 }
 
 /// The validation is strict: an unknown field anywhere fails, in Kubernetes kinds and

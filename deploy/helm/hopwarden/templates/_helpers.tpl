@@ -65,6 +65,12 @@ mounted at /etc/hopwarden/keys is `keys/jwks.json`.
 {{- fail (printf "config.extra.%s is set by the chart (ports, httpService.enabled, the policy mount, config.drain_timeout): remove it" $key) }}
 {{- end }}
 {{- end }}
+{{- if and (kindIs "map" $c.extra.listeners) (hasKey ($c.extra.listeners | default dict) "tls") }}
+{{- fail "config.extra.listeners.tls is set by the chart from the tls values (tls.enabled, tls.secretName, ...): remove it" }}
+{{- end }}
+{{- if and .Values.tls.admin .Values.serviceMonitor.enabled }}
+{{- fail "tls.admin with serviceMonitor.enabled: the ServiceMonitor scrapes plain HTTP, which the admin port would refuse; turn one of them off" }}
+{{- end }}
 {{- $services := dict }}
 {{- with $c.services.by_spiffe }}{{ $_ := set $services "by_spiffe" . }}{{ end }}
 {{- with $c.services.by_host }}{{ $_ := set $services "by_host" . }}{{ end }}
@@ -82,6 +88,19 @@ mounted at /etc/hopwarden/keys is `keys/jwks.json`.
 }}
 {{- if .Values.httpService.enabled }}
 {{- $_ := set $out "http_listen" (printf "0.0.0.0:%d" (int .Values.ports.http)) }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+{{- /* The Secret's directory mount (deployment.yaml), relative to /etc/hopwarden. */}}
+{{- $tls := dict
+  "cert" "tls/tls.crt"
+  "key" "tls/tls.key"
+  "client_ca" "tls/ca.crt"
+  "allowed_spiffe_ids" .Values.tls.allowedSpiffeIds
+  "allowed_dns_names" .Values.tls.allowedDnsNames
+  "reload_interval" .Values.tls.reloadInterval
+}}
+{{- $_ := set $out "listeners" (dict "tls" $tls) }}
+{{- $_ := set $out.admin "tls" .Values.tls.admin }}
 {{- end }}
 {{- if $services }}{{ $_ := set $out "services" $services }}{{ end }}
 {{- with $c.issuers }}{{ $_ := set $out "issuers" . }}{{ end }}
