@@ -558,6 +558,93 @@ fn tls_profile() {
     }
 }
 
+/// The rendered TLS config really serves: hopwarden started on it (loopback ports in
+/// place of the chart's 0.0.0.0 ones) from the laid-out Secret gets ready on its plain
+/// admin port and hands an allowed client the Secret's tls.crt over mTLS.
+#[tokio::test]
+async fn tls_profile_serves_the_secrets_certificate() {
+    use common::stack::{free_port, http_get, Proc};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let r = render(&["ci/tls-values.yaml"]);
+    assert_validates(&r);
+    let root = r.dir.path().join("pod");
+    let etc = root.join("etc/hopwarden");
+    let config_path = etc.join("hopwarden.yaml");
+    let (grpc, http, admin) = (free_port(), free_port(), free_port());
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    for (from, to) in [(9191, grpc), (9193, http), (9192, admin)] {
+        let from = format!("0.0.0.0:{from}");
+        assert!(config.contains(&from), "{config}");
+        config = config.replace(&from, &format!("127.0.0.1:{to}"));
+    }
+    std::fs::write(&config_path, config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hopwarden"));
+    cmd.args(["serve", "--config", config_path.to_str().unwrap()])
+        .current_dir(&root);
+    let mut server = Proc::spawn("hopwarden", cmd, r.dir.path()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_get(admin, "/readyz").map(|(code, _)| code) != Some(200) {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "hopwarden exited:\n{log}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready on plain admin:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A client certificate for the allowed SPIFFE ID, from the Secret's CA.
+    let made = etc.join("tls-made");
+    let (code, out, err) = common::run_bin(
+        &["dev", "certs", made.to_str().unwrap(), "gateway:gateway"],
+        &root,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(etc.join("tls/ca.crt")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(made.join("gateway.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(made.join("gateway-key.pem")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .unwrap();
+    let stream = connector
+        .connect(ServerName::try_from("hopwarden").unwrap(), tcp)
+        .await
+        .expect("mTLS handshake with the allowed client certificate");
+    let served = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let want = CertificateDer::pem_file_iter(etc.join("tls/tls.crt"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        served,
+        want.to_vec(),
+        "hopwarden serves another certificate"
+    );
+    drop(stream);
+    let _ = server.child.kill();
+}
+
 /// `tls.admin`: the admin port speaks mTLS too, so the probes can only be TCP checks.
 #[test]
 fn tls_admin_profile() {
