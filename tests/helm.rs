@@ -538,6 +538,8 @@ fn tls_profile() {
         "UpstreamTlsContext",
         "certificate_chain:",
         "sni: hopwarden.hopwarden.svc.cluster.local",
+        "matcher: { exact: hopwarden.hopwarden.svc.cluster.local }",
+        "ports 9191, 9193 accept only",
         "goes through the mesh",
         "leave tls off",
     ] {

@@ -68,7 +68,7 @@ mounted at /etc/hopwarden/keys is `keys/jwks.json`.
 {{- if and (kindIs "map" $c.extra.listeners) (hasKey ($c.extra.listeners | default dict) "tls") }}
 {{- fail "config.extra.listeners.tls is set by the chart from the tls values (tls.enabled, tls.secretName, ...): remove it" }}
 {{- end }}
-{{- if and .Values.tls.admin .Values.serviceMonitor.enabled }}
+{{- if and .Values.tls.enabled .Values.tls.admin .Values.serviceMonitor.enabled }}
 {{- fail "tls.admin with serviceMonitor.enabled: the ServiceMonitor scrapes plain HTTP, which the admin port would refuse; turn one of them off" }}
 {{- end }}
 {{- $services := dict }}
