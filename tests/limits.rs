@@ -262,7 +262,9 @@ fn explain_shows_the_limits_a_request_counts_against() {
         assert_eq!(code, 0, "{err}");
         out
     };
-    let out = explain(&["--id", PAYMENTS, "--scope", "ledger.read"]);
+    // A token caller names its issuer (the offline config has none to default to).
+    let issuer = ["--issuer", "https://sts.test.local"];
+    let out = explain(&[&issuer[..], &["--id", PAYMENTS, "--scope", "ledger.read"]].concat());
     let want = format!(
         "decision:    allow (rule payments-read-transactions, status 200)\n\
          limits:      counts against these (a 429 when one is spent):\n  \
@@ -277,7 +279,7 @@ fn explain_shows_the_limits_a_request_counts_against() {
         "{out}"
     );
     // A denied request counts against nothing, and says nothing of limits.
-    let out = explain(&["--id", PAYMENTS]);
+    let out = explain(&[&issuer[..], &["--id", PAYMENTS]].concat());
     assert!(out.contains("decision:    deny"), "{out}");
     assert!(!out.contains("limits:"), "{out}");
 }
