@@ -147,7 +147,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(HttpResponse::DeniedResponse(denied)) => {
             let status = denied.status.map_or(0, |s| s.code);
-            assert!(matches!(status, 401 | 403), "deny status {status}");
+            assert!(matches!(status, 400 | 401 | 403), "deny status {status}");
             assert_ne!(code, OK, "a deny with an OK status");
         }
         // hopwarden answers errors with a gRPC status, never ErrorResponse.

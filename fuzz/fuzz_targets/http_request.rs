@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let answer = to_response(&outcome, &req);
     assert!(
-        matches!(answer.status().as_u16(), 401 | 403),
+        matches!(answer.status().as_u16(), 400 | 401 | 403),
         "deny answered {}",
         answer.status()
     );
