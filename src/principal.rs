@@ -81,6 +81,19 @@ impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (trust_domain, _) = SpiffeId::split(s)?;
+        Ok(SpiffeId {
+            raw: s.to_string(),
+            path_start: "spiffe://".len() + trust_domain.len(),
+        })
+    }
+}
+
+impl SpiffeId {
+    /// Checks `s` as [`FromStr`] does and returns its trust domain and path (with its
+    /// leading `/`, or `""`) borrowed from `s`: for the request path, which reads a
+    /// destination's parts without keeping a copy.
+    pub fn split(s: &str) -> Result<(&str, &str), SpiffeIdError> {
         let rest = s
             .strip_prefix("spiffe://")
             .ok_or_else(|| SpiffeIdError::Scheme(s.to_string()))?;
@@ -107,10 +120,7 @@ impl FromStr for SpiffeId {
                 return Err(SpiffeIdError::Path(s.to_string()));
             }
         }
-        Ok(SpiffeId {
-            raw: s.to_string(),
-            path_start: "spiffe://".len() + td_len,
-        })
+        Ok((td, path))
     }
 }
 

@@ -225,22 +225,23 @@ impl ServiceResolver {
     }
 
     /// The service the patterns give `dest`; patterns that disagree deny.
-    fn by_pattern(&self, dest: &str) -> Result<Option<String>, Unresolved> {
+    /// Borrowed from `dest`: this runs on every check that names a destination.
+    fn by_pattern<'a>(&self, dest: &'a str) -> Result<Option<&'a str>, Unresolved> {
         if self.patterns.is_empty() {
             return Ok(None);
         }
-        let Ok(id) = dest.parse::<SpiffeId>() else {
+        let Ok((trust_domain, path)) = SpiffeId::split(dest) else {
             return Ok(None);
         };
         let mut found: Option<&str> = None;
         for p in &self.patterns {
-            match (found, p.service(&id)) {
+            match (found, p.service(trust_domain, path)) {
                 (Some(a), Some(b)) if a != b => return Err(Unresolved::AmbiguousDestination),
                 (None, Some(b)) => found = Some(b),
                 _ => {}
             }
         }
-        Ok(found.map(str::to_string))
+        Ok(found)
     }
 }
 
