@@ -80,20 +80,7 @@ async fn decisions_until_marker(
 }
 
 fn start_stack_from(dir: &tempfile::TempDir, repo: PathBuf) -> Stack {
-    // scripts/test.sh builds the examples first (`cargo test` alone builds them as
-    // test harnesses, not as programs); the demo service sits beside deps/.
-    let exe = std::env::current_exe().unwrap();
-    let demo = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/demo-service");
-    assert!(
-        demo.exists(),
-        "{} is missing: run scripts/test.sh, or cargo build --examples first",
-        demo.display()
-    );
+    let demo = common::stack::demo_service_binary();
     let spec = StackSpec {
         repo,
         dir: dir.path().to_path_buf(),

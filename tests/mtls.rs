@@ -85,20 +85,7 @@ fn start_hopwarden(dir: &Path, ports: &Ports) -> Proc {
 }
 
 fn start_ledger(dir: &Path, port: u16) -> Proc {
-    // scripts/test.sh builds the examples first; the demo service sits beside deps/.
-    let exe = std::env::current_exe().unwrap();
-    let demo = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/demo-service");
-    assert!(
-        demo.exists(),
-        "{} is missing: run scripts/test.sh, or cargo build --examples first",
-        demo.display()
-    );
-    let mut cmd = Command::new(demo);
+    let mut cmd = Command::new(common::stack::demo_service_binary());
     cmd.args(["--name", "ledger", "--listen", &format!("127.0.0.1:{port}")]);
     Proc::spawn("ledger", cmd, dir).unwrap()
 }

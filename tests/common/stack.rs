@@ -528,6 +528,24 @@ pub fn hopwarden_healthy(admin: u16) -> bool {
     })
 }
 
+/// The `demo-service` example beside this test binary's `deps/`. scripts/test.sh builds
+/// the examples first (`cargo test` alone builds them as test harnesses, not programs).
+pub fn demo_service_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/demo-service");
+    assert!(
+        demo.exists(),
+        "{} is missing: run scripts/test.sh, or cargo build --examples first",
+        demo.display()
+    );
+    demo
+}
+
 /// The Envoy binary: `$HOPWARDEN_ENVOY`, else the one scripts/install-envoy.sh put
 /// in `.venv`. There is no skipping: without Envoy the end-to-end tests fail.
 pub fn envoy_binary(repo: &Path) -> Result<PathBuf, String> {
