@@ -62,6 +62,8 @@ pub enum Command {
     Explain(crate::explain::ExplainArgs),
     /// The access matrix: who may do what on each service, with over-broad grants flagged.
     Review(crate::review::ReviewArgs),
+    /// What a policy change grants or takes away, per service and caller.
+    Diff(crate::diff::DiffArgs),
     /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
     #[command(subcommand)]
     Dev(crate::dev::DevCommand),

@@ -20,6 +20,7 @@ pub mod config;
 pub mod decision;
 pub mod decision_log;
 pub mod dev;
+pub mod diff;
 pub mod engine;
 pub mod explain;
 pub mod grpc;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Test { dir, config } => cli::test(dir.as_deref(), &config),
         Command::Explain(args) => hopwarden::explain::run(&args),
         Command::Review(args) => hopwarden::review::run(&args),
+        Command::Diff(args) => hopwarden::diff::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {

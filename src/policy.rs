@@ -149,7 +149,7 @@ impl PolicySet {
     }
 }
 
-fn is_policy_file(name: &str) -> bool {
+pub(crate) fn is_policy_file(name: &str) -> bool {
     !name.starts_with('.')
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
         && !is_suite_file(name)

@@ -61,3 +61,47 @@ impl When {
         &self.claims
     }
 }
+
+impl Callers {
+    /// The conditions of `from` beyond principals, peers, kinds and issuers, as an
+    /// opaque fingerprint: empty when there are none. Tools that compare rules
+    /// (`hopwarden diff`) cannot reason about a field they do not know, so they treat
+    /// two different fingerprints as two different sets of callers.
+    // `..default()` is for the fields added after these four: they keep their default.
+    #[allow(clippy::needless_update)]
+    pub fn other_conditions(&self) -> String {
+        let known = Callers {
+            principals: self.principals.clone(),
+            peers: self.peers.clone(),
+            kinds: self.kinds.clone(),
+            issuers: self.issuers.clone(),
+            ..Callers::default()
+        };
+        let (all, known) = (format!("{self:?}"), format!("{known:?}"));
+        if all == known {
+            String::new()
+        } else {
+            all
+        }
+    }
+}
+
+impl When {
+    /// The conditions of `when` beyond hop, headers and claims, as an opaque
+    /// fingerprint: empty when there are none (see [`Callers::other_conditions`]).
+    #[allow(clippy::needless_update)]
+    pub fn other_conditions(&self) -> String {
+        let known = When {
+            hop: self.hop,
+            headers: self.headers.clone(),
+            claims: self.claims.clone(),
+            ..When::default()
+        };
+        let (all, known) = (format!("{self:?}"), format!("{known:?}"));
+        if all == known {
+            String::new()
+        } else {
+            all
+        }
+    }
+}
