@@ -62,12 +62,12 @@ fn summary(report: &Report) -> String {
     if report.widens == 0 {
         out.push_str("nothing is granted that was not before");
     } else {
-        let _ = write!(out, "{} widen access", report.widens);
+        let _ = write!(out, "{} widening", report.widens);
         if report.wildcard_grants > 0 {
             let _ = write!(out, " ({} to a wildcard)", report.wildcard_grants);
         }
     }
-    let _ = write!(out, ", {} narrow access", report.narrows);
+    let _ = write!(out, ", {} narrowing", report.narrows);
     out
 }
 

@@ -2,6 +2,7 @@
 //! on 127.0.0.1:0, a real gRPC client, and a tiny JWKS HTTP server.
 #![allow(dead_code)]
 
+pub mod golden;
 pub mod stack;
 
 use std::collections::HashMap;
