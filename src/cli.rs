@@ -64,6 +64,8 @@ pub enum Command {
     Review(crate::review::ReviewArgs),
     /// What a policy change grants or takes away, per service and caller.
     Diff(crate::diff::DiffArgs),
+    /// Draft least-privilege policies (and their suites) from decision logs.
+    Suggest(crate::suggest::SuggestArgs),
     /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
     #[command(subcommand)]
     Dev(crate::dev::DevCommand),

@@ -34,6 +34,7 @@ pub mod request;
 pub mod resolve;
 pub mod review;
 pub mod server;
+pub mod suggest;
 pub mod suite;
 pub mod telemetry;
 pub mod token;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => hopwarden::explain::run(&args),
         Command::Review(args) => hopwarden::review::run(&args),
         Command::Diff(args) => hopwarden::diff::run(&args),
+        Command::Suggest(args) => hopwarden::suggest::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {

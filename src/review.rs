@@ -8,7 +8,7 @@
 
 mod render;
 mod shadow;
-mod usage;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

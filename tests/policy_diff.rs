@@ -95,9 +95,14 @@ fn text_and_json_reports() {
         out.contains("\ncatalog\n  widens   any authenticated caller may now GET /health [wildcard]\n           rule anyone-reads-health\n"),
         "{out}"
     );
-    assert!(!out.contains("deploy") && !out.contains("reconciler"), "{out}");
     assert!(
-        out.ends_with("\n4 change(s) in 3 of 5 service(s): 3 widening (1 to a wildcard), 1 narrowing\n"),
+        !out.contains("deploy") && !out.contains("reconciler"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(
+            "\n4 change(s) in 3 of 5 service(s): 3 widening (1 to a wildcard), 1 narrowing\n"
+        ),
         "{out}"
     );
     let (code, out, err) = run(&["diff", "old", "new", "--format", "json"], dir.path());
@@ -151,7 +156,12 @@ fn fail_on_broaden_exit_codes() {
     // Without --fail-on, widening is not an error.
     assert_eq!(run(&["diff", "old", "new"], dir.path()).0, 0);
     // A side that does not compile: exit 2, naming the problem, never a report.
-    edit(&dir.path().join("new"), "email.yaml", "effect: deny", "effect: maybe");
+    edit(
+        &dir.path().join("new"),
+        "email.yaml",
+        "effect: deny",
+        "effect: maybe",
+    );
     let (code, out, err) = args("old", "new");
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
     assert!(err.contains("new: policies do not compile"), "{err}");
@@ -183,8 +193,14 @@ fn git_revision_against_the_working_tree() {
     git(&work, &["commit", "-q", "-m", "policies"]);
     let (code, out, err) = run(&["diff", "--git", "HEAD", "policies"], &work);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("access changes from HEAD:policies to policies\n"), "{out}");
-    assert!(out.contains("no change in access (5 service(s) compared)"), "{out}");
+    assert!(
+        out.starts_with("access changes from HEAD:policies to policies\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no change in access (5 service(s) compared)"),
+        "{out}"
+    );
 
     edit(
         &work.join("policies"),
@@ -194,7 +210,10 @@ fn git_revision_against_the_working_tree() {
     );
     // From inside the policy directory, its own path is `.`.
     let inside = work.join("policies");
-    let (code, out, err) = run(&["diff", "--git", "HEAD", ".", "--fail-on", "broaden"], &inside);
+    let (code, out, err) = run(
+        &["diff", "--git", "HEAD", ".", "--fail-on", "broaden"],
+        &inside,
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         out.contains("  widens   peer spiffe://hopwarden.local/ns/ledger/sa/reconciler may now POST /transactions/** [wildcard]\n           requires hop mesh\n"),

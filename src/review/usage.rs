@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// What the decision logs show.
 #[derive(Debug, Default, Serialize)]
@@ -29,19 +29,8 @@ impl Usage {
     /// Reads JSON-lines decision logs (the server's `log.format: json` output).
     pub fn read(paths: &[PathBuf]) -> Result<Usage, String> {
         let mut usage = Usage::default();
-        for path in paths {
-            let file = std::fs::File::open(path)
-                .map_err(|e| format!("{}: cannot read decision log: {e}", path.display()))?;
-            usage.files.push(path.display().to_string());
-            for line in std::io::BufReader::new(file).lines() {
-                let line =
-                    line.map_err(|e| format!("{}: cannot read decision log: {e}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                usage.add(&line);
-            }
-        }
+        let files = each_line(paths, |line| usage.add(line))?;
+        usage.files = files;
         Ok(usage)
     }
 
@@ -51,13 +40,7 @@ impl Usage {
             self.skipped += 1;
             return;
         };
-        // Flattened JSON events (the server's format) or tracing's nested `fields`.
-        let field = |name: &str| {
-            entry
-                .get(name)
-                .or_else(|| entry.get("fields").and_then(|f| f.get(name)))
-                .and_then(Value::as_str)
-        };
+        let field = |name: &str| field(&entry, name).and_then(Value::as_str);
         let (Some(timestamp), Some(service), Some(decision)) =
             (field("timestamp"), field("service"), field("decision"))
         else {
@@ -94,4 +77,32 @@ impl Usage {
             _ => "no decisions".into(),
         }
     }
+}
+
+/// Calls `f` with each non-blank line of the decision logs at `paths`, in order;
+/// returns the files' names. `hopwarden review --usage` and `hopwarden suggest` read
+/// logs through it.
+pub fn each_line(paths: &[PathBuf], mut f: impl FnMut(&str)) -> Result<Vec<String>, String> {
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("{}: cannot read decision log: {e}", path.display()))?;
+        files.push(path.display().to_string());
+        for line in std::io::BufReader::new(file).lines() {
+            let line =
+                line.map_err(|e| format!("{}: cannot read decision log: {e}", path.display()))?;
+            if !line.trim().is_empty() {
+                f(&line);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// A field of one decision line: flattened JSON events (the server's format) or
+/// tracing's nested `fields`.
+pub fn field<'a>(entry: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    entry
+        .get(name)
+        .or_else(|| entry.get("fields").and_then(|f| f.get(name)))
 }
