@@ -186,12 +186,12 @@ pub(super) fn policy_yaml(p: &DraftPolicy, issuer: Option<&str>, period: &str) -
             q(&format!("What {} was observed doing.", r.principal))
         );
         let _ = writeln!(out, "    from:");
-        let _ = writeln!(out, "      principals: {}", list(&[r.principal.clone()]));
+        let _ = writeln!(out, "      principals: {}", list(std::slice::from_ref(&r.principal)));
         if let Some(kind) = &r.kind {
             let _ = writeln!(out, "      kinds: [{kind}]");
         }
         if let Some(peer) = &r.peer {
-            let _ = writeln!(out, "      peers: {}", list(&[peer.clone()]));
+            let _ = writeln!(out, "      peers: {}", list(std::slice::from_ref(peer)));
         }
         if let (Some(issuer), false) = (issuer, r.mtls_only()) {
             let _ = writeln!(out, "      issuers: {}", list(&[issuer.to_string()]));
