@@ -212,3 +212,6 @@ fn report(seen: &observed::Observed, drafts: &[draft::DraftPolicy], out: &Path) 
     );
     s
 }
+
+#[cfg(test)]
+mod tests;

@@ -186,7 +186,11 @@ pub(super) fn policy_yaml(p: &DraftPolicy, issuer: Option<&str>, period: &str) -
             q(&format!("What {} was observed doing.", r.principal))
         );
         let _ = writeln!(out, "    from:");
-        let _ = writeln!(out, "      principals: {}", list(std::slice::from_ref(&r.principal)));
+        let _ = writeln!(
+            out,
+            "      principals: {}",
+            list(std::slice::from_ref(&r.principal))
+        );
         if let Some(kind) = &r.kind {
             let _ = writeln!(out, "      kinds: [{kind}]");
         }

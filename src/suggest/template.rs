@@ -41,6 +41,10 @@ pub(super) fn template(path: &str) -> Option<String> {
             } else {
                 out.push_str(&format!("{{id{params}}}"));
             }
+        } else if segment.contains(['{', '}', '*']) {
+            // Written into a pattern, these would be a parameter or a wildcard: a
+            // path that merely contains them must not become one.
+            return None;
         } else {
             out.push_str(segment);
         }
