@@ -254,14 +254,12 @@ fn merge(found: Vec<Change>) -> Vec<Change> {
     for c in &mut out {
         c.actions.sort();
     }
+    // "New policy" heads its service's list; then widening changes, then narrowing.
     out.sort_by(|a, b| {
-        (a.direction, a.kind, &a.caller, &a.actions, &a.rule).cmp(&(
-            b.direction,
-            b.kind,
-            &b.caller,
-            &b.actions,
-            &b.rule,
-        ))
+        let key = |c: &Change| (c.kind != Kind::PolicyAdded, c.direction, c.kind);
+        key(a)
+            .cmp(&key(b))
+            .then_with(|| (&a.caller, &a.actions, &a.rule).cmp(&(&b.caller, &b.actions, &b.rule)))
     });
     out
 }

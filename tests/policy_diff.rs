@@ -219,6 +219,15 @@ fn git_revision_against_the_working_tree() {
         out.contains("  widens   peer spiffe://hopwarden.local/ns/ledger/sa/reconciler may now POST /transactions/** [wildcard]\n           requires hop mesh\n"),
         "{out}"
     );
+    // A policy directory that did not exist at the revision: every grant is new.
+    copy_examples(&work, "more");
+    let (code, out, err) = run(&["diff", "--git", "HEAD", "more"], &work);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("access changes from HEAD:more to more\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nledger\n  note     new policy"), "{out}");
     let (code, _, err) = run(&["diff", "--git", "no-such-rev", "policies"], &work);
     assert_eq!(code, 2);
     assert!(err.contains("no-such-rev"), "{err}");

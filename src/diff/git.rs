@@ -41,6 +41,15 @@ pub(super) fn at_revision(
         &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
     )?);
     let tree = format!("{commit}:{prefix}");
+    let label = if prefix.is_empty() {
+        format!("{rev}:.")
+    } else {
+        format!("{rev}:{}", prefix.trim_end_matches('/'))
+    };
+    // A policy directory added after REV: before it, no policies (all denied).
+    if git(&root, &["cat-file", "-e", &tree]).is_err() {
+        return Ok((Ok(PolicySet::empty()), label));
+    }
     // `ls-tree -z TREE`: `mode type object\tname`, NUL-terminated; names are relative to
     // the tree, so they are the file names in the policy directory.
     let listing = git(&root, &["ls-tree", "-z", &tree])?;
@@ -57,12 +66,6 @@ pub(super) fn at_revision(
         })
         .collect();
     names.sort();
-    let label = format!("{rev}:{}", prefix.trim_end_matches('/'));
-    let label = if prefix.is_empty() {
-        format!("{rev}:.")
-    } else {
-        label
-    };
     let mut sources = Vec::with_capacity(names.len());
     for name in names {
         let blob = git(&root, &["show", &format!("{tree}{name}")])?;

@@ -229,7 +229,7 @@ fn other_services_and_unknown_fields() {
     assert_eq!(added.services_compared, 2);
     assert_eq!(added.services.len(), 1);
     let kinds: Vec<Kind> = added.services[0].changes.iter().map(|c| c.kind).collect();
-    assert_eq!(kinds, [Kind::Gained, Kind::PolicyAdded]);
+    assert_eq!(kinds, [Kind::PolicyAdded, Kind::Gained]);
     let removed = diff(&both, &old, "o", "n");
     let kinds: Vec<Kind> = removed.services[0].changes.iter().map(|c| c.kind).collect();
     assert_eq!(kinds, [Kind::PolicyRemoved]);
