@@ -25,7 +25,7 @@ pub(super) fn service(old: Option<&ServicePolicy>, new: Option<&ServicePolicy>) 
             // Before, every request was denied: each grant is a gain; deny rules take
             // nothing away that was there.
             let after = Atoms::of(new.rules());
-            allow(&[], &after.allow, &mut out);
+            allow(&[], &after.allow, &after.deny, &mut out);
             return out;
         }
         (Some(old), Some(new)) => (old, new),
@@ -46,7 +46,7 @@ pub(super) fn service(old: Option<&ServicePolicy>, new: Option<&ServicePolicy>) 
         }
     }
     let (before, after) = (Atoms::of(old.rules()), Atoms::of(new.rules()));
-    allow(&before.allow, &after.allow, &mut out);
+    allow(&before.allow, &after.allow, &after.deny, &mut out);
     deny(&before, &after, &mut out);
     out
 }
@@ -86,8 +86,9 @@ fn about(kind: Kind, direction: Direction, atom: &Atom) -> Change {
 
 /// Grants: what `after` allows that `before` did not, and the reverse. A gain that
 /// covers a related grant of `before` is that grant widened; a loss that covers a
-/// related grant of `after`, that grant narrowed.
-fn allow(before: &[Atom], after: &[Atom], out: &mut Vec<Change>) {
+/// related grant of `after`, that grant narrowed. A gain that an enforced deny rule
+/// of `after` refuses entirely grants nothing, and says so.
+fn allow(before: &[Atom], after: &[Atom], deny: &[Atom], out: &mut Vec<Change>) {
     for g in after.iter().filter(|a| !covered(a, before)) {
         let mut change = match before.iter().find(|b| g.covers(b) && g.related(b)) {
             Some(b) => {
@@ -98,6 +99,14 @@ fn allow(before: &[Atom], after: &[Atom], out: &mut Vec<Change>) {
             None => about(Kind::Gained, Direction::Widens, g),
         };
         change.wildcard = g.is_wildcard();
+        if let Some(d) = deny.iter().find(|d| d.covers(g)) {
+            change.direction = Direction::Neutral;
+            change.wildcard = false;
+            change.detail.push(format!(
+                "grants nothing: every request it allows is denied by deny rule {}",
+                d.rule
+            ));
+        }
         out.push(change);
     }
     for l in before.iter().filter(|a| !covered(a, after)) {
