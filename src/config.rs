@@ -218,6 +218,11 @@ pub struct IssuerSpec {
     /// The kind of principal this issuer's tokens name.
     #[serde(default = "default_kind")]
     pub kind: PrincipalKind,
+    /// The most actors a token's delegation chain (RFC 8693 `act`) may hold; a
+    /// deeper one is an invalid token (401). 0: this issuer's tokens are never
+    /// delegated. See docs/delegation.md.
+    #[serde(default = "default_max_delegation_depth")]
+    pub max_delegation_depth: usize,
 }
 
 /// Cache bounds and lifetimes.
@@ -319,6 +324,10 @@ fn default_principal_claim() -> String {
 }
 fn default_kind() -> PrincipalKind {
     PrincipalKind::Service
+}
+/// One actor: "this service, acting for that user". Longer chains are opted into.
+fn default_max_delegation_depth() -> usize {
+    1
 }
 fn default_max_entries() -> u64 {
     100_000
@@ -549,6 +558,16 @@ impl Config {
                         format!("issuer {name:?}: unknown or forbidden algorithm {alg:?}"),
                     )),
                 }
+            }
+            if issuer_spec.max_delegation_depth > crate::authn::delegation::MAX_CONFIGURABLE_DEPTH {
+                errors.push(invalid(
+                    "max_delegation_depth",
+                    format!(
+                        "issuer {name:?}: max_delegation_depth {} is more than {}",
+                        issuer_spec.max_delegation_depth,
+                        crate::authn::delegation::MAX_CONFIGURABLE_DEPTH
+                    ),
+                ));
             }
             if issuer_spec.principal_claim.is_empty() {
                 errors.push(invalid(
@@ -806,6 +825,10 @@ mod tests {
             (
                 "issuers:\n  - {issuer: a, jwks_file: x, leeway: soon}\n",
                 "leeway",
+            ),
+            (
+                "issuers:\n  - {issuer: a, jwks_file: x, max_delegation_depth: 9}\n",
+                "max_delegation_depth 9 is more than 8",
             ),
             (
                 "log: {level: verbose}\n",

@@ -233,6 +233,7 @@ fn asserted(args: &ExplainArgs, config: &Config) -> Result<Option<Principal>, St
         scopes: args.scopes.clone(),
         claims: Arc::new(claims),
         peer,
+        delegation: None,
     }))
 }
 

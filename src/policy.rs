@@ -16,11 +16,12 @@ mod inspect;
 mod matcher;
 mod spec;
 
+pub use compile::delegated::{ActingFor, Delegated, ACTOR_KIND};
 pub use compile::{ActionClause, Callers, FromClause, Limit, Rule, ServicePolicy, When};
 pub use eval::{EvalInput, Evaluation, RuleOutcome, Verdict};
 pub use explain::{describe_action, describe_clause, ConditionTrace, Explanation, RuleTrace};
 pub use matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-pub use spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
+pub use spec::{ActingForSpec, ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 
 use crate::yaml::{Location, YamlError};
 
@@ -254,6 +255,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             claims: Default::default(),
             peer: None,
+            delegation: None,
         }
     }
 
