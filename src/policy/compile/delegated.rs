@@ -167,3 +167,184 @@ impl FileContext<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::tests::{allow, deny, eval, http, peer, token};
+    use crate::policy::{Evaluation, PolicySet, ServicePolicy};
+    use crate::principal::actor::Actor;
+    use crate::request::Hop;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    const NO: Evaluation = Evaluation::NoMatch;
+
+    fn policy(yaml: &str) -> Arc<ServicePolicy> {
+        let set = PolicySet::from_sources(&[(PathBuf::from("t.yaml"), yaml.to_string())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        set.get("t").unwrap().clone()
+    }
+
+    fn errors(yaml: &str) -> String {
+        match PolicySet::from_sources(&[(PathBuf::from("t.yaml"), yaml.to_string())]) {
+            Ok(_) => panic!("compiled: {yaml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `subject` of `kind`, called for by `actors` (outermost first).
+    fn delegated(subject: &str, kind: PrincipalKind, actors: &[&str]) -> Principal {
+        let mut p = token(subject, &["shop.read"]);
+        p.kind = kind;
+        let actors = actors
+            .iter()
+            .map(|a| Actor {
+                sub: a.to_string(),
+                iss: None,
+            })
+            .collect();
+        p.delegation = Delegation::new(actors).map(Arc::new);
+        p
+    }
+
+    fn user(id: &str) -> Principal {
+        let mut p = token(id, &["shop.read"]);
+        p.kind = PrincipalKind::User;
+        p
+    }
+
+    const SHOP: &str = "service: t
+rules:
+  - id: bff-for-users
+    from: {principals: [customer-bff], acting_for: {kinds: [user]}}
+    to: [{paths: [/orders]}]
+  - id: bff-for-alice-shallow
+    from: {principals: [customer-bff], acting_for: {principals: [alice], max_depth: 1}}
+    to: [{paths: [/alice]}]
+  - id: users-directly
+    from: {kinds: [user]}
+    to: [{paths: [/orders, /profile]}]
+  - id: bff-itself
+    from: {principals: [customer-bff]}
+    to: [{paths: [/health]}]
+  - id: anyone-direct
+    to: [{paths: [/open]}]
+  - id: delegated-any
+    from: {delegated: true}
+    to: [{paths: [/delegated]}]
+";
+
+    #[test]
+    fn acting_for_matches_the_actor_and_the_subject_separately() {
+        let p = policy(SHOP);
+        let u = PrincipalKind::User;
+        let s = PrincipalKind::Service;
+        let cases: Vec<(Principal, &str, Evaluation)> = vec![
+            // The BFF acting for a user: only the rule that names that pair.
+            (delegated("alice", u, &["customer-bff"]), "/orders", allow("bff-for-users")),
+            (delegated("bob", u, &["customer-bff"]), "/orders", allow("bff-for-users")),
+            // Another actor for the same user: no rule names it.
+            (delegated("alice", u, &["other-bff"]), "/orders", NO),
+            // The BFF acting for a service: the subject kind does not match.
+            (delegated("batch", s, &["customer-bff"]), "/orders", NO),
+            // The user calling directly: the ordinary rule, not the delegated one.
+            (user("alice"), "/orders", allow("users-directly")),
+            // A delegated token never passes a rule meant for the subject itself...
+            (delegated("alice", u, &["customer-bff"]), "/profile", NO),
+            // ...nor one meant for the actor calling for itself...
+            (delegated("alice", u, &["customer-bff"]), "/health", NO),
+            (token("customer-bff", &[]), "/health", allow("bff-itself")),
+            // ...nor an allow rule without `from`.
+            (delegated("alice", u, &["customer-bff"]), "/open", NO),
+            (token("x", &[]), "/open", allow("anyone-direct")),
+            // `delegated: true`: any delegated call; never a direct one.
+            (delegated("alice", u, &["x"]), "/delegated", allow("delegated-any")),
+            (user("alice"), "/delegated", NO),
+            // Rule-level depth: one actor, not two.
+            (delegated("alice", u, &["customer-bff"]), "/alice", allow("bff-for-alice-shallow")),
+            (delegated("alice", u, &["customer-bff", "web"]), "/alice", NO),
+            (delegated("bob", u, &["customer-bff"]), "/alice", NO),
+            // Only the outermost actor is the caller: an earlier one is not.
+            (delegated("alice", u, &["web", "customer-bff"]), "/orders", NO),
+            // A peer-only caller is never delegated.
+            (peer("spiffe://hopwarden.local/ns/a/sa/b"), "/delegated", NO),
+        ];
+        for (who, path, want) in cases {
+            assert_eq!(
+                eval(&p, Some(&who), Hop::Gateway, &http("GET", path)),
+                want,
+                "{} {:?} {path}",
+                who.id,
+                who.delegation.as_ref().map(|d| d.chain())
+            );
+        }
+    }
+
+    #[test]
+    fn deny_rules_apply_whenever_a_named_party_takes_part() {
+        let p = policy(
+            "service: t
+rules:
+  - {id: all, from: {delegated: true}, to: [{paths: [/**]}]}
+  - {id: all-direct, to: [{paths: [/**]}]}
+  - {id: no-mallory, effect: deny, from: {principals: [mallory]}}
+  - {id: no-users-admin, effect: deny, from: {kinds: [user]}, to: [{paths: [/admin]}]}
+  - {id: no-delegated-payouts, effect: deny, from: {delegated: true}, to: [{paths: [/payouts]}]}
+  - {id: direct-only-ops, effect: deny, from: {delegated: false, principals: [ops]}, to: [{paths: [/ops]}]}
+",
+        );
+        let u = PrincipalKind::User;
+        let s = PrincipalKind::Service;
+        let cases: Vec<(Principal, &str, Evaluation)> = vec![
+            (token("mallory", &[]), "/x", deny("no-mallory")),
+            // Mallory as the subject, as the actor, or as an earlier actor.
+            (delegated("mallory", u, &["bff"]), "/x", deny("no-mallory")),
+            (delegated("alice", u, &["mallory"]), "/x", deny("no-mallory")),
+            (delegated("alice", u, &["bff", "mallory"]), "/x", deny("no-mallory")),
+            (delegated("alice", u, &["bff"]), "/x", allow("all")),
+            // A user's request through a BFF is still a user's request.
+            (delegated("alice", u, &["bff"]), "/admin", deny("no-users-admin")),
+            (delegated("job", s, &["bff"]), "/admin", allow("all")),
+            (delegated("job", s, &["bff"]), "/payouts", deny("no-delegated-payouts")),
+            (token("job", &[]), "/payouts", allow("all-direct")),
+            // `delegated: false` narrows a deny rule to direct callers.
+            (token("ops", &[]), "/ops", deny("direct-only-ops")),
+            (delegated("alice", u, &["ops"]), "/ops", allow("all")),
+        ];
+        for (who, path, want) in cases {
+            assert_eq!(
+                eval(&p, Some(&who), Hop::Gateway, &http("GET", path)),
+                want,
+                "{} {:?} {path}",
+                who.id,
+                who.delegation.as_ref().map(|d| d.chain())
+            );
+        }
+    }
+
+    #[test]
+    fn contradictions_and_empty_lists_are_refused() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "{id: r, from: {acting_for: {kinds: [user]}, delegated: false}}",
+                "`delegated: false` contradicts `acting_for`",
+            ),
+            (
+                "{id: r, from: {acting_for: {principals: []}}}",
+                "acting_for.principals is empty",
+            ),
+            ("{id: r, from: {acting_for: {kinds: []}}}", "acting_for.kinds is empty"),
+            ("{id: r, from: {acting_for: {max_depth: 0}}}", "acting_for.max_depth is 0"),
+            (
+                "{id: r, from: {anonymous: true, delegated: true}}",
+                "`anonymous: true` cannot be combined",
+            ),
+            ("{id: r, from: {acting_for: {kind: [user]}}}", "unknown field `kind`"),
+        ];
+        for (rule, want) in cases {
+            let err = errors(&format!("service: t\nrules:\n  - {rule}\n"));
+            assert!(err.contains(want), "{rule}: {err}");
+        }
+    }
+}
