@@ -314,7 +314,12 @@ impl Engine {
 
 /// A delegated caller's actors as the decision log lists them, outermost first.
 fn actor_chain(actors: Option<&Delegation>) -> Option<Vec<Cow<'_, str>>> {
-    actors.map(|d| d.actors().iter().map(|a| Cow::from(a.sub.as_str())).collect())
+    actors.map(|d| {
+        d.actors()
+            .iter()
+            .map(|a| Cow::from(a.sub.as_str()))
+            .collect()
+    })
 }
 
 /// Applies dry-run: a `mode: dry-run` deny rule that matched (`would_deny`) is noted on

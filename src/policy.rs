@@ -12,6 +12,7 @@ use std::sync::Arc;
 mod compile;
 mod eval;
 mod explain;
+mod explain_delegated;
 mod inspect;
 mod matcher;
 mod spec;
@@ -21,7 +22,9 @@ pub use compile::{ActionClause, Callers, FromClause, Limit, Rule, ServicePolicy,
 pub use eval::{EvalInput, Evaluation, RuleOutcome, Verdict};
 pub use explain::{describe_action, describe_clause, ConditionTrace, Explanation, RuleTrace};
 pub use matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-pub use spec::{ActingForSpec, ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
+pub use spec::{
+    ActingForSpec, ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec,
+};
 
 use crate::yaml::{Location, YamlError};
 

@@ -40,7 +40,10 @@ async fn allowed_with_identity_headers_and_metadata() {
     );
     // Client-sent x-hopwarden-* headers we do not overwrite are removed, and the
     // actor header always is for a token that is not delegated.
-    assert_eq!(a.headers_to_remove, ["x-hopwarden-extra", "x-hopwarden-actor"]);
+    assert_eq!(
+        a.headers_to_remove,
+        ["x-hopwarden-extra", "x-hopwarden-actor"]
+    );
     assert_eq!(
         a.metadata.get("decision").map(String::as_str),
         Some("allow")

@@ -64,7 +64,10 @@ impl DelegationError {
 
 /// Reads the delegation chain of verified `claims`, allowing at most `max_depth`
 /// actors (0: this issuer's tokens may not be delegated). `Ok(None)`: no `act`.
-pub fn parse(claims: &Map<String, Value>, max_depth: usize) -> Result<Option<Delegation>, DelegationError> {
+pub fn parse(
+    claims: &Map<String, Value>,
+    max_depth: usize,
+) -> Result<Option<Delegation>, DelegationError> {
     let mut actors = Vec::new();
     let mut level = claims;
     while let Some(act) = level.get("act") {
@@ -145,7 +148,11 @@ mod tests {
             (json!({"sub": "u"}), 1, Ok(None)),
             (json!({"sub": "u"}), 0, Ok(None)),
             (json!({"act": {"sub": "bff"}}), 1, Ok(Some(vec!["bff"]))),
-            (json!({"act": {"sub": "bff"}}), 0, Err(DelegationError::TooDeep { max: 0 })),
+            (
+                json!({"act": {"sub": "bff"}}),
+                0,
+                Err(DelegationError::TooDeep { max: 0 }),
+            ),
             (
                 json!({"act": {"sub": "bff", "act": {"sub": "gw"}}}),
                 2,
@@ -161,14 +168,42 @@ mod tests {
                 2,
                 Err(DelegationError::TooDeep { max: 2 }),
             ),
-            (json!({"act": "bff"}), 1, Err(DelegationError::NotAnObject(1))),
-            (json!({"act": ["bff"]}), 1, Err(DelegationError::NotAnObject(1))),
-            (json!({"act": null}), 1, Err(DelegationError::NotAnObject(1))),
+            (
+                json!({"act": "bff"}),
+                1,
+                Err(DelegationError::NotAnObject(1)),
+            ),
+            (
+                json!({"act": ["bff"]}),
+                1,
+                Err(DelegationError::NotAnObject(1)),
+            ),
+            (
+                json!({"act": null}),
+                1,
+                Err(DelegationError::NotAnObject(1)),
+            ),
             (json!({"act": {}}), 1, Err(DelegationError::NoSubject(1))),
-            (json!({"act": {"sub": ""}}), 1, Err(DelegationError::NoSubject(1))),
-            (json!({"act": {"sub": 7}}), 1, Err(DelegationError::NoSubject(1))),
-            (json!({"act": {"sub": "a\nb"}}), 1, Err(DelegationError::NoSubject(1))),
-            (json!({"act": {"sub": "a", "iss": 1}}), 1, Err(DelegationError::BadIssuer(1))),
+            (
+                json!({"act": {"sub": ""}}),
+                1,
+                Err(DelegationError::NoSubject(1)),
+            ),
+            (
+                json!({"act": {"sub": 7}}),
+                1,
+                Err(DelegationError::NoSubject(1)),
+            ),
+            (
+                json!({"act": {"sub": "a\nb"}}),
+                1,
+                Err(DelegationError::NoSubject(1)),
+            ),
+            (
+                json!({"act": {"sub": "a", "iss": 1}}),
+                1,
+                Err(DelegationError::BadIssuer(1)),
+            ),
             (
                 json!({"act": {"sub": "a", "act": "b"}}),
                 2,
@@ -198,8 +233,16 @@ mod tests {
                 1,
                 Err(DelegationError::ActorNotPermitted),
             ),
-            (json!({"may_act": "bff"}), 1, Err(DelegationError::MalformedMayAct)),
-            (json!({"may_act": {}}), 1, Err(DelegationError::MalformedMayAct)),
+            (
+                json!({"may_act": "bff"}),
+                1,
+                Err(DelegationError::MalformedMayAct),
+            ),
+            (
+                json!({"may_act": {}}),
+                1,
+                Err(DelegationError::MalformedMayAct),
+            ),
         ];
         for (input, max, want) in cases {
             let got = parse(&claims(input.clone()), max);

@@ -277,7 +277,11 @@ mod tests {
             let response = to_check_response(&Outcome::allowed_for_tests(""), &req, options);
             let ok = ok(&response);
             assert_eq!(set(ok, PRINCIPAL_HEADER), None, "{ok:?}");
-            assert_eq!(ok.headers_to_remove, [PRINCIPAL_HEADER, ACTOR_HEADER], "{ok:?}");
+            assert_eq!(
+                ok.headers_to_remove,
+                [PRINCIPAL_HEADER, ACTOR_HEADER],
+                "{ok:?}"
+            );
             assert!(set(ok, KIND_HEADER).is_some() && set(ok, RULE_HEADER).is_some());
         }
         // A caller with a principal gets it set, overwriting a client's copy.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
 use super::spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 use super::PolicyError;
-use delegated::Delegated;
 use crate::principal::PrincipalKind;
 use crate::request::Hop;
 use crate::yaml::{self, Location};
+use delegated::Delegated;
 
 /// The compiled rules protecting one service.
 #[derive(Debug)]

@@ -210,9 +210,7 @@ impl FromClause {
             (FromClause::Unrestricted, None) => effect == Effect::Deny,
             // Delegated tokens: an allow rule takes them only where it says so
             // (`from.acting_for`); a deny rule with no `from` is about everyone.
-            (FromClause::Unrestricted, Some(p)) => {
-                effect == Effect::Deny || p.delegation.is_none()
-            }
+            (FromClause::Unrestricted, Some(p)) => effect == Effect::Deny || p.delegation.is_none(),
             (FromClause::Anonymous, p) => p.is_none(),
             (FromClause::Authenticated(_), None) => false,
             (FromClause::Authenticated(callers), Some(p)) => callers.matches(p),

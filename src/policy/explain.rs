@@ -243,6 +243,12 @@ fn conditions(rule: &Rule, input: &EvalInput<'_>) -> Vec<ConditionTrace> {
 }
 
 fn callers_conditions(callers: &Callers, p: &Principal, out: &mut Vec<ConditionTrace>) {
+    if !super::explain_delegated::trace(callers, p, out, callers_fields) {
+        callers_fields(callers, p, out);
+    }
+}
+
+fn callers_fields(callers: &Callers, p: &Principal, out: &mut Vec<ConditionTrace>) {
     if let Some(list_) = callers.principals() {
         let ok = callers.principal_ok(p);
         let detail = match list_.iter().find(|pat| pat.matches(&p.id)) {

@@ -242,8 +242,16 @@ rules:
         let s = PrincipalKind::Service;
         let cases: Vec<(Principal, &str, Evaluation)> = vec![
             // The BFF acting for a user: only the rule that names that pair.
-            (delegated("alice", u, &["customer-bff"]), "/orders", allow("bff-for-users")),
-            (delegated("bob", u, &["customer-bff"]), "/orders", allow("bff-for-users")),
+            (
+                delegated("alice", u, &["customer-bff"]),
+                "/orders",
+                allow("bff-for-users"),
+            ),
+            (
+                delegated("bob", u, &["customer-bff"]),
+                "/orders",
+                allow("bff-for-users"),
+            ),
             // Another actor for the same user: no rule names it.
             (delegated("alice", u, &["other-bff"]), "/orders", NO),
             // The BFF acting for a service: the subject kind does not match.
@@ -259,14 +267,30 @@ rules:
             (delegated("alice", u, &["customer-bff"]), "/open", NO),
             (token("x", &[]), "/open", allow("anyone-direct")),
             // `delegated: true`: any delegated call; never a direct one.
-            (delegated("alice", u, &["x"]), "/delegated", allow("delegated-any")),
+            (
+                delegated("alice", u, &["x"]),
+                "/delegated",
+                allow("delegated-any"),
+            ),
             (user("alice"), "/delegated", NO),
             // Rule-level depth: one actor, not two.
-            (delegated("alice", u, &["customer-bff"]), "/alice", allow("bff-for-alice-shallow")),
-            (delegated("alice", u, &["customer-bff", "web"]), "/alice", NO),
+            (
+                delegated("alice", u, &["customer-bff"]),
+                "/alice",
+                allow("bff-for-alice-shallow"),
+            ),
+            (
+                delegated("alice", u, &["customer-bff", "web"]),
+                "/alice",
+                NO,
+            ),
             (delegated("bob", u, &["customer-bff"]), "/alice", NO),
             // Only the outermost actor is the caller: an earlier one is not.
-            (delegated("alice", u, &["web", "customer-bff"]), "/orders", NO),
+            (
+                delegated("alice", u, &["web", "customer-bff"]),
+                "/orders",
+                NO,
+            ),
             // A peer-only caller is never delegated.
             (peer("spiffe://hopwarden.local/ns/a/sa/b"), "/delegated", NO),
         ];
@@ -300,13 +324,29 @@ rules:
             (token("mallory", &[]), "/x", deny("no-mallory")),
             // Mallory as the subject, as the actor, or as an earlier actor.
             (delegated("mallory", u, &["bff"]), "/x", deny("no-mallory")),
-            (delegated("alice", u, &["mallory"]), "/x", deny("no-mallory")),
-            (delegated("alice", u, &["bff", "mallory"]), "/x", deny("no-mallory")),
+            (
+                delegated("alice", u, &["mallory"]),
+                "/x",
+                deny("no-mallory"),
+            ),
+            (
+                delegated("alice", u, &["bff", "mallory"]),
+                "/x",
+                deny("no-mallory"),
+            ),
             (delegated("alice", u, &["bff"]), "/x", allow("all")),
             // A user's request through a BFF is still a user's request.
-            (delegated("alice", u, &["bff"]), "/admin", deny("no-users-admin")),
+            (
+                delegated("alice", u, &["bff"]),
+                "/admin",
+                deny("no-users-admin"),
+            ),
             (delegated("job", s, &["bff"]), "/admin", allow("all")),
-            (delegated("job", s, &["bff"]), "/payouts", deny("no-delegated-payouts")),
+            (
+                delegated("job", s, &["bff"]),
+                "/payouts",
+                deny("no-delegated-payouts"),
+            ),
             (token("job", &[]), "/payouts", allow("all-direct")),
             // `delegated: false` narrows a deny rule to direct callers.
             (token("ops", &[]), "/ops", deny("direct-only-ops")),
@@ -334,13 +374,22 @@ rules:
                 "{id: r, from: {acting_for: {principals: []}}}",
                 "acting_for.principals is empty",
             ),
-            ("{id: r, from: {acting_for: {kinds: []}}}", "acting_for.kinds is empty"),
-            ("{id: r, from: {acting_for: {max_depth: 0}}}", "acting_for.max_depth is 0"),
+            (
+                "{id: r, from: {acting_for: {kinds: []}}}",
+                "acting_for.kinds is empty",
+            ),
+            (
+                "{id: r, from: {acting_for: {max_depth: 0}}}",
+                "acting_for.max_depth is 0",
+            ),
             (
                 "{id: r, from: {anonymous: true, delegated: true}}",
                 "`anonymous: true` cannot be combined",
             ),
-            ("{id: r, from: {acting_for: {kind: [user]}}}", "unknown field `kind`"),
+            (
+                "{id: r, from: {acting_for: {kind: [user]}}}",
+                "unknown field `kind`",
+            ),
         ];
         for (rule, want) in cases {
             let err = errors(&format!("service: t\nrules:\n  - {rule}\n"));
