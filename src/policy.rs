@@ -346,7 +346,8 @@ mod tests {
             [
                 "payments-never-refund",
                 "payments-read-transactions",
-                "reconciler-read-transactions"
+                "reconciler-read-transactions",
+                "customer-bff-reads-for-customers"
             ]
         );
         assert!(set.get("nope").is_none());
