@@ -26,6 +26,11 @@ pub struct ConfigSpec {
     /// Envoy's ext_authz HTTP service (`http_service`), beside gRPC; off when absent.
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
+    /// The header the HTTP service reads the mTLS peer's SPIFFE ID from, which Envoy
+    /// sets with `%DOWNSTREAM_PEER_URI_SAN%` and never forwards from the client
+    /// (docs/envoy.md#the-mtls-peer-over-the-http-service); off when absent.
+    #[serde(default)]
+    pub http_peer_header: Option<String>,
     /// The policy directory (it may be a symlink that is re-pointed, as git-sync does).
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
@@ -475,6 +480,11 @@ impl Config {
         for (needle, message) in spec.listeners.problems() {
             errors.push(invalid(needle, message));
         }
+        if let Some(name) = &spec.http_peer_header {
+            if let Err(e) = crate::http_authz::peer::check_name(name) {
+                errors.push(invalid("http_peer_header", e.to_string()));
+            }
+        }
         let mut issuers = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for spec_issuer in &spec.issuers {
@@ -826,6 +836,11 @@ mod tests {
                 "issuers:\n  - {issuer: a, jwks_file: x, leeway: soon}\n",
                 "leeway",
             ),
+            (
+                "http_peer_header: x-hopwarden-peer\n",
+                "starts with x-hopwarden-",
+            ),
+            ("http_peer_header: authorization\n", "already uses"),
             (
                 "issuers:\n  - {issuer: a, jwks_file: x, max_delegation_depth: 9}\n",
                 "max_delegation_depth 9 is more than 8",

@@ -93,8 +93,8 @@ pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequ
         path: path.to_string(),
         host,
         headers,
-        // Envoy's HTTP service does not say who the mTLS peer is; rules naming a
-        // SPIFFE principal do not match here.
+        // The HTTP service has no source principal: the peer comes from the header
+        // `http_peer_header` names, when configured (peer.rs), or not at all.
         source_principal: None,
         destination_principal: None,
     })
