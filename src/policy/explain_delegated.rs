@@ -122,3 +122,101 @@ pub(super) fn trace(
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::tests::{http, token};
+    use crate::policy::{EvalInput, PolicySet};
+    use crate::principal::actor::{Actor, Delegation};
+    use crate::principal::{Principal, PrincipalKind};
+    use crate::request::Hop;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    fn delegated(subject: &str, actors: &[&str]) -> Principal {
+        let mut p = token(subject, &[]);
+        p.kind = PrincipalKind::User;
+        let chain = actors
+            .iter()
+            .map(|a| Actor {
+                sub: a.to_string(),
+                iss: None,
+            })
+            .collect();
+        p.delegation = Delegation::new(chain).map(Arc::new);
+        p
+    }
+
+    /// Each rule's `from` lines, as `rule ok part: detail`.
+    fn from_lines(p: &Principal) -> Vec<String> {
+        let yaml = "service: t
+rules:
+  - {id: deny-mallory, effect: deny, from: {principals: [mallory]}}
+  - {id: bff, from: {principals: [bff], acting_for: {kinds: [user], max_depth: 1}}}
+  - {id: users, from: {kinds: [user]}}
+";
+        let set = PolicySet::from_sources(&[(PathBuf::from("t.yaml"), yaml.to_string())]).unwrap();
+        let policy = set.get("t").unwrap();
+        let headers = HashMap::new();
+        let action = http("GET", "/x");
+        let e = policy.explain(&EvalInput {
+            principal: Some(p),
+            hop: Hop::Mesh,
+            action: &action,
+            headers: &headers,
+        });
+        e.rules
+            .iter()
+            .flat_map(|r| {
+                r.conditions
+                    .iter()
+                    .filter(|c| c.part.starts_with("from"))
+                    .map(move |c| format!("{} {} {}: {}", r.rule, c.ok, c.part, c.detail))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn traces_name_the_party_each_field_was_matched_against() {
+        assert_eq!(
+            from_lines(&delegated("alice", &["bff"])),
+            [
+                "deny-mallory false from (any party): neither subject \"alice\" nor actors bff match",
+                "bff true from.principals: \"bff\" listed",
+                "bff true from (actor): the outermost actor \"bff\" matches (chain bff)",
+                "bff true from.acting_for.kinds: subject kind user in [user]",
+                "bff true from.acting_for.max_depth: 1 actors <= 1",
+            ]
+        );
+        let lines = from_lines(&delegated("alice", &["web", "mallory"]));
+        assert_eq!(
+            lines[0],
+            "deny-mallory true from (any party): actor \"mallory\" matches (a deny rule or limit applies to any party of the chain)"
+        );
+        let lines = from_lines(&delegated("alice", &["bff", "web"]));
+        assert!(
+            lines.contains(&"bff false from.acting_for.max_depth: 2 actors > 1".to_string()),
+            "{lines:?}"
+        );
+        // The user's own rule refuses the delegated token, and says why.
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "users false from.delegated: the token is delegated (actor \"bff\" for \"alice\")"
+            )),
+            "{lines:?}"
+        );
+        // A direct caller: the delegated rule says it is about delegation only.
+        let mut alice = token("alice", &[]);
+        alice.kind = PrincipalKind::User;
+        let lines = from_lines(&alice);
+        assert!(
+            lines.contains(&"bff false from.acting_for: the token is not delegated; the rule is about delegated calls only".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"users true from.kinds: kind user in [user]".to_string()),
+            "{lines:?}"
+        );
+    }
+}
