@@ -246,8 +246,7 @@ mod tests {
         ];
         for (input, max, want) in cases {
             let got = parse(&claims(input.clone()), max);
-            let got = got.as_ref().map(|d| d.as_ref().map(subs));
-            let want = want.as_ref().map(|w| w.clone());
+            let got = got.as_ref().map(|d| d.as_ref().map(subs)).map_err(|e| *e);
             assert_eq!(got, want, "{input} max {max}");
         }
     }

@@ -120,7 +120,8 @@ mod tests {
     fn values() {
         let name = HeaderName::from_static("x-peer-uri-san");
         let td = "spiffe://hopwarden.local/ns/payments/sa/payments";
-        let cases: &[(Option<&str>, Result<Option<&str>, PeerHeaderError>)] = &[
+        type Want = Result<Option<&'static str>, PeerHeaderError>;
+        let cases: &[(Option<&str>, Want)] = &[
             (None, Ok(None)),
             (Some(td), Ok(Some(td))),
             (
