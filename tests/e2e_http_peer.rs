@@ -135,19 +135,22 @@ fn decisions(stack: &Stack) -> Vec<Value> {
         .collect()
 }
 
-/// The decision logged for `path`, waiting for the log's flush.
-async fn decision_for(stack: &Stack, path: &str) -> Value {
+/// The `n`th decision logged for `path` (from 1), waiting for the log's flush.
+async fn decision_for(stack: &Stack, path: &str, n: usize) -> Value {
     for _ in 0..100 {
-        if let Some(d) = decisions(stack)
+        let mut found: Vec<Value> = decisions(stack)
             .into_iter()
-            .rev()
-            .find(|d| d["path"] == path)
-        {
-            return d;
+            .filter(|d| d["path"] == path)
+            .collect();
+        if found.len() >= n {
+            return found.swap_remove(n - 1);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("no decision logged for {path}:\n{}", stack.log("hopwarden"));
+    panic!(
+        "no decision {n} logged for {path}:\n{}",
+        stack.log("hopwarden")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,9 +209,12 @@ async fn http_service_sidecars_match_peers_and_forged_peer_headers_never_allow()
         .await;
         assert_eq!(status, 403, "{forged:?}: {body}");
     }
-    let logged = decision_for(&stack, "/transactions/42").await;
-    assert_eq!(logged["peer"], PAYMENTS, "{logged}");
-    assert_eq!(logged["reason"], "no_matching_rule", "{logged}");
+    // The reconciler's GET and POST, then payments' two forgeries.
+    for n in [3, 4] {
+        let logged = decision_for(&stack, "/transactions/42", n).await;
+        assert_eq!(logged["peer"], PAYMENTS, "{logged}");
+        assert_eq!(logged["reason"], "no_matching_rule", "{logged}");
+    }
 
     // East-west, Envoy to Envoy over mTLS: the payments app calls ledger through its
     // HTTP-service sidecar, forging the header on the way out. ledger's sidecar sees
@@ -242,7 +248,7 @@ async fn http_service_sidecars_match_peers_and_forged_peer_headers_never_allow()
     )
     .await;
     assert_eq!(status, 401, "{body}");
-    let logged = decision_for(&stack, "/transactions/9/status").await;
+    let logged = decision_for(&stack, "/transactions/9/status", 1).await;
     assert_eq!(logged["peer"], Value::Null, "{logged}");
 
     // Control: the same gateway, misconfigured to forward the header (it is in
