@@ -364,6 +364,47 @@ rules:
     }
 
     #[test]
+    fn limits_count_a_delegated_request_against_any_party_they_name() {
+        let p = policy(
+            "service: t
+rules:
+  - {id: bff, from: {principals: [bff], acting_for: {}}, to: [{paths: [/x]}]}
+  - {id: direct, to: [{paths: [/x]}]}
+limits:
+  - {id: bff-calls, from: {principals: [bff]}, rate: 10/s}
+  - {id: alice-calls, from: {principals: [alice]}, rate: 10/s}
+  - {id: bff-for-users, from: {principals: [bff], acting_for: {kinds: [user]}}, rate: 10/s}
+",
+        );
+        let headers = std::collections::HashMap::new();
+        let action = http("GET", "/x");
+        let hits = |who: &Principal, rule: &str| -> Vec<String> {
+            let input = crate::policy::EvalInput {
+                principal: Some(who),
+                hop: Hop::Mesh,
+                action: &action,
+                headers: &headers,
+            };
+            p.limits_for(rule, &input)
+                .iter()
+                .map(|h| h.limit.to_string())
+                .collect()
+        };
+        let u = PrincipalKind::User;
+        assert_eq!(
+            hits(&delegated("alice", u, &["bff"]), "bff"),
+            ["bff-calls", "alice-calls", "bff-for-users"]
+        );
+        assert_eq!(
+            hits(&delegated("job", PrincipalKind::Service, &["bff"]), "bff"),
+            ["bff-calls"]
+        );
+        // Called directly, neither is acting for anyone.
+        assert_eq!(hits(&token("bff", &[]), "direct"), ["bff-calls"]);
+        assert_eq!(hits(&user("alice"), "direct"), ["alice-calls"]);
+    }
+
+    #[test]
     fn contradictions_and_empty_lists_are_refused() {
         let cases: &[(&str, &str)] = &[
             (
