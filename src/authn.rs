@@ -5,6 +5,7 @@
 //! would be allowed, so a broken credential is never silently ignored.
 
 pub mod crypto;
+pub mod delegation;
 pub mod discovery;
 pub mod jwks;
 pub mod jwt;

@@ -338,6 +338,7 @@ mod tests {
             exp: Some(ms(200_250)),
             leeway: Duration::ZERO,
             claims: Default::default(),
+            delegation: None,
         });
         cache.insert([4; 32], token.clone(), ms(200_000));
         assert!(cache.get(&[4; 32], ms(200_249)).is_some());

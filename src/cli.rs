@@ -162,6 +162,11 @@ pub fn validate(path: &Path) -> ExitCode {
         rules
     );
     println!("{}", allowed_headers(&policies));
+    if let Some(name) = &config.spec.http_peer_header {
+        println!(
+            "ext_authz http_service, for the mTLS peer (docs/envoy.md): disallowed_headers: {{ patterns: [{{ exact: {name} }}] }} and authorization_request: {{ headers_to_add: [{{ key: {name}, value: \"%DOWNSTREAM_PEER_URI_SAN%\" }}] }}"
+        );
+    }
     ExitCode::SUCCESS
 }
 
@@ -173,6 +178,13 @@ fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
             "{}: no policy files (*.yaml): every request will be denied",
             config.spec.policies.display()
         ));
+    }
+    if let Some(name) = &config.spec.http_peer_header {
+        if policies.read_headers().iter().any(|h| h == name) {
+            out.push(format!(
+                "a policy's when.headers reads {name:?}, the http_peer_header: over gRPC that is the client's own header, and over the HTTP service it is never a header; use from.peers"
+            ));
+        }
     }
     let text = std::fs::read_to_string(&config.path).unwrap_or_default();
     for (map, what) in [

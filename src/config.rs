@@ -26,6 +26,11 @@ pub struct ConfigSpec {
     /// Envoy's ext_authz HTTP service (`http_service`), beside gRPC; off when absent.
     #[serde(default)]
     pub http_listen: Option<SocketAddr>,
+    /// The header the HTTP service reads the mTLS peer's SPIFFE ID from, which Envoy
+    /// sets with `%DOWNSTREAM_PEER_URI_SAN%` and never forwards from the client
+    /// (docs/envoy.md#the-mtls-peer-over-the-http-service); off when absent.
+    #[serde(default)]
+    pub http_peer_header: Option<String>,
     /// The policy directory (it may be a symlink that is re-pointed, as git-sync does).
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
@@ -218,6 +223,11 @@ pub struct IssuerSpec {
     /// The kind of principal this issuer's tokens name.
     #[serde(default = "default_kind")]
     pub kind: PrincipalKind,
+    /// The most actors a token's delegation chain (RFC 8693 `act`) may hold; a
+    /// deeper one is an invalid token (401). 0: this issuer's tokens are never
+    /// delegated. See docs/delegation.md.
+    #[serde(default = "default_max_delegation_depth")]
+    pub max_delegation_depth: usize,
 }
 
 /// Cache bounds and lifetimes.
@@ -319,6 +329,10 @@ fn default_principal_claim() -> String {
 }
 fn default_kind() -> PrincipalKind {
     PrincipalKind::Service
+}
+/// One actor: "this service, acting for that user". Longer chains are opted into.
+fn default_max_delegation_depth() -> usize {
+    1
 }
 fn default_max_entries() -> u64 {
     100_000
@@ -466,6 +480,11 @@ impl Config {
         for (needle, message) in spec.listeners.problems() {
             errors.push(invalid(needle, message));
         }
+        if let Some(name) = &spec.http_peer_header {
+            if let Err(e) = crate::http_authz::peer::check_name(name) {
+                errors.push(invalid("http_peer_header", e.to_string()));
+            }
+        }
         let mut issuers = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for spec_issuer in &spec.issuers {
@@ -549,6 +568,16 @@ impl Config {
                         format!("issuer {name:?}: unknown or forbidden algorithm {alg:?}"),
                     )),
                 }
+            }
+            if issuer_spec.max_delegation_depth > crate::authn::delegation::MAX_CONFIGURABLE_DEPTH {
+                errors.push(invalid(
+                    "max_delegation_depth",
+                    format!(
+                        "issuer {name:?}: max_delegation_depth {} is more than {}",
+                        issuer_spec.max_delegation_depth,
+                        crate::authn::delegation::MAX_CONFIGURABLE_DEPTH
+                    ),
+                ));
             }
             if issuer_spec.principal_claim.is_empty() {
                 errors.push(invalid(
@@ -806,6 +835,15 @@ mod tests {
             (
                 "issuers:\n  - {issuer: a, jwks_file: x, leeway: soon}\n",
                 "leeway",
+            ),
+            (
+                "http_peer_header: x-hopwarden-peer\n",
+                "starts with x-hopwarden-",
+            ),
+            ("http_peer_header: authorization\n", "already uses"),
+            (
+                "issuers:\n  - {issuer: a, jwks_file: x, max_delegation_depth: 9}\n",
+                "max_delegation_depth 9 is more than 8",
             ),
             (
                 "log: {level: verbose}\n",

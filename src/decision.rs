@@ -3,6 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::limits::{LimitHit, RateLimited};
+use crate::principal::actor::Delegation;
 use crate::principal::PrincipalKind;
 
 /// The outcome of a check: what Envoy is told to do with the request.
@@ -22,6 +23,9 @@ pub struct Allowed {
     pub principal: String,
     /// The caller's kind; `None` for an anonymous caller.
     pub kind: Option<PrincipalKind>,
+    /// The actors calling for the principal when its token is delegated (RFC 8693
+    /// `act`), outermost first; the outermost goes upstream as `x-hopwarden-actor`.
+    pub actors: Option<Arc<Delegation>>,
     /// The allow rule that matched (`dry-run` when only dry-run let it through).
     pub rule: Arc<str>,
     /// Set when enforcement would have denied the request but a `mode: dry-run`
@@ -94,6 +98,11 @@ impl Allowed {
     pub fn kind_str(&self) -> &'static str {
         self.kind.map_or("anonymous", PrincipalKind::as_str)
     }
+
+    /// The outermost actor's id when the token is delegated.
+    pub fn actor(&self) -> Option<&str> {
+        self.actors.as_deref().map(|d| d.actor().sub.as_str())
+    }
 }
 
 /// A denied request.
@@ -107,6 +116,8 @@ pub struct Denied {
     pub principal: Option<String>,
     /// The caller's kind, when one was identified.
     pub kind: Option<PrincipalKind>,
+    /// The actors calling for the principal, when its token is delegated.
+    pub actors: Option<Arc<Delegation>>,
 }
 
 /// Why a request was denied. The variant names are what logs and metrics show.
@@ -283,6 +294,7 @@ impl Decision {
             rule: None,
             principal: None,
             kind: None,
+            actors: None,
         })
     }
 }

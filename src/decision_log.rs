@@ -48,6 +48,9 @@ pub struct DecisionRecord<'a> {
     pub kind: Option<Cow<'a, str>>,
     /// The mTLS peer's SPIFFE ID, as Envoy reported it.
     pub peer: Option<Cow<'a, str>>,
+    /// For a delegated token (RFC 8693 `act`): the actors calling for the principal,
+    /// outermost (the caller rules matched) first.
+    pub actors: Option<Vec<Cow<'a, str>>>,
     /// HTTP method.
     pub method: Cow<'a, str>,
     /// The canonical path, or `<non-canonical>`.
@@ -163,7 +166,7 @@ impl DecisionRecord<'_> {
     /// part of a cached check.
     fn write_json(&self, out: &mut Vec<u8>) {
         // Each name with the separator before it, in the struct's order.
-        let strings: [(&[u8], Option<&str>); 10] = [
+        let strings: [(&[u8], Option<&str>); 7] = [
             (b"{\"timestamp\":", Some(&self.timestamp)),
             (b",\"request_id\":", self.request_id.as_deref()),
             (b",\"service\":", self.service.as_deref()),
@@ -171,11 +174,28 @@ impl DecisionRecord<'_> {
             (b",\"principal\":", self.principal.as_deref()),
             (b",\"kind\":", self.kind.as_deref()),
             (b",\"peer\":", self.peer.as_deref()),
+        ];
+        write_strings(out, &strings);
+        out.extend_from_slice(b",\"actors\":");
+        match &self.actors {
+            Some(actors) => {
+                out.push(b'[');
+                for (n, actor) in actors.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    json_string(out, actor);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        let request: [(&[u8], Option<&str>); 3] = [
             (b",\"method\":", Some(&self.method)),
             (b",\"path\":", Some(&self.path)),
             (b",\"decision\":", Some(&self.decision)),
         ];
-        write_strings(out, &strings);
+        write_strings(out, &request);
         // Writing into a Vec cannot fail.
         let _ = write!(out, ",\"status\":{}", self.status);
         let outcome: [(&[u8], Option<&str>); 3] = [
@@ -324,6 +344,7 @@ mod tests {
             principal: None,
             kind: None,
             peer: None,
+            actors: None,
             method: "GET".into(),
             path: "/x".into(),
             decision: "deny".into(),
@@ -417,6 +438,7 @@ mod tests {
         full.principal = Some("spiffe://td/ns/a/sa/b".into());
         full.kind = Some("service".into());
         full.peer = Some("spiffe://td/ns/c/sa/d".into());
+        full.actors = Some(vec!["customer-bff".into(), "web".into()]);
         full.rule = Some("r-1".into());
         full.detail = Some("expired".into());
         full.dry_run = Some(DryRunRecord {
@@ -436,6 +458,7 @@ mod tests {
         hostile.hop = None;
         hostile.request_id = Some(odd.into());
         hostile.principal = Some(odd.into());
+        hostile.actors = Some(vec![odd.into()]);
         hostile.path = odd.into();
         hostile.dry_run = Some(DryRunRecord {
             rule: odd.into(),
@@ -454,6 +477,7 @@ mod tests {
         ] {
             let mut r = record(3);
             r.principal = Some(one.into());
+            r.actors = Some(vec![]);
             records.push(r);
         }
         for r in &records {

@@ -22,6 +22,7 @@ use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
 use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord, Timestamp};
 use crate::limits::Buckets;
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
+use crate::principal::actor::Delegation;
 use crate::principal::Principal;
 use crate::request::{Action, AuthzRequest, Hop};
 use crate::resolve::ServiceResolver;
@@ -67,6 +68,7 @@ impl Outcome {
             decision: Arc::new(Decision::Allow(Allowed {
                 principal: principal.into(),
                 kind: Some(crate::principal::PrincipalKind::Service),
+                actors: None,
                 rule: Arc::from("payments-read"),
                 dry_run: None,
                 limits: Vec::new(),
@@ -255,6 +257,7 @@ impl Engine {
             rule: Some(allowed.rule.clone()),
             principal: Some(allowed.principal.clone()).filter(|p| !p.is_empty()),
             kind: allowed.kind,
+            actors: allowed.actors.clone(),
         }))
     }
 
@@ -309,6 +312,16 @@ impl Engine {
     }
 }
 
+/// A delegated caller's actors as the decision log lists them, outermost first.
+fn actor_chain(actors: Option<&Delegation>) -> Option<Vec<Cow<'_, str>>> {
+    actors.map(|d| {
+        d.actors()
+            .iter()
+            .map(|a| Cow::from(a.sub.as_str()))
+            .collect()
+    })
+}
+
 /// Applies dry-run: a `mode: dry-run` deny rule that matched (`would_deny`) is noted on
 /// an allow; in a dry-run policy every denial becomes an allow that says what
 /// enforcement would have done. The request goes through; the log and metrics tell.
@@ -329,6 +342,7 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
             };
             Decision::Allow(Allowed {
                 kind: denied.kind,
+                actors: denied.actors,
                 principal: denied.principal.unwrap_or_default(),
                 rule: Arc::from("dry-run"),
                 dry_run: Some(WouldDeny { reason, rule }),
@@ -347,6 +361,7 @@ pub(crate) fn wrong_audience(token: &VerifiedToken) -> Denied {
         rule: None,
         principal: Some(token.subject.clone()),
         kind: Some(token.kind),
+        actors: token.delegation.clone(),
     }
 }
 
@@ -356,12 +371,14 @@ pub(crate) fn wrong_audience(token: &VerifiedToken) -> Denied {
 /// disagree about statuses.
 pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Decision {
     let caller = principal.map(|p| p.id.clone());
+    let actors = principal.and_then(|p| p.delegation.clone());
     let denied = |reason, rule| {
         Decision::Deny(Denied {
             reason,
             rule,
             principal: caller.clone(),
             kind: principal.map(|p| p.kind),
+            actors: actors.clone(),
         })
     };
     match evaluation {
@@ -369,6 +386,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             // Empty principal: a rule allowed an anonymous caller explicitly.
             principal: caller.clone().unwrap_or_default(),
             kind: principal.map(|p| p.kind),
+            actors,
             rule,
             dry_run: None,
             limits: Vec::new(),
@@ -405,6 +423,7 @@ impl Engine {
             principal: None,
             kind: None,
             peer: req.source_principal.as_deref().map(Cow::from),
+            actors: None,
             method: action
                 .map_or(req.method.as_str(), |a| a.method.as_str())
                 .into(),
@@ -427,6 +446,7 @@ impl Engine {
             Some(Decision::Allow(a)) => {
                 record.principal = Some(a.principal.as_str().into());
                 record.kind = Some(a.kind_str().into());
+                record.actors = actor_chain(a.actors.as_deref());
                 record.rule = Some(a.rule.as_ref().into());
                 record.status = 200;
                 if let Some(would) = &a.dry_run {
@@ -443,6 +463,7 @@ impl Engine {
             }
             Some(Decision::Deny(d)) => {
                 record.principal = d.principal.as_deref().map(Cow::from);
+                record.actors = actor_chain(d.actors.as_deref());
                 record.rule = d.rule.as_deref().map(Cow::from);
                 record.reason = Some(d.reason.as_str().into());
                 record.detail = d.reason.detail().map(Cow::from);

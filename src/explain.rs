@@ -66,7 +66,7 @@ pub struct ExplainArgs {
     #[arg(long = "header", short = 'H', value_parser = crate::cli::parse_pair)]
     pub headers: Vec<(String, String)>,
     /// A bearer token, verified with the config's issuers.
-    #[arg(long, conflicts_with_all = ["kind", "id", "issuer", "scopes", "claims"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "issuer", "scopes", "claims", "actors"])]
     pub token: Option<String>,
     /// Asserted caller (not verified): `service` or `user`.
     #[arg(long, requires = "id")]
@@ -83,6 +83,10 @@ pub struct ExplainArgs {
     /// Asserted claim, NAME=VALUE (VALUE as JSON if it parses, else a string).
     #[arg(long = "claim", value_parser = crate::cli::parse_pair, requires = "id")]
     pub claims: Vec<(String, String)>,
+    /// Asserted actor calling for --id (RFC 8693 `act.sub`); repeat for a chain,
+    /// outermost (the caller) first.
+    #[arg(long = "actor", requires = "id")]
+    pub actors: Vec<String>,
     /// The mTLS peer's SPIFFE ID (Envoy's source principal).
     #[arg(long)]
     pub peer: Option<String>,
@@ -233,7 +237,28 @@ fn asserted(args: &ExplainArgs, config: &Config) -> Result<Option<Principal>, St
         scopes: args.scopes.clone(),
         claims: Arc::new(claims),
         peer,
+        delegation: asserted_actors(&args.actors)?,
     }))
+}
+
+/// `--actor` values as a delegation chain; an empty one is refused as a token's
+/// `act.sub` would be.
+fn asserted_actors(
+    actors: &[String],
+) -> Result<Option<Arc<crate::principal::actor::Delegation>>, String> {
+    let mut chain = Vec::with_capacity(actors.len());
+    for sub in actors {
+        if sub.is_empty() || sub.chars().any(char::is_control) {
+            return Err(format!(
+                "--actor {sub:?}: an actor id must be non-empty, without control characters"
+            ));
+        }
+        chain.push(crate::principal::actor::Actor {
+            sub: sub.clone(),
+            iss: None,
+        });
+    }
+    Ok(crate::principal::actor::Delegation::new(chain).map(Arc::new))
 }
 
 fn describe_principal(p: &Principal) -> String {
@@ -247,6 +272,17 @@ fn describe_principal(p: &Principal) -> String {
     }
     if let Some(peer) = &p.peer {
         out.push_str(&format!(", mTLS peer \"{peer}\""));
+    }
+    if let Some(d) = &p.delegation {
+        let actors: Vec<String> = d
+            .actors()
+            .iter()
+            .map(|a| format!("\"{}\"", a.sub))
+            .collect();
+        out.push_str(&format!(
+            ", delegated: called for by {} (outermost first; rules match the first as the caller)",
+            actors.join(" < ")
+        ));
     }
     out
 }

@@ -12,15 +12,19 @@ use std::sync::Arc;
 mod compile;
 mod eval;
 mod explain;
+mod explain_delegated;
 mod inspect;
 mod matcher;
 mod spec;
 
+pub use compile::delegated::{ActingFor, Delegated, ACTOR_KIND};
 pub use compile::{ActionClause, Callers, FromClause, Limit, Rule, ServicePolicy, When};
 pub use eval::{EvalInput, Evaluation, RuleOutcome, Verdict};
 pub use explain::{describe_action, describe_clause, ConditionTrace, Explanation, RuleTrace};
 pub use matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
-pub use spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
+pub use spec::{
+    ActingForSpec, ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec,
+};
 
 use crate::yaml::{Location, YamlError};
 
@@ -254,6 +258,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             claims: Default::default(),
             peer: None,
+            delegation: None,
         }
     }
 
@@ -341,7 +346,8 @@ mod tests {
             [
                 "payments-never-refund",
                 "payments-read-transactions",
-                "reconciler-read-transactions"
+                "reconciler-read-transactions",
+                "customer-bff-reads-for-customers"
             ]
         );
         assert!(set.get("nope").is_none());

@@ -1,5 +1,7 @@
 //! Who is calling: the [`Principal`] a rule matches on, and typed SPIFFE IDs.
 
+pub mod actor;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -149,6 +151,10 @@ pub struct Principal {
     pub claims: Claims,
     /// The mTLS peer that opened the connection, if any.
     pub peer: Option<SpiffeId>,
+    /// Set when the token is delegated (RFC 8693 `act`): the actors calling for this
+    /// principal, outermost first. Rules match the outermost one as the caller only
+    /// when they say so (`from.acting_for`; docs/delegation.md).
+    pub delegation: Option<Arc<actor::Delegation>>,
 }
 
 impl Principal {
@@ -161,6 +167,7 @@ impl Principal {
             scopes: Vec::new(),
             claims: Claims::default(),
             peer: Some(peer),
+            delegation: None,
         }
     }
 

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::policy::{Effect, FromClause, IdPattern, Mode, PolicySet, Rule, ServicePolicy, When};
+use crate::policy::{
+    Delegated, Effect, FromClause, IdPattern, Mode, PolicySet, Rule, ServicePolicy, When,
+};
 use crate::suite;
 pub use usage::Usage;
 
@@ -348,7 +350,37 @@ fn callers(rule: &Rule) -> (Vec<String>, Vec<String>) {
     if let Some(i) = c.issuers() {
         and.push(format!("and issuer {}", i.join("|")));
     }
+    if let Some(d) = delegation_condition(c.delegated()) {
+        and.push(d);
+    }
     (who, and)
+}
+
+/// How the rule treats delegated tokens, when it is not the default of its effect.
+fn delegation_condition(d: &Delegated) -> Option<String> {
+    let a = match d {
+        Delegated::Direct | Delegated::AnyParty => return None,
+        Delegated::ActingFor(a) => a,
+    };
+    let mut subject = Vec::new();
+    if let Some(p) = a.principals() {
+        let list: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        subject.push(format!("principal in [{}]", list.join(", ")));
+    }
+    if let Some(k) = a.kinds() {
+        let kinds: Vec<&str> = k.iter().map(|k| k.as_str()).collect();
+        subject.push(format!("kind {}", kinds.join("|")));
+    }
+    if let Some(max) = a.max_depth() {
+        subject.push(format!("at most {max} actor(s)"));
+    }
+    Some(match subject.is_empty() {
+        true => "and acting (as the token's actor) for anyone".into(),
+        false => format!(
+            "and acting (as the token's actor) for {}",
+            subject.join(", ")
+        ),
+    })
 }
 
 fn actions(rule: &Rule) -> Vec<String> {

@@ -269,13 +269,26 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             tokio::time::sleep(HEALTH_GRACE).await;
             let _ = closing_tx.send(true);
         };
+        // Validated with the config; a name that no longer parses serves no peer.
+        let peer_header = config
+            .spec
+            .http_peer_header
+            .as_deref()
+            .and_then(|name| crate::http_authz::peer::check_name(name).ok());
         let http = async move {
             if let Some((listener, _)) = http_listener {
                 let closing = async move {
                     let _ = closing_rx.wait_for(|closing| *closing).await;
                 };
-                crate::http_authz::serve(http_engine, listener, &http_bounds, http_tls, closing)
-                    .await;
+                crate::http_authz::serve(
+                    http_engine,
+                    listener,
+                    &http_bounds,
+                    http_tls,
+                    peer_header,
+                    closing,
+                )
+                .await;
             }
         };
         let grpc = crate::grpc::serve(

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 mod spec;
 
@@ -23,6 +24,7 @@ pub use spec::{CallerSpec, CaseSpec, ExpectSpec, Expected, PrincipalSpec, Reques
 use crate::decision::{Decision, DenyReason};
 use crate::engine::to_decision;
 use crate::policy::{EvalInput, PolicySet};
+use crate::principal::actor::{Actor, Delegation};
 use crate::principal::{Principal, PrincipalKind, SpiffeId};
 use crate::request::{AuthzRequest, Hop};
 use crate::yaml::{self, Location};
@@ -309,6 +311,22 @@ impl Checker<'_> {
                 }
             },
         };
+        let mut actors = Vec::with_capacity(spec.actors.len());
+        for sub in &spec.actors {
+            if sub.is_empty() || sub.chars().any(char::is_control) {
+                let at = self.at_key("actors", start);
+                self.error(
+                    at,
+                    format!("case {name:?}: actor {sub:?} is empty or has a control character"),
+                );
+                return None;
+            }
+            actors.push(Actor {
+                sub: sub.clone(),
+                iss: None,
+            });
+        }
+        let delegation = Delegation::new(actors).map(Arc::new);
         match (spec.id, spec.issuer, peer) {
             (Some(id), Some(issuer), peer) => Some(Principal {
                 kind: spec.kind.unwrap_or(PrincipalKind::Service),
@@ -317,12 +335,14 @@ impl Checker<'_> {
                 scopes: spec.scopes,
                 claims: spec.claims.into(),
                 peer,
+                delegation,
             }),
             // DESIGN, Identities: with no token the caller is the peer, kind service,
             // and has no scopes or claims.
             (None, None, Some(peer))
                 if spec.scopes.is_empty()
                     && spec.claims.is_empty()
+                    && delegation.is_none()
                     && spec.kind.is_none_or(|k| k == PrincipalKind::Service) =>
             {
                 Some(Principal::from_peer(peer))
@@ -330,7 +350,7 @@ impl Checker<'_> {
             _ => {
                 let at = self.at_key("caller", start);
                 let message = format!(
-                    "case {name:?}: a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer) or an mTLS-only caller (`peer` alone)"
+                    "case {name:?}: a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors) or an mTLS-only caller (`peer` alone)"
                 );
                 self.error(at, message);
                 None

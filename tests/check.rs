@@ -38,8 +38,12 @@ async fn allowed_with_identity_headers_and_metadata() {
         a.header("x-hopwarden-rule"),
         Some("payments-read-transactions")
     );
-    // Client-sent x-hopwarden-* headers we do not overwrite are removed.
-    assert_eq!(a.headers_to_remove, vec!["x-hopwarden-extra".to_string()]);
+    // Client-sent x-hopwarden-* headers we do not overwrite are removed, and the
+    // actor header always is for a token that is not delegated.
+    assert_eq!(
+        a.headers_to_remove,
+        ["x-hopwarden-extra", "x-hopwarden-actor"]
+    );
     assert_eq!(
         a.metadata.get("decision").map(String::as_str),
         Some("allow")
@@ -347,7 +351,11 @@ rules:
     assert_eq!(a.status, 200, "{a:?}");
     // No principal: the client's copy is removed, not set to an empty value.
     assert_eq!(a.header("x-hopwarden-principal"), None, "{a:?}");
-    assert_eq!(a.headers_to_remove, ["x-hopwarden-principal"], "{a:?}");
+    assert_eq!(
+        a.headers_to_remove,
+        ["x-hopwarden-principal", "x-hopwarden-actor"],
+        "{a:?}"
+    );
     assert_eq!(a.header("x-hopwarden-principal-kind"), Some("anonymous"));
     assert_eq!(a.header("x-hopwarden-rule"), Some("public-health"));
     // The rule is for anonymous callers only; a token does not make it match.
@@ -1125,7 +1133,7 @@ async fn http_service_answers_over_http1_and_http2() {
         );
         assert_eq!(
             h("x-envoy-auth-headers-to-remove").as_deref(),
-            Some("x-hopwarden-extra")
+            Some("x-hopwarden-extra,x-hopwarden-actor")
         );
         let r = get("/gateway/ledger/transactions/42", &[]).await.unwrap();
         assert_eq!(r.status(), 401, "{name}");

@@ -87,9 +87,10 @@ failures:
 ---- ./ledger_test.yaml: payments refund is denied ----
 expected deny (rule payments-never-refund, status 403), got allow (rule payments-read-transactions, status 200)
 
-warning: 2 rule(s) not exercised by any case:
+warning: 3 rule(s) not exercised by any case:
   ledger: payments-never-refund
   ledger: reconciler-read-transactions
+  ledger: customer-bff-reads-for-customers
 
 1 passed, 1 failed
 ";
@@ -121,11 +122,15 @@ fn test_refuses_broken_suites_with_locations() {
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: {scopes: [ledger.read]}\n    request: {path: /x}\n    expect: {decision: deny}\n",
-            "ledger_test.yaml:4:5: case \"a\": a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer) or an mTLS-only caller (`peer` alone)",
+            "ledger_test.yaml:4:5: case \"a\": a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors) or an mTLS-only caller (`peer` alone)",
+        ),
+        (
+            "service: ledger\ncases:\n  - name: a\n    caller: {id: alice, issuer: i, actors: [\"\"]}\n    request: {path: /x}\n    expect: {decision: deny}\n",
+            "ledger_test.yaml:4:36: case \"a\": actor \"\" is empty or has a control character",
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: nobody\n    request: {path: /x}\n    expect: {decision: deny}\n",
-            "ledger_test.yaml:4:13: cases[0].caller: invalid value: string \"nobody\", expected `anonymous` or a mapping with kind, id, issuer, scopes, claims, peer",
+            "ledger_test.yaml:4:13: cases[0].caller: invalid value: string \"nobody\", expected `anonymous` or a mapping with kind, id, issuer, scopes, claims, peer, actors",
         ),
     ];
     for (suite, want) in cases {

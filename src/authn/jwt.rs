@@ -14,6 +14,7 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use super::delegation::{self, Delegation, DelegationError};
 use super::jwks::{IssuerKeys, KeyLookupError};
 use crate::config::Issuer;
 use crate::principal::{Claims, Principal, PrincipalKind, SpiffeId};
@@ -69,6 +70,9 @@ pub enum TokenError {
     /// The issuer's keys were never loaded.
     #[error("keys for the issuer are not loaded")]
     KeysUnavailable,
+    /// The delegation claims (`act`, `may_act`) are malformed or the chain is too deep.
+    #[error("bad delegation: {0}")]
+    Delegation(#[from] DelegationError),
 }
 
 impl TokenError {
@@ -89,6 +93,7 @@ impl TokenError {
             TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::MissingPrincipal => "missing_principal",
             TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::Delegation(e) => e.as_str(),
         }
     }
 }
@@ -114,6 +119,8 @@ pub struct VerifiedToken {
     pub leeway: Duration,
     /// All claims.
     pub claims: Claims,
+    /// The actors when the token is delegated (RFC 8693 `act`), outermost first.
+    pub delegation: Option<Arc<Delegation>>,
 }
 
 impl VerifiedToken {
@@ -139,6 +146,7 @@ impl VerifiedToken {
             scopes: self.scopes.clone(),
             claims: self.claims.clone(),
             peer,
+            delegation: self.delegation.clone(),
         }
     }
 }
@@ -247,6 +255,7 @@ impl JwtVerifier {
             .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
             .ok_or(TokenError::MissingPrincipal)?
             .to_string();
+        let delegation = delegation::parse(&claims, spec.max_delegation_depth)?.map(Arc::new);
         Ok(VerifiedToken {
             issuer: iss.to_string(),
             subject,
@@ -256,6 +265,7 @@ impl JwtVerifier {
             exp,
             leeway: spec.leeway,
             claims: Arc::new(claims),
+            delegation,
         })
     }
 }
@@ -615,6 +625,7 @@ mod tests {
             exp: numeric_date(&json!(exp)),
             leeway: Duration::from_secs(leeway),
             claims: Claims::default(),
+            delegation: None,
         };
         assert!(!token(1_000_000.25, 0).is_live(now));
         assert!(!token(1_000_000.75, 0).is_live(now));

@@ -21,6 +21,9 @@ pub const KIND_HEADER: &str = "x-hopwarden-principal-kind";
 pub const RULE_HEADER: &str = "x-hopwarden-rule";
 /// Set when only dry-run let the request through; says what enforcement would do.
 pub const DRY_RUN_HEADER: &str = "x-hopwarden-dry-run";
+/// The outermost actor of a delegated token (RFC 8693 `act.sub`), calling for the
+/// principal; removed when the token is not delegated.
+pub const ACTOR_HEADER: &str = "x-hopwarden-actor";
 
 /// Why a `CheckRequest` could not be read; answered with a clean deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +107,10 @@ pub fn to_check_response(
             }
             headers.push(overwrite(KIND_HEADER, allowed.kind_str()));
             headers.push(overwrite(RULE_HEADER, &allowed.rule));
+            let actor = allowed.actor();
+            if let Some(actor) = actor {
+                headers.push(overwrite(ACTOR_HEADER, actor));
+            }
             if let Some(would) = &allowed.dry_run {
                 headers.push(overwrite(DRY_RUN_HEADER, &would.header()));
             }
@@ -124,6 +131,11 @@ pub fn to_check_response(
             // would leave a client's forged copy in place), as the HTTP service does.
             if anonymous && !headers_to_remove.iter().any(|k| k == PRINCIPAL_HEADER) {
                 headers_to_remove.push(PRINCIPAL_HEADER.to_string());
+            }
+            // Likewise the actor: a request that is not delegated never goes upstream
+            // with one, whatever the client sent and whether or not we saw it.
+            if actor.is_none() && !headers_to_remove.iter().any(|k| k == ACTOR_HEADER) {
+                headers_to_remove.push(ACTOR_HEADER.to_string());
             }
             CheckResponse {
                 status: Some(rpc::Status {
@@ -213,6 +225,9 @@ fn metadata(outcome: &Outcome) -> Struct {
         Decision::Allow(a) => {
             put("principal", &a.principal);
             put("principal_kind", a.kind_str());
+            if let Some(actors) = &a.actors {
+                put("actors", &actors.chain());
+            }
             if let Some(would) = &a.dry_run {
                 put("dry_run", &would.header());
             }
@@ -262,7 +277,11 @@ mod tests {
             let response = to_check_response(&Outcome::allowed_for_tests(""), &req, options);
             let ok = ok(&response);
             assert_eq!(set(ok, PRINCIPAL_HEADER), None, "{ok:?}");
-            assert_eq!(ok.headers_to_remove, [PRINCIPAL_HEADER], "{ok:?}");
+            assert_eq!(
+                ok.headers_to_remove,
+                [PRINCIPAL_HEADER, ACTOR_HEADER],
+                "{ok:?}"
+            );
             assert!(set(ok, KIND_HEADER).is_some() && set(ok, RULE_HEADER).is_some());
         }
         // A caller with a principal gets it set, overwriting a client's copy.
@@ -280,7 +299,7 @@ mod tests {
             set(ok, PRINCIPAL_HEADER).as_deref(),
             Some("spiffe://x/payments")
         );
-        assert!(ok.headers_to_remove.is_empty(), "{ok:?}");
+        assert_eq!(ok.headers_to_remove, [ACTOR_HEADER], "{ok:?}");
     }
 
     #[test]

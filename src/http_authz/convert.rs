@@ -26,7 +26,9 @@ use hyper::{Response, StatusCode};
 
 use crate::decision::{Decision, DenyReason};
 use crate::engine::Outcome;
-use crate::grpc::convert::{DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER};
+use crate::grpc::convert::{
+    ACTOR_HEADER, DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER,
+};
 use crate::request::{AuthzRequest, Hop, OWN_HEADER_PREFIX};
 
 /// The response header that asks Envoy to remove request headers before the request
@@ -91,8 +93,8 @@ pub fn to_authz_request(parts: &hyper::http::request::Parts) -> Result<AuthzRequ
         path: path.to_string(),
         host,
         headers,
-        // Envoy's HTTP service does not say who the mTLS peer is; rules naming a
-        // SPIFFE principal do not match here.
+        // The HTTP service has no source principal: the peer comes from the header
+        // `http_peer_header` names, when configured (peer.rs), or not at all.
         source_principal: None,
         destination_principal: None,
     })
@@ -119,6 +121,7 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
                 (PRINCIPAL_HEADER, &allowed.principal),
                 (KIND_HEADER, allowed.kind_str()),
                 (RULE_HEADER, &allowed.rule),
+                (ACTOR_HEADER, allowed.actor().unwrap_or_default()),
             ];
             if let Some(would) = &dry_run {
                 headers.push((DRY_RUN_HEADER, would));
@@ -137,6 +140,10 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
                 .collect();
             if allowed.principal.is_empty() && !forged.contains(&PRINCIPAL_HEADER) {
                 forged.push(PRINCIPAL_HEADER);
+            }
+            // Likewise the actor of a request that is not delegated.
+            if allowed.actors.is_none() && !forged.contains(&ACTOR_HEADER) {
+                forged.push(ACTOR_HEADER);
             }
             let mut response = Response::new(Full::new(Bytes::new()));
             for (name, value) in headers {
@@ -263,7 +270,7 @@ mod tests {
         assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
         assert_eq!(header(&r, KIND_HEADER), Some("service"));
         assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
-        assert_eq!(header(&r, HEADERS_TO_REMOVE), None);
+        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some(ACTOR_HEADER));
 
         let forged = to_authz_request(&parts(
             "/gateway/ledger/t",
@@ -273,7 +280,10 @@ mod tests {
         let r = to_response(&allowed("spiffe://x/payments"), &forged);
         // Ours overwrite the client's copy; the name we do not set is removed.
         assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
-        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some("x-hopwarden-admin"));
+        assert_eq!(
+            header(&r, HEADERS_TO_REMOVE),
+            Some("x-hopwarden-admin,x-hopwarden-actor")
+        );
     }
 
     #[test]
@@ -283,7 +293,10 @@ mod tests {
         let r = to_response(&allowed(""), &forged);
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, PRINCIPAL_HEADER), None);
-        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some(PRINCIPAL_HEADER));
+        assert_eq!(
+            header(&r, HEADERS_TO_REMOVE),
+            Some("x-hopwarden-principal,x-hopwarden-actor")
+        );
         assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
     }
 

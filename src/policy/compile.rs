@@ -14,6 +14,7 @@ use super::PolicyError;
 use crate::principal::PrincipalKind;
 use crate::request::Hop;
 use crate::yaml::{self, Location};
+use delegated::Delegated;
 
 /// The compiled rules protecting one service.
 #[derive(Debug)]
@@ -145,6 +146,8 @@ pub struct Callers {
     pub(super) peers: Option<Vec<IdPattern>>,
     pub(super) kinds: Option<Vec<PrincipalKind>>,
     pub(super) issuers: Option<Vec<String>>,
+    /// Delegated tokens: direct callers only, any party, or actors acting for someone.
+    pub(super) delegated: Delegated,
 }
 
 /// One `to` clause: methods (if named) AND (a path OR a gRPC pattern, if named).
@@ -408,9 +411,9 @@ impl<'a> FileContext<'a> {
         } else {
             rule_ids.insert(id.clone(), self.file.to_path_buf());
         }
-        let from = self.from(index, &id, spec.from);
-        let anonymous = matches!(from, FromClause::Anonymous);
         let deny = spec.effect == Effect::Deny;
+        let from = self.from(index, &id, spec.from, deny);
+        let anonymous = matches!(from, FromClause::Anonymous);
         let to = spec.to.map(|clauses| self.to(index, &id, clauses, deny));
         if spec.mode == Mode::DryRun && spec.effect == Effect::Allow {
             let at = self.key_in(index, "mode");
@@ -471,7 +474,14 @@ impl<'a> FileContext<'a> {
         }
     }
 
-    fn from(&mut self, index: usize, id: &str, spec: Option<FromSpec>) -> FromClause {
+    /// `deny_like`: a deny rule or a limit (see [`delegated::Delegated`]).
+    fn from(
+        &mut self,
+        index: usize,
+        id: &str,
+        spec: Option<FromSpec>,
+        deny_like: bool,
+    ) -> FromClause {
         let Some(spec) = spec else {
             return FromClause::Unrestricted;
         };
@@ -480,6 +490,8 @@ impl<'a> FileContext<'a> {
                 || spec.peers.is_some()
                 || spec.kinds.is_some()
                 || spec.issuers.is_some()
+                || spec.acting_for.is_some()
+                || spec.delegated.is_some()
             {
                 let at = self.key_in(index, "anonymous");
                 let message = format!(
@@ -508,11 +520,13 @@ impl<'a> FileContext<'a> {
             let at = self.key_in(index, "issuers");
             self.error(at, format!("rule {id:?}: empty issuer {issuer:?}"));
         }
+        let delegated = self.delegated(index, id, spec.acting_for, spec.delegated, deny_like);
         FromClause::Authenticated(Callers {
             principals,
             peers,
             kinds: spec.kinds,
             issuers: spec.issuers,
+            delegated,
         })
     }
 
@@ -662,6 +676,7 @@ fn top_level_key(text: &str, key: &str) -> Option<usize> {
     })
 }
 
+pub mod delegated;
 mod limits;
 
 pub use limits::Limit;

@@ -208,7 +208,9 @@ impl FromClause {
             // A deny rule with no `from` is about everyone, anonymous callers
             // included; an allow rule never lets an anonymous caller in by omission.
             (FromClause::Unrestricted, None) => effect == Effect::Deny,
-            (FromClause::Unrestricted, Some(_)) => true,
+            // Delegated tokens: an allow rule takes them only where it says so
+            // (`from.acting_for`); a deny rule with no `from` is about everyone.
+            (FromClause::Unrestricted, Some(p)) => effect == Effect::Deny || p.delegation.is_none(),
             (FromClause::Anonymous, p) => p.is_none(),
             (FromClause::Authenticated(_), None) => false,
             (FromClause::Authenticated(callers), Some(p)) => callers.matches(p),
@@ -217,10 +219,7 @@ impl FromClause {
 }
 
 impl Callers {
-    /// Each named field must match; within a list, any entry.
-    pub fn matches(&self, p: &Principal) -> bool {
-        self.principal_ok(p) && self.peer_ok(p) && self.kind_ok(p) && self.issuer_ok(p)
-    }
+    // `matches`, which also reads delegation, is in compile/delegated.rs.
 
     pub(super) fn principal_ok(&self, p: &Principal) -> bool {
         self.principals

@@ -243,6 +243,12 @@ fn conditions(rule: &Rule, input: &EvalInput<'_>) -> Vec<ConditionTrace> {
 }
 
 fn callers_conditions(callers: &Callers, p: &Principal, out: &mut Vec<ConditionTrace>) {
+    if !super::explain_delegated::trace(callers, p, out, callers_fields) {
+        callers_fields(callers, p, out);
+    }
+}
+
+fn callers_fields(callers: &Callers, p: &Principal, out: &mut Vec<ConditionTrace>) {
     if let Some(list_) = callers.principals() {
         let ok = callers.principal_ok(p);
         let detail = match list_.iter().find(|pat| pat.matches(&p.id)) {
@@ -497,6 +503,9 @@ rules:
             format!("reconciler-read-transactions false from.peers: no mTLS peer; want one of [\"{TD}/ledger/sa/reconciler\"]"),
             "reconciler-read-transactions false to: no clause matched (POST /refunds)".to_string(),
             "reconciler-read-transactions false when.hop: gateway != mesh".to_string(),
+            "customer-bff-reads-for-customers false from.acting_for: the token is not delegated; the rule is about delegated calls only".to_string(),
+            "customer-bff-reads-for-customers false to: no clause matched (POST /refunds)".to_string(),
+            "customer-bff-reads-for-customers false scopes: missing ledger.read".to_string(),
         ];
         assert_eq!(lines, want);
         assert_eq!(e.verdict.evaluation, Evaluation::NoMatch);

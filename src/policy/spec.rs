@@ -132,6 +132,26 @@ pub struct FromSpec {
     pub issuers: Option<Vec<String>>,
     /// `true`: the rule is about callers with no credential at all.
     pub anonymous: Option<bool>,
+    /// The rule is about delegated calls (RFC 8693 `act`): the fields above match the
+    /// outermost actor, these match the token's subject (docs/delegation.md).
+    pub acting_for: Option<ActingForSpec>,
+    /// `true`: only delegated calls; `false`: only direct ones. Omitted: allow rules
+    /// take direct calls only unless `acting_for` is named; deny rules and limits
+    /// take both, matching any party of the chain.
+    pub delegated: Option<bool>,
+}
+
+/// `from.acting_for`: whom the actor is acting for (the token's subject).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActingForSpec {
+    /// Subject principal ids, exact or `*`-per-segment globs.
+    pub principals: Option<Vec<String>>,
+    /// The subject's kind: `service` and/or `user`.
+    pub kinds: Option<Vec<PrincipalKind>>,
+    /// The most actors the chain may hold for this rule to match (the issuer's
+    /// `max_delegation_depth` bounds it first).
+    pub max_depth: Option<usize>,
 }
 
 /// One `to` clause: each named field must match.

@@ -5,7 +5,7 @@
 //! both; `Disjoint` only when none can.
 
 use crate::policy::{
-    ActionClause, Callers, FromClause, GrpcPattern, IdPattern, PathPattern, Rule, When,
+    ActionClause, Callers, Delegated, FromClause, GrpcPattern, IdPattern, PathPattern, Rule, When,
 };
 
 /// How a deny rule's matches relate to an allow rule's.
@@ -93,6 +93,27 @@ fn from_relation(deny: &FromClause, allow: &FromClause) -> Relation {
         .and(ids(deny.peers(), allow.peers()))
         .and(same(deny.kinds(), allow.kinds()))
         .and(same(deny.issuers(), allow.issuers()))
+        .and(delegation_relation(deny.delegated(), allow.delegated()))
+}
+
+/// Whether the delegated tokens a deny rule takes meet the ones an allow rule takes
+/// (compile/delegated.rs). A deny rule that is about any party covers, as far as
+/// delegation goes: its fields meet the allow rule's wherever those are matched.
+fn delegation_relation(deny: &Delegated, allow: &Delegated) -> Relation {
+    match (deny, allow) {
+        (Delegated::AnyParty, _) | (Delegated::Direct, Delegated::Direct) => Relation::Covers,
+        (Delegated::Direct, _) | (Delegated::ActingFor(_), Delegated::Direct) => Relation::Disjoint,
+        (Delegated::ActingFor(_), Delegated::AnyParty) => Relation::Overlaps,
+        (Delegated::ActingFor(d), Delegated::ActingFor(_)) => {
+            let any_subject =
+                d.principals().is_none() && d.kinds().is_none() && d.max_depth().is_none();
+            if any_subject {
+                Relation::Covers
+            } else {
+                Relation::Overlaps
+            }
+        }
+    }
 }
 
 fn same<T: PartialEq>(deny: Option<&[T]>, allow: Option<&[T]>) -> Relation {

@@ -62,6 +62,10 @@ pub struct PrincipalSpec {
     pub claims: Map<String, Value>,
     /// The mTLS peer's SPIFFE ID.
     pub peer: Option<String>,
+    /// A delegated token's actors (RFC 8693 `act.sub`), outermost (the caller)
+    /// first: `[customer-bff]` is the BFF calling for this principal.
+    #[serde(default)]
+    pub actors: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for CallerSpec {
@@ -70,7 +74,9 @@ impl<'de> Deserialize<'de> for CallerSpec {
         impl<'de> Visitor<'de> for CallerVisitor {
             type Value = CallerSpec;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`anonymous` or a mapping with kind, id, issuer, scopes, claims, peer")
+                f.write_str(
+                    "`anonymous` or a mapping with kind, id, issuer, scopes, claims, peer, actors",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<CallerSpec, E> {
                 match v {

@@ -169,7 +169,7 @@ impl FileContext<'_> {
                 self.error(at_id, format!("duplicate limit id {id:?}"));
             }
             let before = self.errors.len();
-            let from = self.from(index, &id, spec.from);
+            let from = self.from(index, &id, spec.from, true);
             let anonymous = matches!(from, FromClause::Anonymous);
             let to = spec.to.map(|clauses| self.to(index, &id, clauses, true));
             let when = match spec.when {
