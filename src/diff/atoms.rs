@@ -165,7 +165,7 @@ fn callers(rule: &Rule) -> Vec<Caller> {
         peers: None,
         kinds,
         issuers: sorted(c.issuers()),
-        other: c.other_conditions(),
+        other: c.other_conditions(rule.effect() == Effect::Deny),
     };
     match (c.principals(), c.peers()) {
         (Some(principals), peers) => {

@@ -1,6 +1,7 @@
 //! Read-only views of compiled rules, for tools that describe policies
 //! (`hopwarden explain`, `hopwarden review`). Evaluation does not use them.
 
+use super::compile::delegated::Delegated;
 use super::compile::{ActionClause, Callers, When};
 use super::matcher::{GrpcPattern, IdPattern, PathPattern};
 use crate::principal::PrincipalKind;
@@ -67,14 +68,23 @@ impl Callers {
     /// opaque fingerprint: empty when there are none. Tools that compare rules
     /// (`hopwarden diff`) cannot reason about a field they do not know, so they treat
     /// two different fingerprints as two different sets of callers.
-    // `..default()` is for the fields added after these four: they keep their default.
+    // `..default()` is for fields added later: they keep their default. `deny_like`:
+    // the rule is a deny rule, whose default delegation differs from an allow rule's.
     #[allow(clippy::needless_update)]
-    pub fn other_conditions(&self) -> String {
+    pub fn other_conditions(&self, deny_like: bool) -> String {
+        // What a rule says about delegation when it says nothing: deny rules and
+        // limits match any party of a delegated token, allow rules direct callers only.
+        let role_default = if deny_like {
+            Delegated::AnyParty
+        } else {
+            Delegated::Direct
+        };
         let known = Callers {
             principals: self.principals.clone(),
             peers: self.peers.clone(),
             kinds: self.kinds.clone(),
             issuers: self.issuers.clone(),
+            delegated: role_default,
             ..Callers::default()
         };
         let (all, known) = (format!("{self:?}"), format!("{known:?}"));
