@@ -239,7 +239,8 @@ fn set_covers<T: PartialEq>(a: &Option<Vec<T>>, b: &Option<Vec<T>>) -> bool {
     }
 }
 
-/// Opaque fingerprints: none covers any; otherwise only an equal one.
+/// Opaque fingerprints of `when` conditions: none covers any (a condition only
+/// narrows); otherwise only an equal one.
 fn other_covers(a: &str, b: &str) -> bool {
     a.is_empty() || a == b
 }
@@ -254,7 +255,9 @@ impl CallerConditions {
         peers
             && set_covers(&self.kinds, &other.kinds)
             && set_covers(&self.issuers, &other.issuers)
-            && other_covers(&self.other, &other.other)
+            // Not a narrowing: delegation (acting_for, delegated) changes which tokens
+            // the caller is matched in, so only equal conditions cover each other.
+            && self.other == other.other
     }
 
     fn describe(&self) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! Read-only views of compiled rules, for tools that describe policies
 //! (`hopwarden explain`, `hopwarden review`). Evaluation does not use them.
 
-use super::compile::delegated::Delegated;
+use super::compile::delegated::{ActingFor, Delegated};
 use super::compile::{ActionClause, Callers, When};
 use super::matcher::{GrpcPattern, IdPattern, PathPattern};
 use crate::principal::PrincipalKind;
@@ -79,20 +79,27 @@ impl Callers {
         } else {
             Delegated::Direct
         };
+        let mut out = Vec::new();
+        if format!("{:?}", self.delegated) != format!("{role_default:?}") {
+            out.push(match &self.delegated {
+                Delegated::Direct => "direct callers only".to_string(),
+                Delegated::AnyParty => "any party of a delegated token".to_string(),
+                Delegated::ActingFor(a) => acting_for(a),
+            });
+        }
         let known = Callers {
             principals: self.principals.clone(),
             peers: self.peers.clone(),
             kinds: self.kinds.clone(),
             issuers: self.issuers.clone(),
-            delegated: role_default,
+            delegated: self.delegated.clone(),
             ..Callers::default()
         };
         let (all, known) = (format!("{self:?}"), format!("{known:?}"));
-        if all == known {
-            String::new()
-        } else {
-            all
+        if all != known {
+            out.push(all);
         }
+        out.join(", ")
     }
 }
 
@@ -113,5 +120,26 @@ impl When {
         } else {
             all
         }
+    }
+}
+
+/// `acting_for` in words, for reports: "acting for principals a, b; kinds user".
+fn acting_for(a: &ActingFor) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &a.principals {
+        let ids: Vec<&str> = p.iter().map(IdPattern::as_str).collect();
+        parts.push(format!("principals {}", ids.join(", ")));
+    }
+    if let Some(k) = &a.kinds {
+        let kinds: Vec<&str> = k.iter().map(|k| k.as_str()).collect();
+        parts.push(format!("kinds {}", kinds.join(", ")));
+    }
+    if let Some(d) = a.max_depth {
+        parts.push(format!("max depth {d}"));
+    }
+    if parts.is_empty() {
+        "acting for anyone".to_string()
+    } else {
+        format!("acting for {}", parts.join("; "))
     }
 }

@@ -20,7 +20,7 @@ use crate::principal::{Principal, PrincipalKind};
 pub const ACTOR_KIND: PrincipalKind = PrincipalKind::Service;
 
 /// How a `from` block treats delegated tokens.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub enum Delegated {
     /// Direct callers only: a delegated token never matches. Allow rules without
     /// `acting_for`, and `delegated: false`.
@@ -35,7 +35,7 @@ pub enum Delegated {
 }
 
 /// `from.acting_for` compiled: conditions on the token's subject; `None` = not named.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ActingFor {
     pub(in crate::policy) principals: Option<Vec<IdPattern>>,
     pub(in crate::policy) kinds: Option<Vec<PrincipalKind>>,
