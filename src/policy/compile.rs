@@ -32,6 +32,8 @@ pub struct ServicePolicy {
     /// Principal and peer ids the rules and limits name literally: the callers with
     /// buckets of their own.
     pub(super) named_callers: HashSet<Arc<str>>,
+    /// The rules by caller, to evaluate without scanning them all (`None`: scan).
+    pub(super) index: Option<super::index::PolicyIndex>,
 }
 
 impl ServicePolicy {
@@ -373,6 +375,7 @@ impl<'a> FileContext<'a> {
             .collect();
         header_inputs.sort();
         header_inputs.dedup();
+        let index = super::index::PolicyIndex::build(&deny, &allow);
         ServicePolicy {
             service: spec.service,
             audiences,
@@ -380,6 +383,7 @@ impl<'a> FileContext<'a> {
             deny,
             allow,
             header_inputs,
+            index,
             limits,
             named_callers,
         }
