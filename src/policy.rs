@@ -12,6 +12,7 @@ use std::sync::Arc;
 mod compile;
 mod eval;
 mod explain;
+mod index;
 mod inspect;
 mod matcher;
 mod spec;
