@@ -12,6 +12,7 @@ use std::sync::Arc;
 mod compile;
 mod eval;
 mod explain;
+mod incremental;
 mod index;
 mod inspect;
 mod matcher;
@@ -29,6 +30,8 @@ use crate::yaml::{Location, YamlError};
 #[derive(Debug, Default)]
 pub struct PolicySet {
     services: BTreeMap<String, Arc<ServicePolicy>>,
+    /// The files the set was loaded from, so a reload recompiles only what changed.
+    files: std::collections::HashMap<PathBuf, incremental::SourceFile>,
 }
 
 impl PolicySet {
@@ -38,6 +41,13 @@ impl PolicySet {
     /// and `..<timestamp>` entries beside the real files) and `*_test.yaml` /
     /// `*_test.yml` (policy test suites live beside the policies).
     pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+        Self::reload_dir(dir, &PolicySet::empty())
+    }
+
+    /// Loads `dir` as [`PolicySet::load_dir`] does, compiling only the files whose
+    /// contents differ from those `previous` was loaded from; every other service
+    /// keeps `previous`'s compiled policy (and so its cached decisions).
+    pub fn reload_dir(dir: &Path, previous: &PolicySet) -> Result<PolicySet, PolicyErrors> {
         let fail = |message: String| {
             PolicyErrors(vec![PolicyError {
                 location: Some(Location::file_only(dir)),
@@ -72,7 +82,7 @@ impl PolicySet {
                 }),
             }
         }
-        match (Self::from_sources(&sources), errors.is_empty()) {
+        match (Self::compile_reusing(&sources, previous), errors.is_empty()) {
             (Ok(set), true) => Ok(set),
             (Ok(_), false) => Err(PolicyErrors(errors)),
             (Err(PolicyErrors(more)), _) => {
@@ -86,7 +96,10 @@ impl PolicySet {
     /// Compiles policies from `(file, contents)` pairs, in the given order.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
         compile::compile_sources(sources)
-            .map(|services| PolicySet { services })
+            .map(|services| PolicySet {
+                services,
+                files: Default::default(),
+            })
             .map_err(PolicyErrors)
     }
 

@@ -34,6 +34,8 @@ pub struct ServicePolicy {
     pub(super) named_callers: HashSet<Arc<str>>,
     /// The rules by caller, to evaluate without scanning them all (`None`: scan).
     pub(super) index: Option<super::index::PolicyIndex>,
+    /// Unique per compiled policy; see [`ServicePolicy::revision`].
+    pub(super) revision: u64,
 }
 
 impl ServicePolicy {
@@ -386,6 +388,7 @@ impl<'a> FileContext<'a> {
             allow,
             header_inputs,
             index,
+            revision: super::incremental::next_revision(),
             limits,
             named_callers,
         }
