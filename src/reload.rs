@@ -237,6 +237,7 @@ fn fingerprint(dir: &Path) -> Option<Fingerprint> {
 /// Reloads every policy file now; publishes the set only if all of it is valid.
 pub async fn reload_now(engine: &Engine, dir: PathBuf) -> bool {
     let shown = dir.display().to_string();
+    let started = std::time::Instant::now();
     // Only changed files are compiled; unchanged services keep their compiled
     // policies and so their cached decisions (see policy/incremental.rs).
     let previous = engine.policies();
@@ -245,7 +246,8 @@ pub async fn reload_now(engine: &Engine, dir: PathBuf) -> bool {
         Ok(Ok(set)) => {
             let services = set.len();
             let generation = engine.publish(set);
-            tracing::info!(dir = %shown, generation, services, "policies reloaded");
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(dir = %shown, generation, services, elapsed_ms, "policies reloaded");
             true
         }
         Ok(Err(errors)) => {

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Writes a policy estate for bench/scale.sh.
 
-estate.py DIR --services N --rules R [--match first|last] [--service-prefix svc]
+estate.py DIR --services N --rules R [--match first|last]
 
-Each service `svc{n}` (or `ledger` when N is 1, the service the loadgen's tokens are
-for) gets R allow rules, one caller each, the least-privilege shape a shared platform
+Each service (`ledger`, the one the loadgen checks, then `svc00001`...) gets R
+allow rules, one caller each, the least-privilege shape a shared platform
 API has: `from.principals` names one caller, `to` names GET on one path, and a scope.
 One of them is the benchmark caller's (payments, what `loadgen mint` puts in
 `sub`): the first rule or the last (the worst case for a scan).
@@ -20,7 +20,8 @@ p.add_argument("--match", choices=["first", "last"], default="last")
 a = p.parse_args()
 os.makedirs(a.dir, exist_ok=True)
 for s in range(a.services):
-    name = "ledger" if a.services == 1 else f"svc{s:05d}"
+    # The first service is `ledger`, the one the loadgen checks.
+    name = "ledger" if s == 0 else f"svc{s:05d}"
     lines = [f"service: {name}", f"audiences: [ledger, {name}]", "rules:"]
     match_at = 0 if a.match == "first" else a.rules - 1
     for r in range(a.rules):
