@@ -60,6 +60,7 @@ issuers:
     jwks_file: {WORK}/jwks.json
 cache: {{max_entries: 200000, token_max_entries: 200000, ttl: 60s, deny_ttl: 5s}}
 log: {{format: json, level: info}}
+decision_log: {{to: /dev/null}}
 worker_threads: 1
 admin: {{listen: "127.0.0.1:{admin}"}}
 """)
@@ -250,7 +251,8 @@ def reload():
             time.sleep(0.1)
             for line in open(s.logpath):
                 if "policies reloaded" in line:
-                    elapsed = json.loads(line).get("fields", {}).get("elapsed_ms")
+                    record = json.loads(line)
+                    elapsed = record.get("elapsed_ms", record.get("fields", {}).get("elapsed_ms"))
         if elapsed is None:
             raise SystemExit(f"no reload seen; see {s.logpath}")
         h = s.run("--token", TOKEN, "--concurrency", str(CONCURRENCY), "--requests", str(CHECKS))
