@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(err, PolicySet::from_sources(&[a.clone(), bad]).unwrap_err());
         // A removed file's service is gone; a renamed file with the same contents is
         // compiled again (its path is part of its error messages).
-        let third = PolicySet::compile_reusing(&[b2.clone()], &second).unwrap();
+        let third = PolicySet::compile_reusing(std::slice::from_ref(&b2), &second).unwrap();
         assert!(third.get("a").is_none());
         let moved = source("z.yaml", &a.1);
         let fourth = PolicySet::compile_reusing(&[moved], &second).unwrap();
