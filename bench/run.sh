@@ -87,7 +87,8 @@ cargo build --profile "$BENCH_PROFILE" --locked --bin hopwarden --example loadge
 bin_dir=$root/target/$([ "$BENCH_PROFILE" = dev ] && echo debug || echo "$BENCH_PROFILE")
 hopwarden=$bin_dir/hopwarden
 loadgen=$bin_dir/examples/loadgen
-"$envoy" --version | head -1
+# awk reads all of it: `head -1` closing the pipe early failed the run (SIGPIPE, pipefail).
+"$envoy" --version | awk 'NF && !shown { print; shown = 1 }'
 
 echo "== keys and tokens (minted now)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
