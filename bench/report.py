@@ -18,6 +18,7 @@ SETUPS = {
     "d": "d: ext_authz gRPC -> hopwarden",
     "e": "e: ext_authz gRPC -> no-op",
     "f": "f: ext_authz HTTP -> hopwarden",
+    "g": "g: ext_authz HTTP -> no-op",
 }
 # The setups the Envoy targets are for: hopwarden on each of Envoy's two protocols.
 HOPWARDEN = {"d": "gRPC", "f": "HTTP"}
@@ -150,6 +151,9 @@ def main():
         f = get(scenario, "f", "throughput")
         if d and f:
             info.append(f"{SCENARIOS[scenario]}: f (HTTP) throughput = {f / d:.2f}x d (gRPC)")
+        g = get(scenario, "g", "throughput")
+        if f and g:
+            info.append(f"{SCENARIOS[scenario]}: f throughput = {f / g:.2f}x g (the HTTP no-op server)")
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
     rounds = max((r["rounds"] for r in alone), default=0)
     if hit and floor_sat:
@@ -249,7 +253,7 @@ def main():
 
 def chart(envoy, envoy_version):
     """Grouped bars: throughput (left panel) and p99 (right panel) per scenario and setup."""
-    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896", "f": "#2ca02c"}
+    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896", "f": "#2ca02c", "g": "#98df8a"}
     width, height, pad = 960, 420, 60
     panel_w = (width - 3 * pad) / 2
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']

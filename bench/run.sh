@@ -21,6 +21,9 @@
 #   e  ext_authz -> a server that allows everything unread (`loadgen allow-all`, with
 #      hopwarden's transport): what the hop costs before any server does any work
 #   f  ext_authz over Envoy's HTTP service -> hopwarden's `http_listen`, over HTTP/2
+#   g  ext_authz over Envoy's HTTP service -> a server that allows everything unread
+#      (`loadgen allow-all-http`, on hopwarden's HTTP transport): the floor for f as e
+#      is for d
 # Envoy's instructions per request (callgrind) for a, b, d, e and f: a figure the VM's
 # noise does not move.
 set -euo pipefail
@@ -30,12 +33,13 @@ work=$root/bench/work
 results=$root/bench/results
 hw_pid=
 noop_pid=
+noop_http_pid=
 declare -A envoy_pid=()
 shm=
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cleanup() {
   # Only the processes still current: earlier pids may have been reused.
-  for p in $hw_pid $noop_pid "${envoy_pid[@]}"; do stop "$p"; done
+  for p in $hw_pid $noop_pid $noop_http_pid "${envoy_pid[@]}"; do stop "$p"; done
   [ -z "$shm" ] || rm -rf "$shm"
 }
 trap cleanup EXIT
@@ -51,9 +55,9 @@ for _ in range(int(sys.argv[1])):
     held.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
-read -r hw_port hw_http_port hw_admin_port noop_port \
-  port_a port_b port_c port_d port_e port_f \
-  admin_a admin_b admin_c admin_d admin_e admin_f <<<"$(free_ports 16)"
+read -r hw_port hw_http_port hw_admin_port noop_port noop_http_port \
+  port_a port_b port_c port_d port_e port_f port_g \
+  admin_a admin_b admin_c admin_d admin_e admin_f admin_g <<<"$(free_ports 19)"
 shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
 # When the run started: the report's date, even when it is regenerated later.
@@ -83,7 +87,8 @@ cargo build --profile "$BENCH_PROFILE" --locked --bin hopwarden --example loadge
 bin_dir=$root/target/$([ "$BENCH_PROFILE" = dev ] && echo debug || echo "$BENCH_PROFILE")
 hopwarden=$bin_dir/hopwarden
 loadgen=$bin_dir/examples/loadgen
-"$envoy" --version | head -1
+# awk reads all of it: `head -1` closing the pipe early failed the run (SIGPIPE, pipefail).
+"$envoy" --version | awk 'NF && !shown { print; shown = 1 }'
 
 echo "== keys and tokens (minted now)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
@@ -168,14 +173,29 @@ start_noop() {
   return 1
 }
 
-setups=(a b c d e f)
-declare -A port=([a]=$port_a [b]=$port_b [c]=$port_c [d]=$port_d [e]=$port_e [f]=$port_f)
-declare -A admin=([a]=$admin_a [b]=$admin_b [c]=$admin_c [d]=$admin_d [e]=$admin_e [f]=$admin_f)
-declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http)
+start_noop_http() {
+  [ -z "$noop_http_pid" ] || stop "$noop_http_pid"
+  : > "$work/noop-http.log"
+  "$loadgen" allow-all-http --listen "127.0.0.1:$noop_http_port" 2>"$work/noop-http.log" &
+  noop_http_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q listening "$work/noop-http.log" && return 0
+    kill -0 "$noop_http_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "error: loadgen allow-all-http did not start on 127.0.0.1:$noop_http_port; its log:" >&2
+  tail -5 "$work/noop-http.log" >&2
+  return 1
+}
+
+setups=(a b c d e f g)
+declare -A port=([a]=$port_a [b]=$port_b [c]=$port_c [d]=$port_d [e]=$port_e [f]=$port_f [g]=$port_g)
+declare -A admin=([a]=$admin_a [b]=$admin_b [c]=$admin_c [d]=$admin_d [e]=$admin_e [f]=$admin_f [g]=$admin_g)
+declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http [g]=g-noop-http)
 envoy_config() { # setup -> $work/envoy-SETUP.yaml
   local s=$1
   sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
-      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/$hw_port/" -e "s/__HOPWARDEN_HTTP__/$hw_http_port/" -e "s/__NOOP__/$noop_port/" \
+      -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/$hw_port/" -e "s/__HOPWARDEN_HTTP__/$hw_http_port/" -e "s/__NOOP__/$noop_port/" -e "s/__NOOP_HTTP__/$noop_http_port/" \
       "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
 }
 start_envoy() { # setup
@@ -209,7 +229,7 @@ print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": 
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
   "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
   "envoy_cpu_us_per_req": per_req(envoy_ticks),
-  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e", "f") else None}))
+  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e", "f", "g") else None}))
 EOF
 }
 
@@ -219,9 +239,10 @@ run_wrk() { # setup scenario rep
   local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
   local e0 h0
-  # The authorization server's CPU: hopwarden for d and f, the no-op server for e.
+  # The authorization server's CPU: hopwarden for d and f, the no-op servers for e and g.
   local server=$hw_pid
   [ "$s" != e ] || server=$noop_pid
+  [ "$s" != g ] || server=$noop_http_pid
   e0=$(ticks "${envoy_pid[$s]}"); h0=$(ticks "$server")
   if [ "$scenario" = reused ]; then
     wrk "${args[@]}" -H "authorization: Bearer $token" "http://127.0.0.1:${port[$s]}/transactions/42" > "$out"
@@ -235,6 +256,7 @@ run_wrk() { # setup scenario rep
 echo "== Envoy: ${setups[*]} interleaved, $REPS repetitions, ${DURATION}s each, $CONNS connections"
 start_hopwarden
 start_noop
+start_noop_http
 for s in "${setups[@]}"; do start_envoy "$s"; done
 # Sanity: every setup allows the good token; those that check deny a missing one.
 for s in "${setups[@]}"; do
@@ -242,7 +264,7 @@ for s in "${setups[@]}"; do
   no=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$s]}/transactions/42")
   echo "  $s: with token $ok, without $no"
   [ "$ok" = 200 ] || { echo "error: setup $s (Envoy on 127.0.0.1:${port[$s]}) refused a valid token" >&2; exit 1; }
-  [ "$s" = a ] || [ "$s" = e ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
+  [ "$s" = a ] || [ "$s" = e ] || [ "$s" = g ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
 done
 [ -z "$SETUP_ONLY" ] || { echo "== SETUP_ONLY: every setup answers as it should; stopping"; exit 0; }
 for scenario in reused rotating; do
@@ -345,6 +367,7 @@ for round in $(seq 1 "$ALONE_REPS"); do
   echo " round $round"
   # Nothing else of ours running while the no-op server is measured.
   [ -z "$hw_pid" ] || { stop "$hw_pid"; hw_pid=; }
+  [ -z "$noop_http_pid" ] || { stop "$noop_http_pid"; noop_http_pid=; }
   server_addr=127.0.0.1:$noop_port server_pid=$noop_pid
   "$loadgen" run --addr "$server_addr" --token "$token" --requests 5000 >/dev/null # warm-up, as for hopwarden
   alone "$round" floor-grpc-saturation --token "$token" --concurrency 64 --requests "$n_sat"

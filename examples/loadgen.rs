@@ -9,6 +9,7 @@
 //!              [--server-pid PID] [--label NAME]
 //! loadgen floor --rate R --seconds S [--concurrency N] [--label NAME]
 //! loadgen allow-all --listen ADDR
+//! loadgen allow-all-http --listen ADDR
 //! ```
 //!
 //! `run` prints one JSON line: checks, errors, throughput, latency percentiles (µs,
@@ -59,7 +60,7 @@ fn main() -> Result<(), Error> {
             "threads",
         ],
         "floor" => &["rate", "seconds", "concurrency", "label"],
-        "allow-all" => &["listen"],
+        "allow-all" | "allow-all-http" => &["listen"],
         other => return Err(format!("unknown command {other:?}").into()),
     };
     let opts = Opts::parse(rest, known)?;
@@ -80,6 +81,10 @@ fn main() -> Result<(), Error> {
             .enable_all()
             .build()?
             .block_on(allow_all(&opts.str("listen", "127.0.0.1:0"))),
+        "allow-all-http" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(allow_all_http(&opts.str("listen", "127.0.0.1:0"))),
         _ => unreachable!("checked above"),
     }
 }
@@ -386,6 +391,43 @@ async fn floor(o: &Opts) -> Result<(), Error> {
 /// it (tonic's generated code still decodes it), with hopwarden's transport (`hopwarden::listener`). The benchmark puts it
 /// behind Envoy (setup e) and under `run` (the gRPC floor): what it costs is what any
 /// ext_authz server costs here before it does any work.
+/// Envoy's HTTP ext_authz service answered 200 to everything, the request unread, on
+/// hopwarden's own HTTP transport (as `http_listen` serves it): the floor for setup
+/// (f) as `allow-all` is for (d).
+async fn allow_all_http(listen: &str) -> Result<(), Error> {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+    use tonic::codegen::{http, Service};
+
+    #[derive(Clone)]
+    struct AllowAll;
+    impl<B> Service<http::Request<B>> for AllowAll {
+        type Response = http::Response<http_body_util::Empty<hyper::body::Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<B>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(http_body_util::Empty::new())))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    eprintln!("allow-all-http: listening on {}", listener.local_addr()?);
+    use hopwarden::listener::{serve, Bounds, Protocol};
+    serve(
+        Protocol::Auto,
+        listener,
+        AllowAll,
+        &Bounds::default(),
+        None,
+        std::future::pending(),
+    )
+    .await;
+    Ok(())
+}
+
 async fn allow_all(listen: &str) -> Result<(), Error> {
     use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
         Authorization, AuthorizationServer,

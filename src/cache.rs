@@ -244,13 +244,14 @@ impl DecisionCache {
 
 /// The decision cache key: a digest of every input a rule of this service can read.
 ///
-/// Generation (a reload changes rules), the issuers' key removals (a withdrawn key
+/// The policy's revision (a reload that changes this service's rules changes it;
+/// one that changes only other services' does not), the issuers' key removals (a withdrawn key
 /// must not keep allowing), service, hop, method, canonical path, gRPC
 /// method, the whole `authorization` header (the token decides principal, scopes and
 /// claims), the mTLS peer, and the values of the headers named in `when.headers`.
 /// Each field is length-prefixed so no two different inputs share an encoding.
 pub fn decision_key(
-    generation: u64,
+    revision: u64,
     key_removals: u64,
     policy: &ServicePolicy,
     hop: Hop,
@@ -266,7 +267,7 @@ pub fn decision_key(
             h.update(b);
         }
     };
-    field(Some(&generation.to_le_bytes()));
+    field(Some(&revision.to_le_bytes()));
     field(Some(&key_removals.to_le_bytes()));
     field(Some(policy.service().as_bytes()));
     field(Some(hop.as_str().as_bytes()));

@@ -32,7 +32,8 @@ use crate::telemetry::{CheckLabels, Metrics};
 pub struct Policies {
     /// The rules.
     pub set: PolicySet,
-    /// Increases with every successful reload; part of every decision cache key.
+    /// Increases with every successful reload (metrics and logs; the decision cache
+    /// keys on each service policy's own revision instead).
     pub generation: u64,
 }
 
@@ -212,7 +213,9 @@ impl Engine {
         };
         // Read before the evaluation uses any key (see jwks.rs).
         let removals = self.authn.key_removals();
-        let key = decision_key(policies.generation, removals, policy, hop, &action, req);
+        // The policy's revision, not the set's generation: a reload that did not
+        // change this service's policy keeps its cached decisions.
+        let key = decision_key(policy.revision(), removals, policy, hop, &action, req);
         let hit = self.decisions.get(&key, now);
         self.metrics.cache("decision", hit.is_some());
         if let Some(decision) = hit {

@@ -13,6 +13,8 @@ mod compile;
 mod eval;
 mod explain;
 mod explain_delegated;
+mod incremental;
+mod index;
 mod inspect;
 mod matcher;
 mod spec;
@@ -32,6 +34,8 @@ use crate::yaml::{Location, YamlError};
 #[derive(Debug, Default)]
 pub struct PolicySet {
     services: BTreeMap<String, Arc<ServicePolicy>>,
+    /// The files the set was loaded from, so a reload recompiles only what changed.
+    files: std::collections::HashMap<PathBuf, incremental::SourceFile>,
 }
 
 impl PolicySet {
@@ -41,6 +45,13 @@ impl PolicySet {
     /// and `..<timestamp>` entries beside the real files) and `*_test.yaml` /
     /// `*_test.yml` (policy test suites live beside the policies).
     pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+        Self::reload_dir(dir, &PolicySet::empty())
+    }
+
+    /// Loads `dir` as [`PolicySet::load_dir`] does, compiling only the files whose
+    /// contents differ from those `previous` was loaded from; every other service
+    /// keeps `previous`'s compiled policy (and so its cached decisions).
+    pub fn reload_dir(dir: &Path, previous: &PolicySet) -> Result<PolicySet, PolicyErrors> {
         let fail = |message: String| {
             PolicyErrors(vec![PolicyError {
                 location: Some(Location::file_only(dir)),
@@ -75,7 +86,7 @@ impl PolicySet {
                 }),
             }
         }
-        match (Self::from_sources(&sources), errors.is_empty()) {
+        match (Self::compile_reusing(&sources, previous), errors.is_empty()) {
             (Ok(set), true) => Ok(set),
             (Ok(_), false) => Err(PolicyErrors(errors)),
             (Err(PolicyErrors(more)), _) => {
@@ -89,7 +100,10 @@ impl PolicySet {
     /// Compiles policies from `(file, contents)` pairs, in the given order.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyErrors> {
         compile::compile_sources(sources)
-            .map(|services| PolicySet { services })
+            .map(|services| PolicySet {
+                services,
+                files: Default::default(),
+            })
             .map_err(PolicyErrors)
     }
 

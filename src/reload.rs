@@ -14,7 +14,8 @@
 //! `hopwarden_policy_watch_errors_total`, never a stop: the directory is also polled
 //! every `policy_poll_interval` (a cheap listing: names, sizes, modification times),
 //! which reloads whatever the watch missed and re-arms it. Serving and readiness are
-//! not affected. A reload compiles the whole set; if any file is invalid the last good
+//! not affected. A reload compiles the files that changed and checks the whole set
+//! again (a service or rule id defined twice); if any file is invalid the last good
 //! set keeps serving and the errors are logged.
 
 use std::path::{Path, PathBuf};
@@ -236,11 +237,17 @@ fn fingerprint(dir: &Path) -> Option<Fingerprint> {
 /// Reloads every policy file now; publishes the set only if all of it is valid.
 pub async fn reload_now(engine: &Engine, dir: PathBuf) -> bool {
     let shown = dir.display().to_string();
-    match tokio::task::spawn_blocking(move || PolicySet::load_dir(&dir)).await {
+    let started = std::time::Instant::now();
+    // Only changed files are compiled; unchanged services keep their compiled
+    // policies and so their cached decisions (see policy/incremental.rs).
+    let previous = engine.policies();
+    let load = move || PolicySet::reload_dir(&dir, &previous.set);
+    match tokio::task::spawn_blocking(load).await {
         Ok(Ok(set)) => {
             let services = set.len();
             let generation = engine.publish(set);
-            tracing::info!(dir = %shown, generation, services, "policies reloaded");
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(dir = %shown, generation, services, elapsed_ms, "policies reloaded");
             true
         }
         Ok(Err(errors)) => {

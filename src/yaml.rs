@@ -8,7 +8,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 /// A place in a file: `file:line:column`, 1-based.
 ///
@@ -65,25 +66,108 @@ pub struct YamlError {
 /// The document must be a single mapping: an empty file or a top-level list is
 /// refused with a plain message rather than serde's "invalid type: unit value".
 pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, YamlError> {
-    // Parse once as an untyped value to check the document's shape, so that an
-    // empty file (a half-written ConfigMap, a truncated copy) gets a clear message.
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| convert(&e, file))?;
-    let found = match &value {
-        serde_yaml::Value::Mapping(_) => None,
-        serde_yaml::Value::Null => Some("an empty document"),
-        serde_yaml::Value::Bool(_) => Some("a boolean"),
-        serde_yaml::Value::Number(_) => Some("a number"),
-        serde_yaml::Value::String(_) => Some("a string"),
-        serde_yaml::Value::Sequence(_) => Some("a list"),
-        serde_yaml::Value::Tagged(_) => Some("a tagged value"),
-    };
-    if let Some(found) = found {
+    // First an untyped walk that keeps no tree (a `serde_yaml::Value` cost several
+    // times the file's size at 100,000 rules): it reports what is not YAML, a
+    // duplicate key anywhere (a typed map would silently keep the last one, so a
+    // repeated header condition could hide the first), and a document that is not a
+    // mapping (an empty file: a half-written ConfigMap, a truncated copy).
+    let de = serde_yaml::Deserializer::from_str(text);
+    let found = Walk.deserialize(de).map_err(|e| convert(&e, file))?;
+    if found != MAPPING {
         return Err(YamlError {
             location: Location::new(file, first_content(text)),
             message: format!("expected a mapping at the top level, found {found}"),
         });
     }
     serde_yaml::from_str(text).map_err(|e| convert(&e, file))
+}
+
+const MAPPING: &str = "a mapping";
+
+/// Visits a whole document without keeping it; answers what kind of value it is.
+#[derive(Clone, Copy)]
+struct Walk;
+
+impl<'de> DeserializeSeed<'de> for Walk {
+    type Value = &'static str;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk {
+    type Value = &'static str;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok("a boolean")
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok("a number")
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok("a number")
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok("a number")
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok("a string")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok("an empty document")
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok("an empty document")
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok("a list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // The keys of this one mapping only, so memory stays bounded by the widest
+        // mapping, not the document.
+        let mut keys = serde_yaml::Mapping::new();
+        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
+            if keys.contains_key(&key) {
+                // The words serde_yaml's own mapping uses.
+                let message = match &key {
+                    serde_yaml::Value::Null => "duplicate entry with null key".to_string(),
+                    serde_yaml::Value::Bool(b) => format!("duplicate entry with key `{b}`"),
+                    serde_yaml::Value::Number(n) => format!("duplicate entry with key {n}"),
+                    serde_yaml::Value::String(s) => format!("duplicate entry with key {s:?}"),
+                    _ => "duplicate entry in YAML map".to_string(),
+                };
+                return Err(serde::de::Error::custom(message));
+            }
+            keys.insert(key, serde_yaml::Value::Null);
+            map.next_value_seed(self)?;
+        }
+        Ok(MAPPING)
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        // `!tag value`: rare, so the tagged value is simply read whole.
+        let de = serde::de::value::EnumAccessDeserializer::new(data);
+        serde_yaml::value::TaggedValue::deserialize(de)?;
+        Ok("a tagged value")
+    }
 }
 
 fn convert(err: &serde_yaml::Error, file: &Path) -> YamlError {

@@ -99,25 +99,66 @@ impl ServicePolicy {
     /// Evaluates the rules against one request, as the server enforces them:
     /// `mode: dry-run` deny rules never deny.
     pub fn evaluate(&self, input: &EvalInput<'_>) -> Evaluation {
-        self.run(input, Enforcement::AsWritten, &mut ()).evaluation
+        self.run_indexed(input, Enforcement::AsWritten).evaluation
     }
 
     /// Like [`ServicePolicy::evaluate`], also naming the dry-run deny rule that would
     /// have denied. Allocation-free, like `evaluate`.
     pub fn evaluate_traced(&self, input: &EvalInput<'_>) -> Verdict {
-        self.run(input, Enforcement::AsWritten, &mut ())
+        self.run_indexed(input, Enforcement::AsWritten)
     }
 
     /// Evaluates as if every rule were `mode: enforce` (what policy tests check, so a
     /// suite keeps holding when a dry-run rule is switched on).
     pub fn evaluate_enforced(&self, input: &EvalInput<'_>) -> Evaluation {
-        self.run(input, Enforcement::AllEnforced, &mut ())
-            .evaluation
+        self.run_indexed(input, Enforcement::AllEnforced).evaluation
     }
 
-    /// The one implementation of the evaluation order.
+    /// The evaluation order over only the rules the index says may be about this
+    /// caller (see `index.rs`); the same answer as [`ServicePolicy::run`], which
+    /// looks at every rule.
+    pub(super) fn run_indexed(&self, input: &EvalInput<'_>, enforcement: Enforcement) -> Verdict {
+        // A delegated token is matched against its actors as well as its subject
+        // (acting_for rules by the actor's id, deny rules by any party), which the
+        // index, keyed on the subject alone, does not know: such checks scan.
+        let delegated = input.principal.is_some_and(|p| p.delegation.is_some());
+        let Some(index) = self.index.as_ref().filter(|_| !delegated) else {
+            return self.run(input, enforcement, &mut ());
+        };
+        let deny = index
+            .deny
+            .candidates(input.principal)
+            .filter_map(|at| self.deny.get(at));
+        let allow = index
+            .allow
+            .candidates(input.principal)
+            .filter_map(|at| self.allow.get(at));
+        self.run_over(deny, allow, input, enforcement, &mut ())
+    }
+
+    /// The evaluation order over every rule, each reported to `observer` (what
+    /// `explain` shows, and the property test's oracle for the indexed evaluation).
     pub(super) fn run<'p, O: Observer<'p>>(
         &'p self,
+        input: &EvalInput<'_>,
+        enforcement: Enforcement,
+        observer: &mut O,
+    ) -> Verdict {
+        self.run_over(
+            self.deny.iter(),
+            self.allow.iter(),
+            input,
+            enforcement,
+            observer,
+        )
+    }
+
+    /// The one implementation of the evaluation order, over deny and allow rules
+    /// given in file order.
+    fn run_over<'p, O: Observer<'p>>(
+        &'p self,
+        deny: impl Iterator<Item = &'p Rule>,
+        allow: impl Iterator<Item = &'p Rule>,
         input: &EvalInput<'_>,
         enforcement: Enforcement,
         observer: &mut O,
@@ -132,7 +173,7 @@ impl ServicePolicy {
 
         // 1. Any enforced deny rule that matches denies, whatever the allow rules say;
         //    a dry-run one is noted and passed over.
-        for rule in &self.deny {
+        for rule in deny {
             if !rule.matches_except_scopes(input) {
                 observer.rule(rule, RuleOutcome::NotMatched);
                 continue;
@@ -150,7 +191,7 @@ impl ServicePolicy {
         }
         // 2. The first allow rule that matches, scopes included, allows.
         let mut short_of_scopes: Option<&Rule> = None;
-        for rule in &self.allow {
+        for rule in allow {
             if !rule.matches_except_scopes(input) {
                 observer.rule(rule, RuleOutcome::NotMatched);
                 continue;
