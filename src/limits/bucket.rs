@@ -11,6 +11,11 @@
 //! `max_buckets`; a caller that finds it full of busy buckets spends from its
 //! limit's shared `others` bucket instead (there is one per limit, so those are
 //! bounded by the policies).
+//!
+//! With a shared store (`limits/redis.rs`) the table still makes every decision, so a
+//! check never waits on the network: it also counts each bucket's allowed requests
+//! not yet sent to the store (`pending`), and the store's answer moves the bucket to
+//! the cluster-wide state ([`Buckets::adopt`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -88,12 +93,17 @@ pub fn whole_seconds(nanos: u64) -> u64 {
 /// limit starts its callers on fresh budgets at the new rate (the old buckets go idle
 /// and are evicted), rather than carrying debt measured at the old one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    service: std::sync::Arc<str>,
-    limit: std::sync::Arc<str>,
-    caller: Caller,
-    rate: super::Rate,
-    burst: u64,
+pub struct Key {
+    /// The protected service.
+    pub service: std::sync::Arc<str>,
+    /// The limit's id.
+    pub limit: std::sync::Arc<str>,
+    /// Whose bucket.
+    pub caller: Caller,
+    /// The sustained rate.
+    pub rate: super::Rate,
+    /// The burst.
+    pub burst: u64,
 }
 
 impl Key {
@@ -108,23 +118,54 @@ impl Key {
     }
 }
 
+/// A bucket and, with a shared store, its allowed requests the store has not seen.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    gcra: Gcra,
+    pending: u64,
+}
+
+/// One shard: its buckets, and (with a shared store) the keys with `pending > 0`.
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, Slot>,
+    dirty: Vec<Key>,
+}
+
+/// Requests a bucket allowed since its last flush to the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The bucket.
+    pub key: Key,
+    /// How many requests it allowed.
+    pub count: u64,
+}
+
 /// Every bucket of the process, bounded.
 pub struct Buckets {
-    shards: Vec<Mutex<HashMap<Key, Gcra>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     per_shard: usize,
     epoch: Instant,
+    shared: bool,
 }
 
 impl Buckets {
     /// A table of at most about `max_buckets` buckets (at least one per shard).
     pub fn new(max_buckets: usize) -> Self {
         Buckets {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             per_shard: max_buckets.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
+            shared: false,
         }
+    }
+
+    /// Also counts allowed requests for a shared store ([`Buckets::take_pending`]).
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     /// Nanoseconds since the table was made.
@@ -162,28 +203,77 @@ impl Buckets {
         let interval = hit.rate.interval_nanos();
         let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
-        if !shard.contains_key(&key) && shard.len() >= self.per_shard {
-            shard.retain(|_, b| !b.idle(now));
-            if shard.len() >= self.per_shard && key.caller != Caller::Others {
+        if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
+            // A bucket with requests the store has not seen yet is kept until flushed.
+            shard.map.retain(|_, b| !b.gcra.idle(now) || b.pending > 0);
+            if shard.map.len() >= self.per_shard && key.caller != Caller::Others {
                 // Full of busy buckets: share the limit's bucket for everyone else.
                 drop(shard);
                 key.caller = Caller::Others;
                 shard = self.shard(&key);
             }
         }
-        let bucket = shard.entry(key).or_insert_with(|| Gcra::new(now));
-        let before = *bucket;
-        (bucket.spend(now, interval, hit.burst), before)
+        let shard = &mut *shard;
+        // Kept for the dirty list (a clone of three `Arc`s), only with a shared store.
+        let dirty_key = self.shared.then(|| key.clone());
+        let slot = shard.map.entry(key).or_insert_with(|| Slot {
+            gcra: Gcra::new(now),
+            pending: 0,
+        });
+        let before = slot.gcra;
+        let spent = slot.gcra.spend(now, interval, hit.burst);
+        if let (Some(key), Spent::Allowed { .. }) = (dirty_key, spent) {
+            slot.pending += 1;
+            if slot.pending == 1 {
+                shard.dirty.push(key);
+            }
+        }
+        (spent, before)
+    }
+
+    /// Takes every bucket's count of allowed requests since the last call (and resets
+    /// it), for the shared store.
+    pub fn take_pending(&self) -> Vec<Pending> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *shard;
+            for key in shard.dirty.drain(..) {
+                if let Some(slot) = shard.map.get_mut(&key) {
+                    if slot.pending > 0 {
+                        out.push(Pending {
+                            key,
+                            count: std::mem::take(&mut slot.pending),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves a bucket to the cluster-wide state: the shared bucket is full again
+    /// `ahead_nanos` after `now` (the store's answer to the last flush), and the
+    /// requests allowed here since that flush come on top.
+    pub fn adopt(&self, key: &Key, ahead_nanos: u64, now: u64) {
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.map.get_mut(key) {
+            let interval = key.rate.interval_nanos();
+            slot.gcra.tat = now
+                .saturating_add(ahead_nanos)
+                .saturating_add(slot.pending.saturating_mul(interval));
+        }
     }
 
     /// Puts a bucket back as it was before a spend (a later limit refused).
     fn restore(&self, hit: &LimitHit, before: Gcra) {
         let key = Key::of(hit);
         let mut shard = self.shard(&key);
-        if let Some(bucket) = shard.get_mut(&key) {
+        if let Some(slot) = shard.map.get_mut(&key) {
             // Undo our one interval, not anyone else's spend since.
             let interval = hit.rate.interval_nanos();
-            bucket.tat = bucket.tat.saturating_sub(interval).max(before.tat);
+            slot.gcra.tat = slot.gcra.tat.saturating_sub(interval).max(before.tat);
+            slot.pending = slot.pending.saturating_sub(1);
         }
     }
 
@@ -191,7 +281,7 @@ impl Buckets {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 
@@ -200,7 +290,7 @@ impl Buckets {
         self.len() == 0
     }
 
-    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, Gcra>> {
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
         let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // A panic while holding a shard cannot leave a bucket half-written (a
         // `Gcra` is one integer), so a poisoned lock is still good to use.
@@ -372,5 +462,67 @@ mod tests {
         );
         // Bounded: the fill, plus at most one `others` bucket for the limit.
         assert!(t.len() <= SHARDS + 1, "{}", t.len());
+    }
+
+    #[test]
+    fn a_shared_table_counts_pending_requests_and_adopts_the_stores_state() {
+        let t = Buckets::new(100).shared();
+        let a = hit("reads", named("a"), "10/s", 5);
+        let b = hit("reads", named("b"), "10/s", 5);
+        for _ in 0..3 {
+            assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        }
+        assert!(t.spend_all(std::slice::from_ref(&b), 0).is_ok());
+        let mut batch = t.take_pending();
+        batch.sort_by(|x, y| x.key.caller.as_str().cmp(y.key.caller.as_str()));
+        let counts: Vec<(&str, u64)> = batch
+            .iter()
+            .map(|p| (p.key.caller.as_str(), p.count))
+            .collect();
+        assert_eq!(counts, [("a", 3), ("b", 1)]);
+        // Taken: nothing is pending until the next allow.
+        assert!(t.take_pending().is_empty());
+        // A request allowed while the flush was in flight stays pending and counts on
+        // top of the store's answer: the other replicas spent the rest of a's burst
+        // (full again 0.5 s from now), so a has no room left.
+        assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        let a_key = batch[0].key.clone();
+        t.adopt(&a_key, S / 2 - S / 10, 0);
+        let refused = t.spend_all(std::slice::from_ref(&a), 0).unwrap_err();
+        assert_eq!(&*refused.limit, "reads");
+        let pending = t.take_pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].count, 1, "a refused request is never sent");
+        // The store says the bucket is full: local state follows it.
+        t.adopt(&a_key, 0, 0);
+        for _ in 0..5 {
+            assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        }
+        assert!(t.spend_all(std::slice::from_ref(&a), 0).is_err());
+    }
+
+    #[test]
+    fn a_local_table_counts_nothing_for_a_store() {
+        let t = Buckets::new(100);
+        assert!(t.spend_all(&[hit("reads", named("a"), "10/s", 5)], 0).is_ok());
+        assert!(t.take_pending().is_empty());
+    }
+
+    #[test]
+    fn a_bucket_with_pending_requests_is_not_evicted() {
+        let t = Buckets::new(1).shared();
+        let first = hit("reads", named("first"), "1000/s", 1);
+        assert!(t.spend_all(std::slice::from_ref(&first), 0).is_ok());
+        // Much later the bucket is idle, but the store has not seen its request yet.
+        for i in 0..200 {
+            let _ = t.spend(&hit("reads", named(&format!("n{i}")), "1000/s", 1), 10 * S);
+        }
+        let pending = t.take_pending();
+        assert!(
+            pending
+                .iter()
+                .any(|p| p.key.caller.as_str() == "first" && p.count == 1),
+            "{pending:?}"
+        );
     }
 }
