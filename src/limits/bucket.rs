@@ -15,7 +15,9 @@
 //! With a shared store (`limits/redis.rs`) the table still makes every decision, so a
 //! check never waits on the network: it also counts each bucket's allowed requests
 //! not yet sent to the store (`pending`), and the store's answer moves the bucket to
-//! the cluster-wide state ([`Buckets::adopt`]).
+//! the cluster-wide state ([`Buckets::adopt`]). A bucket stays on the list sent to the
+//! store while it is not full, even with nothing pending, so a replica also learns
+//! what the others spend from a budget it is using.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -123,16 +125,19 @@ impl Key {
 struct Slot {
     gcra: Gcra,
     pending: u64,
+    /// On the shard's `listed` keys.
+    listed: bool,
 }
 
-/// One shard: its buckets, and (with a shared store) the keys with `pending > 0`.
+/// One shard: its buckets, and (with a shared store) the keys to send it.
 #[derive(Default)]
 struct Shard {
     map: HashMap<Key, Slot>,
-    dirty: Vec<Key>,
+    listed: Vec<Key>,
 }
 
-/// Requests a bucket allowed since its last flush to the shared store.
+/// Requests a bucket allowed since its last flush to the shared store (0: the bucket
+/// is only read back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// The bucket.
@@ -206,6 +211,9 @@ impl Buckets {
         if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
             // A bucket with requests the store has not seen yet is kept until flushed.
             shard.map.retain(|_, b| !b.gcra.idle(now) || b.pending > 0);
+            // Evicted keys leave the list too (a key comes back with a fresh slot).
+            let Shard { map, listed } = &mut *shard;
+            listed.retain(|k| map.contains_key(k));
             if shard.map.len() >= self.per_shard && key.caller != Caller::Others {
                 // Full of busy buckets: share the limit's bucket for everyone else.
                 drop(shard);
@@ -219,34 +227,41 @@ impl Buckets {
         let slot = shard.map.entry(key).or_insert_with(|| Slot {
             gcra: Gcra::new(now),
             pending: 0,
+            listed: false,
         });
         let before = slot.gcra;
         let spent = slot.gcra.spend(now, interval, hit.burst);
         if let (Some(key), Spent::Allowed { .. }) = (dirty_key, spent) {
             slot.pending += 1;
-            if slot.pending == 1 {
-                shard.dirty.push(key);
+            if !slot.listed {
+                slot.listed = true;
+                shard.listed.push(key);
             }
         }
         (spent, before)
     }
 
     /// Takes every bucket's count of allowed requests since the last call (and resets
-    /// it), for the shared store.
-    pub fn take_pending(&self) -> Vec<Pending> {
+    /// it), for the shared store; buckets not full at `now` come too, with what they
+    /// have (maybe 0), so the store's answer updates them. Full buckets with nothing
+    /// pending leave the list.
+    pub fn take_pending(&self, now: u64) -> Vec<Pending> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *shard;
-            for key in shard.dirty.drain(..) {
-                if let Some(slot) = shard.map.get_mut(&key) {
-                    if slot.pending > 0 {
-                        out.push(Pending {
-                            key,
-                            count: std::mem::take(&mut slot.pending),
-                        });
-                    }
+            let listed = std::mem::take(&mut shard.listed);
+            for key in listed {
+                let Some(slot) = shard.map.get_mut(&key) else {
+                    continue;
+                };
+                let count = std::mem::take(&mut slot.pending);
+                if count == 0 && slot.gcra.idle(now) {
+                    slot.listed = false;
+                    continue;
                 }
+                shard.listed.push(key.clone());
+                out.push(Pending { key, count });
             }
         }
         out
@@ -473,39 +488,44 @@ mod tests {
             assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
         }
         assert!(t.spend_all(std::slice::from_ref(&b), 0).is_ok());
-        let mut batch = t.take_pending();
-        batch.sort_by(|x, y| x.key.caller.as_str().cmp(y.key.caller.as_str()));
-        let counts: Vec<(&str, u64)> = batch
-            .iter()
-            .map(|p| (p.key.caller.as_str(), p.count))
-            .collect();
-        assert_eq!(counts, [("a", 3), ("b", 1)]);
-        // Taken: nothing is pending until the next allow.
-        assert!(t.take_pending().is_empty());
+        let counts = |batch: &[Pending]| {
+            let mut c: Vec<(String, u64)> = batch
+                .iter()
+                .map(|p| (p.key.caller.as_str().to_string(), p.count))
+                .collect();
+            c.sort();
+            c
+        };
+        let batch = t.take_pending(0);
+        assert_eq!(counts(&batch), [("a".into(), 3), ("b".into(), 1)]);
+        // Taken: the buckets are not full, so they are read back with nothing to add.
+        assert_eq!(counts(&t.take_pending(0)), [("a".into(), 0), ("b".into(), 0)]);
         // A request allowed while the flush was in flight stays pending and counts on
         // top of the store's answer: the other replicas spent the rest of a's burst
-        // (full again 0.5 s from now), so a has no room left.
+        // (full again 0.4 s from now), so with this one a has no room left.
         assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
-        let a_key = batch[0].key.clone();
-        t.adopt(&a_key, S / 2 - S / 10, 0);
+        let a_key = Key::of(&a);
+        t.adopt(&a_key, 4 * S / 10, 0);
         let refused = t.spend_all(std::slice::from_ref(&a), 0).unwrap_err();
         assert_eq!(&*refused.limit, "reads");
-        let pending = t.take_pending();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].count, 1, "a refused request is never sent");
+        let pending = counts(&t.take_pending(0));
+        assert_eq!(pending[0], ("a".into(), 1), "a refused request is never sent");
         // The store says the bucket is full: local state follows it.
         t.adopt(&a_key, 0, 0);
         for _ in 0..5 {
             assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
         }
         assert!(t.spend_all(std::slice::from_ref(&a), 0).is_err());
+        // Once every bucket is full again and nothing is pending, the list empties.
+        assert!(!t.take_pending(10 * S).is_empty(), "a's five are pending");
+        assert!(t.take_pending(10 * S).is_empty());
     }
 
     #[test]
     fn a_local_table_counts_nothing_for_a_store() {
         let t = Buckets::new(100);
         assert!(t.spend_all(&[hit("reads", named("a"), "10/s", 5)], 0).is_ok());
-        assert!(t.take_pending().is_empty());
+        assert!(t.take_pending(0).is_empty());
     }
 
     #[test]
@@ -517,7 +537,7 @@ mod tests {
         for i in 0..200 {
             let _ = t.spend(&hit("reads", named(&format!("n{i}")), "1000/s", 1), 10 * S);
         }
-        let pending = t.take_pending();
+        let pending = t.take_pending(10 * S);
         assert!(
             pending
                 .iter()

@@ -259,7 +259,7 @@ pub async fn sync(buckets: Arc<Buckets>, store: Store, metrics: Arc<Metrics>) {
     tracing::info!(server = %store.server, "rate limits shared through redis");
     loop {
         tick.tick().await;
-        let batch = buckets.take_pending();
+        let batch = buckets.take_pending(buckets.now());
         if batch.is_empty() {
             continue;
         }
