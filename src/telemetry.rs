@@ -353,11 +353,7 @@ impl StoreMetrics {
     /// Counts a flush and its result.
     pub fn flush(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.flushes
-            .get_or_create(&ResultLabels {
-                result,
-            })
-            .inc();
+        self.flushes.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Whether this replica limits on its own because the store is unreachable.

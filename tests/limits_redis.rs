@@ -343,8 +343,17 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
             r.fallback().await == Some(1.0)
         })
         .await;
-        assert!(down, "{name}: fallback gauge never went to 1:\n{}", r.log(name));
-        assert!(r.metric("hopwarden_rate_limit_store_flushes_total{result=\"error\"} ").await.unwrap_or(0.0) >= 1.0);
+        assert!(
+            down,
+            "{name}: fallback gauge never went to 1:\n{}",
+            r.log(name)
+        );
+        assert!(
+            r.metric("hopwarden_rate_limit_store_flushes_total{result=\"error\"} ")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        );
         assert_eq!(r.fallback().await, Some(1.0));
     }
     // Several retry rounds (every 0.5 s) while down: still logged once.
@@ -364,7 +373,11 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
             r.fallback().await == Some(0.0)
         })
         .await;
-        assert!(up, "{name}: fallback gauge never went back to 0:\n{}", r.log(name));
+        assert!(
+            up,
+            "{name}: fallback gauge never went back to 0:\n{}",
+            r.log(name)
+        );
         let again = "rate limit store reachable again";
         assert_eq!(r.log(name).matches(again).count(), 1, "{}", r.log(name));
     }
@@ -385,13 +398,21 @@ async fn a_password_protected_redis_works_and_a_wrong_password_falls_back() {
     let good = Replica::start(
         &d,
         "good",
-        &redis_block(&redis.url(), "hw-pw:", "    password_file: redis-password\n"),
+        &redis_block(
+            &redis.url(),
+            "hw-pw:",
+            "    password_file: redis-password\n",
+        ),
     )
     .await;
     let bad = Replica::start(
         &d,
         "bad",
-        &redis_block(&redis.url(), "hw-pw:", "    password_file: wrong-password\n"),
+        &redis_block(
+            &redis.url(),
+            "hw-pw:",
+            "    password_file: wrong-password\n",
+        ),
     )
     .await;
     assert_eq!(reads(&good, C1, 2).await, [200, 200]);
@@ -410,7 +431,10 @@ async fn a_password_protected_redis_works_and_a_wrong_password_falls_back() {
     let log = bad.log("bad");
     assert!(down, "{log}");
     assert!(log.contains("authentication failed"), "{log}");
-    assert!(!log.contains("not-the-password") && !log.contains(&password), "{log}");
+    assert!(
+        !log.contains("not-the-password") && !log.contains(&password),
+        "{log}"
+    );
     assert!(!good.log("good").contains(&password));
 }
 
@@ -443,11 +467,17 @@ fn the_redis_store_is_configured_or_refused_clearly() {
     };
     assert!(load("  store: redis\n  redis: {url: \"redis://127.0.0.1:6379\"}\n").is_ok());
     let missing = load("  store: redis\n").unwrap_err();
-    assert!(missing.contains("needs a rate_limits.redis block"), "{missing}");
+    assert!(
+        missing.contains("needs a rate_limits.redis block"),
+        "{missing}"
+    );
     let unused = load("  redis: {url: \"redis://127.0.0.1:6379\"}\n").unwrap_err();
     assert!(unused.contains("add store: redis"), "{unused}");
     let bad = load("  store: redis\n  redis: {url: \"http://:hunter2@x\"}\n").unwrap_err();
-    assert!(bad.contains("not a redis:// or rediss:// URL") && !bad.contains("hunter2"), "{bad}");
+    assert!(
+        bad.contains("not a redis:// or rediss:// URL") && !bad.contains("hunter2"),
+        "{bad}"
+    );
     let unknown = load("  store: memcached\n").unwrap_err();
     assert!(unknown.contains("memcached"), "{unknown}");
 }

@@ -499,7 +499,10 @@ mod tests {
         let batch = t.take_pending(0);
         assert_eq!(counts(&batch), [("a".into(), 3), ("b".into(), 1)]);
         // Taken: the buckets are not full, so they are read back with nothing to add.
-        assert_eq!(counts(&t.take_pending(0)), [("a".into(), 0), ("b".into(), 0)]);
+        assert_eq!(
+            counts(&t.take_pending(0)),
+            [("a".into(), 0), ("b".into(), 0)]
+        );
         // A request allowed while the flush was in flight stays pending and counts on
         // top of the store's answer: the other replicas spent the rest of a's burst
         // (full again 0.4 s from now), so with this one a has no room left.
@@ -509,7 +512,11 @@ mod tests {
         let refused = t.spend_all(std::slice::from_ref(&a), 0).unwrap_err();
         assert_eq!(&*refused.limit, "reads");
         let pending = counts(&t.take_pending(0));
-        assert_eq!(pending[0], ("a".into(), 1), "a refused request is never sent");
+        assert_eq!(
+            pending[0],
+            ("a".into(), 1),
+            "a refused request is never sent"
+        );
         // The store says the bucket is full: local state follows it.
         t.adopt(&a_key, 0, 0);
         for _ in 0..5 {
@@ -524,7 +531,9 @@ mod tests {
     #[test]
     fn a_local_table_counts_nothing_for_a_store() {
         let t = Buckets::new(100);
-        assert!(t.spend_all(&[hit("reads", named("a"), "10/s", 5)], 0).is_ok());
+        assert!(t
+            .spend_all(&[hit("reads", named("a"), "10/s", 5)], 0)
+            .is_ok());
         assert!(t.take_pending(0).is_empty());
     }
 

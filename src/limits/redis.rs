@@ -152,7 +152,11 @@ impl Store {
     /// first flush, so a Redis that is down at start delays nothing.
     pub fn new(spec: &RedisSpec) -> Result<Store, StoreError> {
         let url_error = |e: redis::RedisError| StoreError::Url(format!("{:?}", e.kind()));
-        let mut info = spec.url.as_str().into_connection_info().map_err(url_error)?;
+        let mut info = spec
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(url_error)?;
         if let Some(path) = &spec.password_file {
             let password = read(path)?;
             let password = String::from_utf8_lossy(&password).trim_end().to_string();
