@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use common::stack::{free_port, http_get};
 use common::{eventually, token, Answer, Check, ISSUER};
+
+/// `hopwarden dev certs DIR redis`: a dev CA, and a certificate for 127.0.0.1 that
+/// redis-server serves (minted at test time).
+fn dev_certs(dir: &Path) -> (i32, String, String) {
+    let parent = dir.parent().unwrap();
+    common::run_bin(&["dev", "certs", dir.to_str().unwrap(), "redis"], parent)
+}
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
@@ -46,15 +53,22 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// TLS only, with `redis.pem` and `redis-key.pem` from this directory.
+    tls: Option<PathBuf>,
 }
 
 impl Redis {
     fn start(password: Option<&str>) -> Redis {
+        Self::start_with(password, None)
+    }
+
+    fn start_with(password: Option<&str>, tls: Option<&Path>) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             password: password.map(str::to_string),
+            tls: tls.map(Path::to_path_buf),
         };
         r.restart();
         r
@@ -73,7 +87,26 @@ impl Redis {
     fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new(Self::binary());
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some(certs) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(certs.join("redis.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("redis-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem")),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -85,7 +118,12 @@ impl Redis {
         self.child = Some(cmd.spawn().expect("start redis-server"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.connection().is_some() {
+            let up = match self.tls {
+                None => self.connection().is_some(),
+                // Listening is enough: the replicas' TLS handshake is what is tested.
+                Some(_) => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -137,6 +175,7 @@ impl Drop for Redis {
 /// A hopwarden process (one replica) with its own ports, config and log.
 struct Replica {
     child: Child,
+    name: String,
     dir: PathBuf,
     admin: u16,
     client: AuthorizationClient<Channel>,
@@ -178,6 +217,7 @@ impl Replica {
             .unwrap();
         Replica {
             child,
+            name: name.to_string(),
             dir,
             admin,
             client,
@@ -220,8 +260,8 @@ impl Replica {
         self.metric("hopwarden_rate_limit_store_fallback ").await
     }
 
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
 }
 
@@ -343,11 +383,7 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
             r.fallback().await == Some(1.0)
         })
         .await;
-        assert!(
-            down,
-            "{name}: fallback gauge never went to 1:\n{}",
-            r.log(name)
-        );
+        assert!(down, "{name}: fallback gauge never went to 1:\n{}", r.log());
         assert!(
             r.metric("hopwarden_rate_limit_store_flushes_total{result=\"error\"} ")
                 .await
@@ -362,8 +398,8 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let unreachable = "rate limit store unreachable";
-    assert_eq!(a.log("a").matches(unreachable).count(), 1, "{}", a.log("a"));
-    assert_eq!(b.log("b").matches(unreachable).count(), 1, "{}", b.log("b"));
+    assert_eq!(a.log().matches(unreachable).count(), 1, "{}", a.log());
+    assert_eq!(b.log().matches(unreachable).count(), 1, "{}", b.log());
 
     // Redis is back (empty): both replicas notice by themselves (C2's buckets are
     // not full, so they keep being read back), log it once, share again.
@@ -376,10 +412,10 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         assert!(
             up,
             "{name}: fallback gauge never went back to 0:\n{}",
-            r.log(name)
+            r.log()
         );
         let again = "rate limit store reachable again";
-        assert_eq!(r.log(name).matches(again).count(), 1, "{}", r.log(name));
+        assert_eq!(r.log().matches(again).count(), 1, "{}", r.log());
     }
     assert_eq!(reads(&a, C3, 2).await, [200, 200]);
     settle().await;
@@ -428,14 +464,14 @@ async fn a_password_protected_redis_works_and_a_wrong_password_falls_back() {
         bad.fallback().await == Some(1.0)
     })
     .await;
-    let log = bad.log("bad");
+    let log = bad.log();
     assert!(down, "{log}");
     assert!(log.contains("authentication failed"), "{log}");
     assert!(
         !log.contains("not-the-password") && !log.contains(&password),
         "{log}"
     );
-    assert!(!good.log("good").contains(&password));
+    assert!(!good.log().contains(&password));
 }
 
 #[tokio::test]
@@ -453,6 +489,52 @@ async fn prefixes_keep_deployments_apart() {
     assert_eq!(reads(&b, C1, 1).await, [429]);
     assert_eq!(redis.keys("blue:").len(), 1);
     assert_eq!(redis.keys("green:").len(), 1);
+}
+
+#[tokio::test]
+async fn rediss_with_the_servers_ca_is_shared_and_an_unknown_ca_falls_back() {
+    let d = deployment("3/m", 3);
+    let certs = d.path().join("certs");
+    let (code, _, err) = dev_certs(&certs);
+    assert_eq!(code, 0, "{err}");
+    let redis = Redis::start_with(None, Some(&certs));
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let trusted = redis_block(&url, "hw-tls:", "    ca_file: certs/ca.pem\n");
+    let a = Replica::start(&d, "a", &trusted).await;
+    let b = Replica::start(&d, "b", &trusted).await;
+    let ok = "hopwarden_rate_limit_store_flushes_total{result=\"ok\"} ";
+    // Connected (a flush went through TLS) before the budget is measured.
+    for r in [&a, &b] {
+        assert_eq!(r.read(C3).await, 200);
+        let connected = eventually(Duration::from_secs(5), || async {
+            r.metric(ok).await.unwrap_or(0.0) >= 1.0
+        })
+        .await;
+        assert!(connected, "{}", r.log());
+    }
+    assert_eq!(reads(&a, C1, 2).await, [200, 200]);
+    settle().await;
+    assert_eq!(reads(&b, C1, 1).await, [200]);
+    settle().await;
+    assert_eq!(reads(&b, C1, 1).await, [429]);
+    assert_eq!(reads(&a, C1, 1).await, [429]);
+    assert_eq!(a.fallback().await, Some(0.0));
+    assert_eq!(b.fallback().await, Some(0.0));
+
+    // Without the CA (the system's trust store does not know the dev CA): the
+    // handshake fails, the replica limits alone and says so.
+    let c = Replica::start(&d, "c", &redis_block(&url, "hw-tls:", "")).await;
+    assert_eq!(reads(&c, C1, 4).await, [200, 200, 200, 429]);
+    let down = eventually(Duration::from_secs(5), || async {
+        c.fallback().await == Some(1.0)
+    })
+    .await;
+    assert!(down, "{}", c.log());
+    assert!(
+        c.log().contains("rate limit store unreachable"),
+        "{}",
+        c.log()
+    );
 }
 
 #[test]

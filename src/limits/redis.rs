@@ -46,7 +46,8 @@ pub struct RedisSpec {
     /// password in the URL. Relative to the config file.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// PEM CA certificates that verify a `rediss://` server (default: the system's).
+    /// PEM CA certificates that verify a `rediss://` server (default: the Mozilla root
+    /// bundle built in, webpki-roots, read once rather than the system's on every connect).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// How often counts are sent to Redis.
