@@ -221,24 +221,46 @@ impl Buckets {
                 shard = self.shard(&key);
             }
         }
-        let shard = &mut *shard;
-        // Kept for the dirty list (a clone of three `Arc`s), only with a shared store.
-        let dirty_key = self.shared.then(|| key.clone());
-        let slot = shard.map.entry(key).or_insert_with(|| Slot {
-            gcra: Gcra::new(now),
-            pending: 0,
-            listed: false,
-        });
-        let before = slot.gcra;
-        let spent = slot.gcra.spend(now, interval, hit.burst);
-        if let (Some(key), Spent::Allowed { .. }) = (dirty_key, spent) {
-            slot.pending += 1;
-            if !slot.listed {
-                slot.listed = true;
-                shard.listed.push(key);
+        let Shard { map, listed } = &mut *shard;
+        let (spent, before, list) = match map.get_mut(&key) {
+            Some(slot) => self.spend_slot(slot, now, interval, hit.burst),
+            None => {
+                let mut slot = Slot {
+                    gcra: Gcra::new(now),
+                    pending: 0,
+                    listed: false,
+                };
+                let (spent, before, list) = self.spend_slot(&mut slot, now, interval, hit.burst);
+                if list {
+                    listed.push(key.clone());
+                }
+                map.insert(key, slot);
+                return (spent, before);
             }
+        };
+        if list {
+            listed.push(key);
         }
         (spent, before)
+    }
+
+    /// Spends from one slot; with a shared store also counts the allowed request, and
+    /// says whether the key must join the shard's list.
+    fn spend_slot(
+        &self,
+        slot: &mut Slot,
+        now: u64,
+        interval: u64,
+        burst: u64,
+    ) -> (Spent, Gcra, bool) {
+        let before = slot.gcra;
+        let spent = slot.gcra.spend(now, interval, burst);
+        let mut list = false;
+        if self.shared && matches!(spent, Spent::Allowed { .. }) {
+            slot.pending += 1;
+            list = !std::mem::replace(&mut slot.listed, true);
+        }
+        (spent, before, list)
     }
 
     /// Takes every bucket's count of allowed requests since the last call (and resets
