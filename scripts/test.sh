@@ -36,6 +36,9 @@ HOPWARDEN_ENVOY=$(scripts/install-envoy.sh)
 export HOPWARDEN_ENVOY
 echo "$HOPWARDEN_ENVOY"
 
+echo "== redis-server for the shared rate limit tests (Debian package; tests/limits_redis.rs)"
+scripts/install-redis.sh
+
 echo "== Kubernetes tools for the chart tests (PyPI helm-python-sdk, kubernetes-validate; npm CRD schemas)"
 scripts/install-k8s-tools.sh
 

@@ -76,7 +76,8 @@ pub struct ConfigSpec {
     pub rate_limits: RateLimitsSpec,
 }
 
-/// The rate limits' counters: in the process, in a bounded table.
+/// The rate limits' counters: in the process, in a bounded table; with
+/// `store: redis`, also shared by replicas through Redis.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsSpec {
@@ -84,12 +85,49 @@ pub struct RateLimitsSpec {
     /// caller spends from its limit's shared `others` bucket.
     #[serde(default = "default_max_buckets")]
     pub max_buckets: usize,
+    /// Where budgets are shared: `local` (each replica alone) or `redis`.
+    #[serde(default)]
+    pub store: RateLimitStore,
+    /// The Redis server, with `store: redis`.
+    #[serde(default)]
+    pub redis: Option<crate::limits::redis::RedisSpec>,
+}
+
+/// `rate_limits.store`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// Counters in this process only (exact for one replica).
+    #[default]
+    Local,
+    /// Counters shared by every replica through Redis (`rate_limits.redis`).
+    Redis,
+}
+
+impl RateLimitsSpec {
+    /// What is wrong with the settings: (text to point at, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        match (self.store, &self.redis) {
+            (RateLimitStore::Redis, Some(redis)) => redis.problems(),
+            (RateLimitStore::Redis, None) => vec![(
+                "store".to_string(),
+                "rate_limits.store: redis needs a rate_limits.redis block with its url".into(),
+            )],
+            (RateLimitStore::Local, Some(_)) => vec![(
+                "redis".to_string(),
+                "rate_limits.redis is set but rate_limits.store is local: add store: redis".into(),
+            )],
+            (RateLimitStore::Local, None) => Vec::new(),
+        }
+    }
 }
 
 impl Default for RateLimitsSpec {
     fn default() -> Self {
         RateLimitsSpec {
             max_buckets: default_max_buckets(),
+            store: RateLimitStore::Local,
+            redis: None,
         }
     }
 }
@@ -484,6 +522,12 @@ impl Config {
             if let Err(e) = crate::http_authz::peer::check_name(name) {
                 errors.push(invalid("http_peer_header", e.to_string()));
             }
+        }
+        if let Some(redis) = &mut spec.rate_limits.redis {
+            redis.resolve(base);
+        }
+        for (needle, message) in spec.rate_limits.problems() {
+            errors.push(invalid(&needle, message));
         }
         let mut issuers = Vec::new();
         let mut seen = std::collections::HashSet::new();

@@ -102,7 +102,7 @@ pub struct Engine {
     decisions: DecisionCache,
     metrics: Arc<Metrics>,
     log: DecisionLog,
-    buckets: Buckets,
+    buckets: Arc<Buckets>,
 }
 
 impl Engine {
@@ -124,14 +124,20 @@ impl Engine {
             decisions,
             metrics,
             log,
-            buckets: Buckets::default(),
+            buckets: Arc::new(Buckets::default()),
         }
     }
 
     /// Bounds the rate limits' bucket table to about `max_buckets` (default
     /// [`crate::limits::bucket::DEFAULT_MAX_BUCKETS`]).
     pub fn with_max_buckets(mut self, max_buckets: usize) -> Self {
-        self.buckets = Buckets::new(max_buckets);
+        self.buckets = Arc::new(Buckets::new(max_buckets));
+        self
+    }
+
+    /// Decides with `buckets` (e.g. a table a shared store syncs, `limits/redis.rs`).
+    pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> Self {
+        self.buckets = buckets;
         self
     }
 

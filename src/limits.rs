@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod bucket;
+pub mod redis;
 
 pub use bucket::{Buckets, Spent};
 

@@ -58,6 +58,9 @@ pub enum StartError {
     /// The listeners' TLS files did not load.
     #[error("listeners.tls: {0}")]
     Tls(TlsError),
+    /// The shared rate limit store could not be set up.
+    #[error("{0}")]
+    RateLimitStore(#[from] crate::limits::redis::StoreError),
 }
 
 /// A running server.
@@ -152,6 +155,18 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         TokenCache::new(cache.token_max_entries, cache.ttl),
         metrics.clone(),
     );
+    let limits = &config.spec.rate_limits;
+    let store = match (&limits.store, &limits.redis) {
+        (crate::config::RateLimitStore::Redis, Some(spec)) => {
+            Some(crate::limits::redis::Store::new(spec)?)
+        }
+        _ => None,
+    };
+    let mut buckets = crate::limits::Buckets::new(limits.max_buckets);
+    if store.is_some() {
+        buckets = buckets.shared();
+    }
+    let buckets = Arc::new(buckets);
     let engine = Arc::new(
         Engine::new(
             set,
@@ -161,7 +176,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
             metrics.clone(),
             log,
         )
-        .with_max_buckets(config.spec.rate_limits.max_buckets),
+        .with_buckets(buckets.clone()),
     );
 
     let bounds = Bounds::new(&config.spec.listeners);
@@ -197,6 +212,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let readiness = Arc::new(Readiness::default());
 
     let mut background = Vec::new();
+    if let Some(store) = store {
+        let sync = crate::limits::redis::sync(buckets, store, metrics.clone());
+        background.push(tokio::spawn(sync));
+    }
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().watch()));
     }

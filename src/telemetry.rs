@@ -117,6 +117,7 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     decision_log_dropped: Counter,
     named_principals: RwLock<HashSet<String>>,
+    store: StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -199,7 +200,9 @@ impl Metrics {
             "Decision log lines dropped because the writer fell behind",
             decision_log_dropped.clone(),
         );
+        let store = StoreMetrics::register(&mut registry);
         Metrics {
+            store,
             registry,
             checks,
             calls,
@@ -313,9 +316,49 @@ impl Metrics {
             .inc();
     }
 
+    /// The shared rate limit store's metrics.
+    pub fn store(&self) -> &StoreMetrics {
+        &self.store
+    }
+
     /// Counts a dropped decision log line.
     pub fn decision_log_dropped(&self) {
         self.decision_log_dropped.inc();
+    }
+}
+
+/// The shared rate limit store (Redis): its flushes and whether replicas count alone.
+pub struct StoreMetrics {
+    flushes: Family<ResultLabels, Counter>,
+    fallback: Gauge,
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let flushes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rate_limit_store_flushes",
+            "Flushes of rate limit counts to the shared store (Redis), by result",
+            flushes.clone(),
+        );
+        let fallback = Gauge::default();
+        registry.register(
+            "rate_limit_store_fallback",
+            "1 while the shared rate limit store is unreachable and this replica limits on its own",
+            fallback.clone(),
+        );
+        StoreMetrics { flushes, fallback }
+    }
+
+    /// Counts a flush and its result.
+    pub fn flush(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.flushes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Whether this replica limits on its own because the store is unreachable.
+    pub fn set_fallback(&self, on: bool) {
+        self.fallback.set(i64::from(on));
     }
 }
 

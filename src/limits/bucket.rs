@@ -11,6 +11,13 @@
 //! `max_buckets`; a caller that finds it full of busy buckets spends from its
 //! limit's shared `others` bucket instead (there is one per limit, so those are
 //! bounded by the policies).
+//!
+//! With a shared store (`limits/redis.rs`) the table still makes every decision, so a
+//! check never waits on the network: it also counts each bucket's allowed requests
+//! not yet sent to the store (`pending`), and the store's answer moves the bucket to
+//! the cluster-wide state ([`Buckets::adopt`]). A bucket stays on the list sent to the
+//! store while it is not full, even with nothing pending, so a replica also learns
+//! what the others spend from a budget it is using.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -88,12 +95,17 @@ pub fn whole_seconds(nanos: u64) -> u64 {
 /// limit starts its callers on fresh budgets at the new rate (the old buckets go idle
 /// and are evicted), rather than carrying debt measured at the old one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    service: std::sync::Arc<str>,
-    limit: std::sync::Arc<str>,
-    caller: Caller,
-    rate: super::Rate,
-    burst: u64,
+pub struct Key {
+    /// The protected service.
+    pub service: std::sync::Arc<str>,
+    /// The limit's id.
+    pub limit: std::sync::Arc<str>,
+    /// Whose bucket.
+    pub caller: Caller,
+    /// The sustained rate.
+    pub rate: super::Rate,
+    /// The burst.
+    pub burst: u64,
 }
 
 impl Key {
@@ -108,23 +120,57 @@ impl Key {
     }
 }
 
+/// A bucket and, with a shared store, its allowed requests the store has not seen.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    gcra: Gcra,
+    pending: u64,
+    /// On the shard's `listed` keys.
+    listed: bool,
+}
+
+/// One shard: its buckets, and (with a shared store) the keys to send it.
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, Slot>,
+    listed: Vec<Key>,
+}
+
+/// Requests a bucket allowed since its last flush to the shared store (0: the bucket
+/// is only read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The bucket.
+    pub key: Key,
+    /// How many requests it allowed.
+    pub count: u64,
+}
+
 /// Every bucket of the process, bounded.
 pub struct Buckets {
-    shards: Vec<Mutex<HashMap<Key, Gcra>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     per_shard: usize,
     epoch: Instant,
+    shared: bool,
 }
 
 impl Buckets {
     /// A table of at most about `max_buckets` buckets (at least one per shard).
     pub fn new(max_buckets: usize) -> Self {
         Buckets {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             per_shard: max_buckets.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
+            shared: false,
         }
+    }
+
+    /// Also counts allowed requests for a shared store ([`Buckets::take_pending`]).
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     /// Nanoseconds since the table was made.
@@ -162,28 +208,109 @@ impl Buckets {
         let interval = hit.rate.interval_nanos();
         let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
-        if !shard.contains_key(&key) && shard.len() >= self.per_shard {
-            shard.retain(|_, b| !b.idle(now));
-            if shard.len() >= self.per_shard && key.caller != Caller::Others {
+        if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
+            // A bucket with requests the store has not seen yet is kept until flushed.
+            shard.map.retain(|_, b| !b.gcra.idle(now) || b.pending > 0);
+            // Evicted keys leave the list too (a key comes back with a fresh slot).
+            let Shard { map, listed } = &mut *shard;
+            listed.retain(|k| map.contains_key(k));
+            if shard.map.len() >= self.per_shard && key.caller != Caller::Others {
                 // Full of busy buckets: share the limit's bucket for everyone else.
                 drop(shard);
                 key.caller = Caller::Others;
                 shard = self.shard(&key);
             }
         }
-        let bucket = shard.entry(key).or_insert_with(|| Gcra::new(now));
-        let before = *bucket;
-        (bucket.spend(now, interval, hit.burst), before)
+        let Shard { map, listed } = &mut *shard;
+        let (spent, before, list) = match map.get_mut(&key) {
+            Some(slot) => self.spend_slot(slot, now, interval, hit.burst),
+            None => {
+                let mut slot = Slot {
+                    gcra: Gcra::new(now),
+                    pending: 0,
+                    listed: false,
+                };
+                let (spent, before, list) = self.spend_slot(&mut slot, now, interval, hit.burst);
+                if list {
+                    listed.push(key.clone());
+                }
+                map.insert(key, slot);
+                return (spent, before);
+            }
+        };
+        if list {
+            listed.push(key);
+        }
+        (spent, before)
+    }
+
+    /// Spends from one slot; with a shared store also counts the allowed request, and
+    /// says whether the key must join the shard's list.
+    fn spend_slot(
+        &self,
+        slot: &mut Slot,
+        now: u64,
+        interval: u64,
+        burst: u64,
+    ) -> (Spent, Gcra, bool) {
+        let before = slot.gcra;
+        let spent = slot.gcra.spend(now, interval, burst);
+        let mut list = false;
+        if self.shared && matches!(spent, Spent::Allowed { .. }) {
+            slot.pending += 1;
+            list = !std::mem::replace(&mut slot.listed, true);
+        }
+        (spent, before, list)
+    }
+
+    /// Takes every bucket's count of allowed requests since the last call (and resets
+    /// it), for the shared store; buckets not full at `now` come too, with what they
+    /// have (maybe 0), so the store's answer updates them. Full buckets with nothing
+    /// pending leave the list.
+    pub fn take_pending(&self, now: u64) -> Vec<Pending> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *shard;
+            let listed = std::mem::take(&mut shard.listed);
+            for key in listed {
+                let Some(slot) = shard.map.get_mut(&key) else {
+                    continue;
+                };
+                let count = std::mem::take(&mut slot.pending);
+                if count == 0 && slot.gcra.idle(now) {
+                    slot.listed = false;
+                    continue;
+                }
+                shard.listed.push(key.clone());
+                out.push(Pending { key, count });
+            }
+        }
+        out
+    }
+
+    /// Moves a bucket to the cluster-wide state: the shared bucket is full again
+    /// `ahead_nanos` after `now` (the store's answer to the last flush), and the
+    /// requests allowed here since that flush come on top.
+    pub fn adopt(&self, key: &Key, ahead_nanos: u64, now: u64) {
+        let mut shard = self.shard(key);
+        if let Some(slot) = shard.map.get_mut(key) {
+            let interval = key.rate.interval_nanos();
+            slot.gcra.tat = now
+                .saturating_add(ahead_nanos)
+                .saturating_add(slot.pending.saturating_mul(interval));
+        }
     }
 
     /// Puts a bucket back as it was before a spend (a later limit refused).
     fn restore(&self, hit: &LimitHit, before: Gcra) {
         let key = Key::of(hit);
         let mut shard = self.shard(&key);
-        if let Some(bucket) = shard.get_mut(&key) {
+        if let Some(slot) = shard.map.get_mut(&key) {
             // Undo our one interval, not anyone else's spend since.
             let interval = hit.rate.interval_nanos();
-            bucket.tat = bucket.tat.saturating_sub(interval).max(before.tat);
+            slot.gcra.tat = slot.gcra.tat.saturating_sub(interval).max(before.tat);
+            slot.pending = slot.pending.saturating_sub(1);
         }
     }
 
@@ -191,7 +318,7 @@ impl Buckets {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 
@@ -200,7 +327,7 @@ impl Buckets {
         self.len() == 0
     }
 
-    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, HashMap<Key, Gcra>> {
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
         let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // A panic while holding a shard cannot leave a bucket half-written (a
         // `Gcra` is one integer), so a poisoned lock is still good to use.
@@ -372,5 +499,81 @@ mod tests {
         );
         // Bounded: the fill, plus at most one `others` bucket for the limit.
         assert!(t.len() <= SHARDS + 1, "{}", t.len());
+    }
+
+    #[test]
+    fn a_shared_table_counts_pending_requests_and_adopts_the_stores_state() {
+        let t = Buckets::new(100).shared();
+        let a = hit("reads", named("a"), "10/s", 5);
+        let b = hit("reads", named("b"), "10/s", 5);
+        for _ in 0..3 {
+            assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        }
+        assert!(t.spend_all(std::slice::from_ref(&b), 0).is_ok());
+        let counts = |batch: &[Pending]| {
+            let mut c: Vec<(String, u64)> = batch
+                .iter()
+                .map(|p| (p.key.caller.as_str().to_string(), p.count))
+                .collect();
+            c.sort();
+            c
+        };
+        let batch = t.take_pending(0);
+        assert_eq!(counts(&batch), [("a".into(), 3), ("b".into(), 1)]);
+        // Taken: the buckets are not full, so they are read back with nothing to add.
+        assert_eq!(
+            counts(&t.take_pending(0)),
+            [("a".into(), 0), ("b".into(), 0)]
+        );
+        // A request allowed while the flush was in flight stays pending and counts on
+        // top of the store's answer: the other replicas spent the rest of a's burst
+        // (full again 0.4 s from now), so with this one a has no room left.
+        assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        let a_key = Key::of(&a);
+        t.adopt(&a_key, 4 * S / 10, 0);
+        let refused = t.spend_all(std::slice::from_ref(&a), 0).unwrap_err();
+        assert_eq!(&*refused.limit, "reads");
+        let pending = counts(&t.take_pending(0));
+        assert_eq!(
+            pending[0],
+            ("a".into(), 1),
+            "a refused request is never sent"
+        );
+        // The store says the bucket is full: local state follows it.
+        t.adopt(&a_key, 0, 0);
+        for _ in 0..5 {
+            assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
+        }
+        assert!(t.spend_all(std::slice::from_ref(&a), 0).is_err());
+        // Once every bucket is full again and nothing is pending, the list empties.
+        assert!(!t.take_pending(10 * S).is_empty(), "a's five are pending");
+        assert!(t.take_pending(10 * S).is_empty());
+    }
+
+    #[test]
+    fn a_local_table_counts_nothing_for_a_store() {
+        let t = Buckets::new(100);
+        assert!(t
+            .spend_all(&[hit("reads", named("a"), "10/s", 5)], 0)
+            .is_ok());
+        assert!(t.take_pending(0).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_with_pending_requests_is_not_evicted() {
+        let t = Buckets::new(1).shared();
+        let first = hit("reads", named("first"), "1000/s", 1);
+        assert!(t.spend_all(std::slice::from_ref(&first), 0).is_ok());
+        // Much later the bucket is idle, but the store has not seen its request yet.
+        for i in 0..200 {
+            let _ = t.spend(&hit("reads", named(&format!("n{i}")), "1000/s", 1), 10 * S);
+        }
+        let pending = t.take_pending(10 * S);
+        assert!(
+            pending
+                .iter()
+                .any(|p| p.key.caller.as_str() == "first" && p.count == 1),
+            "{pending:?}"
+        );
     }
 }
