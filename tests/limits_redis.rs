@@ -45,7 +45,6 @@ limits:
 "#;
 
 /// How often the replicas flush to Redis in these tests (the default).
-const FLUSH: Duration = Duration::from_millis(10);
 
 /// A redis-server of this test's own.
 struct Redis {
@@ -284,8 +283,20 @@ fn redis_block(url: &str, prefix: &str, extra: &str) -> String {
 }
 
 /// Sleeps long enough for every replica to flush and read back (several intervals).
-async fn settle() {
-    tokio::time::sleep(FLUSH * 20).await;
+/// Waits until what the first replica spent is in Redis and every other one has read
+/// it back: each replica in turn completes two more successful flushes (the first may
+/// have started before the call). Polls the flush counter instead of sleeping, so a
+/// loaded machine is slower, not flaky.
+async fn settle(replicas: &[&Replica]) {
+    let ok = "hopwarden_rate_limit_store_flushes_total{result=\"ok\"} ";
+    for r in replicas {
+        let start = r.metric(ok).await.unwrap_or(0.0);
+        let flushed = eventually(Duration::from_secs(10), || async {
+            r.metric(ok).await.unwrap_or(0.0) >= start + 2.0
+        })
+        .await;
+        assert!(flushed, "no flush went through:\n{}", r.log());
+    }
 }
 
 /// Statuses of `n` reads by `caller` on `r`.
@@ -361,9 +372,9 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
 
     // Shared: a spends 2 of C1's 3, b 1, then both are refused.
     assert_eq!(reads(&a, C1, 2).await, [200, 200]);
-    settle().await;
+    settle(&[&a]).await;
     assert_eq!(reads(&b, C1, 1).await, [200]);
-    settle().await;
+    settle(&[&b, &a]).await;
     assert_eq!(reads(&b, C1, 1).await, [429]);
     assert_eq!(reads(&a, C1, 1).await, [429]);
 
@@ -418,9 +429,12 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         assert_eq!(r.log().matches(again).count(), 1, "{}", r.log());
     }
     assert_eq!(reads(&a, C3, 2).await, [200, 200]);
-    settle().await;
-    assert_eq!(reads(&b, C3, 2).await, [200, 429]);
-    settle().await;
+    settle(&[&a]).await;
+    // b's first check decides locally (a check never waits on Redis); once b has
+    // flushed, it has read back a's two.
+    assert_eq!(reads(&b, C3, 1).await, [200]);
+    settle(&[&b, &a]).await;
+    assert_eq!(reads(&b, C3, 1).await, [429]);
     assert_eq!(reads(&a, C3, 1).await, [429]);
 }
 
@@ -452,7 +466,7 @@ async fn a_password_protected_redis_works_and_a_wrong_password_falls_back() {
     )
     .await;
     assert_eq!(reads(&good, C1, 2).await, [200, 200]);
-    settle().await;
+    settle(&[&good]).await;
     let keys = redis.keys("hw-pw:");
     assert_eq!(keys, [format!("hw-pw:ledger:jobs-reads:3/m:3:={C1}")]);
     assert_eq!(good.fallback().await, Some(0.0));
@@ -481,10 +495,10 @@ async fn prefixes_keep_deployments_apart() {
     let a = Replica::start(&d, "a", &redis_block(&redis.url(), "blue:", "")).await;
     let b = Replica::start(&d, "b", &redis_block(&redis.url(), "green:", "")).await;
     assert_eq!(reads(&a, C1, 3).await, [200, 200, 200]);
-    settle().await;
+    settle(&[&a]).await;
     // Another prefix is another budget.
     assert_eq!(reads(&b, C1, 3).await, [200, 200, 200]);
-    settle().await;
+    settle(&[&b, &a]).await;
     assert_eq!(reads(&a, C1, 1).await, [429]);
     assert_eq!(reads(&b, C1, 1).await, [429]);
     assert_eq!(redis.keys("blue:").len(), 1);
@@ -513,9 +527,9 @@ async fn rediss_with_the_servers_ca_is_shared_and_an_unknown_ca_falls_back() {
         assert!(connected, "{}", r.log());
     }
     assert_eq!(reads(&a, C1, 2).await, [200, 200]);
-    settle().await;
+    settle(&[&a]).await;
     assert_eq!(reads(&b, C1, 1).await, [200]);
-    settle().await;
+    settle(&[&b, &a]).await;
     assert_eq!(reads(&b, C1, 1).await, [429]);
     assert_eq!(reads(&a, C1, 1).await, [429]);
     assert_eq!(a.fallback().await, Some(0.0));
