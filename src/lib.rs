@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apikey;
 pub mod authn;
 pub mod cache;
 pub mod cli;
