@@ -22,6 +22,8 @@ pub struct Allowed {
     pub principal: String,
     /// The caller's kind; `None` for an anonymous caller.
     pub kind: Option<PrincipalKind>,
+    /// The id of the API key that identified the caller, if one did (never its secret).
+    pub api_key: Option<Arc<str>>,
     /// The allow rule that matched (`dry-run` when only dry-run let it through).
     pub rule: Arc<str>,
     /// Set when enforcement would have denied the request but a `mode: dry-run`

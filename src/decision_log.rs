@@ -48,6 +48,9 @@ pub struct DecisionRecord<'a> {
     pub kind: Option<Cow<'a, str>>,
     /// The mTLS peer's SPIFFE ID, as Envoy reported it.
     pub peer: Option<Cow<'a, str>>,
+    /// The id of the API key the request presented (never its secret), valid or not.
+    #[serde(default)]
+    pub api_key: Option<Cow<'a, str>>,
     /// HTTP method.
     pub method: Cow<'a, str>,
     /// The canonical path, or `<non-canonical>`.
@@ -163,7 +166,7 @@ impl DecisionRecord<'_> {
     /// part of a cached check.
     fn write_json(&self, out: &mut Vec<u8>) {
         // Each name with the separator before it, in the struct's order.
-        let strings: [(&[u8], Option<&str>); 10] = [
+        let strings: [(&[u8], Option<&str>); 11] = [
             (b"{\"timestamp\":", Some(&self.timestamp)),
             (b",\"request_id\":", self.request_id.as_deref()),
             (b",\"service\":", self.service.as_deref()),
@@ -171,6 +174,7 @@ impl DecisionRecord<'_> {
             (b",\"principal\":", self.principal.as_deref()),
             (b",\"kind\":", self.kind.as_deref()),
             (b",\"peer\":", self.peer.as_deref()),
+            (b",\"api_key\":", self.api_key.as_deref()),
             (b",\"method\":", Some(&self.method)),
             (b",\"path\":", Some(&self.path)),
             (b",\"decision\":", Some(&self.decision)),
@@ -324,6 +328,7 @@ mod tests {
             principal: None,
             kind: None,
             peer: None,
+            api_key: None,
             method: "GET".into(),
             path: "/x".into(),
             decision: "deny".into(),

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod apikey;
+pub mod apikey_tool;
 pub mod authn;
 pub mod cache;
 pub mod cli;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => hopwarden::explain::run(&args),
         Command::Review(args) => hopwarden::review::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
+        Command::Apikey(command) => hopwarden::apikey_tool::run(&command),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,

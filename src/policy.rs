@@ -237,6 +237,8 @@ impl fmt::Display for PolicyErrors {
 impl std::error::Error for PolicyErrors {}
 
 #[cfg(test)]
+mod credentials_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::principal::{Principal, PrincipalKind};
@@ -254,6 +256,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             claims: Default::default(),
             peer: None,
+            api_key: None,
         }
     }
 

@@ -317,6 +317,7 @@ impl Checker<'_> {
                 scopes: spec.scopes,
                 claims: spec.claims.into(),
                 peer,
+                api_key: None,
             }),
             // DESIGN, Identities: with no token the caller is the peer, kind service,
             // and has no scopes or claims.

@@ -29,6 +29,9 @@ pub enum KeyError {
     /// The entry's `not_before` has not come yet.
     #[error("API key not yet valid")]
     NotYetValid,
+    /// The request carries a key and another credential (or two keys).
+    #[error("more than one credential")]
+    TwoCredentials,
 }
 
 impl KeyError {
@@ -40,6 +43,7 @@ impl KeyError {
             KeyError::BadSecret => "api_key_bad_secret",
             KeyError::Expired => "api_key_expired",
             KeyError::NotYetValid => "api_key_not_yet_valid",
+            KeyError::TwoCredentials => "two_credentials",
         }
     }
 }

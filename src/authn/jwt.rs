@@ -139,6 +139,7 @@ impl VerifiedToken {
             scopes: self.scopes.clone(),
             claims: self.claims.clone(),
             peer,
+            api_key: None,
         }
     }
 }

@@ -21,6 +21,8 @@ pub const KIND_HEADER: &str = "x-hopwarden-principal-kind";
 pub const RULE_HEADER: &str = "x-hopwarden-rule";
 /// Set when only dry-run let the request through; says what enforcement would do.
 pub const DRY_RUN_HEADER: &str = "x-hopwarden-dry-run";
+/// The id of the API key that identified the caller (never the key itself).
+pub const API_KEY_HEADER: &str = "x-hopwarden-api-key";
 
 /// Why a `CheckRequest` could not be read; answered with a clean deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +106,9 @@ pub fn to_check_response(
             }
             headers.push(overwrite(KIND_HEADER, allowed.kind_str()));
             headers.push(overwrite(RULE_HEADER, &allowed.rule));
+            if let Some(id) = &allowed.api_key {
+                headers.push(overwrite(API_KEY_HEADER, id));
+            }
             if let Some(would) = &allowed.dry_run {
                 headers.push(overwrite(DRY_RUN_HEADER, &would.header()));
             }

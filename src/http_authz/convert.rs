@@ -26,7 +26,9 @@ use hyper::{Response, StatusCode};
 
 use crate::decision::{Decision, DenyReason};
 use crate::engine::Outcome;
-use crate::grpc::convert::{DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER};
+use crate::grpc::convert::{
+    API_KEY_HEADER, DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER,
+};
 use crate::request::{AuthzRequest, Hop, OWN_HEADER_PREFIX};
 
 /// The response header that asks Envoy to remove request headers before the request
@@ -122,6 +124,9 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
             ];
             if let Some(would) = &dry_run {
                 headers.push((DRY_RUN_HEADER, would));
+            }
+            if let Some(id) = &allowed.api_key {
+                headers.push((API_KEY_HEADER, id));
             }
             // An empty value (an anonymous caller's principal) is not set but removed:
             // Envoy might not pass an empty header on, and a client's copy must not

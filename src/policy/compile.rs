@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
 use super::spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 use super::PolicyError;
-use crate::principal::PrincipalKind;
+use crate::principal::{CredentialType, PrincipalKind};
 use crate::request::Hop;
 use crate::yaml::{self, Location};
 
@@ -145,6 +145,7 @@ pub struct Callers {
     pub(super) peers: Option<Vec<IdPattern>>,
     pub(super) kinds: Option<Vec<PrincipalKind>>,
     pub(super) issuers: Option<Vec<String>>,
+    pub(super) credentials: Option<Vec<CredentialType>>,
 }
 
 /// One `to` clause: methods (if named) AND (a path OR a gRPC pattern, if named).
@@ -480,6 +481,7 @@ impl<'a> FileContext<'a> {
                 || spec.peers.is_some()
                 || spec.kinds.is_some()
                 || spec.issuers.is_some()
+                || spec.credentials.is_some()
             {
                 let at = self.key_in(index, "anonymous");
                 let message = format!(
@@ -493,6 +495,7 @@ impl<'a> FileContext<'a> {
         self.non_empty(index, id, "from.peers", &spec.peers);
         self.non_empty(index, id, "from.kinds", &spec.kinds);
         self.non_empty(index, id, "from.issuers", &spec.issuers);
+        self.non_empty(index, id, "from.credentials", &spec.credentials);
         let principals = spec
             .principals
             .map(|list| self.patterns(index, &list, IdPattern::principal));
@@ -513,6 +516,7 @@ impl<'a> FileContext<'a> {
             peers,
             kinds: spec.kinds,
             issuers: spec.issuers,
+            credentials: spec.credentials,
         })
     }
 

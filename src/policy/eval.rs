@@ -219,7 +219,18 @@ impl FromClause {
 impl Callers {
     /// Each named field must match; within a list, any entry.
     pub fn matches(&self, p: &Principal) -> bool {
-        self.principal_ok(p) && self.peer_ok(p) && self.kind_ok(p) && self.issuer_ok(p)
+        self.principal_ok(p)
+            && self.peer_ok(p)
+            && self.kind_ok(p)
+            && self.issuer_ok(p)
+            && self.credential_ok(p)
+    }
+
+    /// `from.credentials`: the credential that identified the caller is listed.
+    pub(super) fn credential_ok(&self, p: &Principal) -> bool {
+        self.credentials
+            .as_ref()
+            .is_none_or(|list| list.contains(&p.credential()))
     }
 
     pub(super) fn principal_ok(&self, p: &Principal) -> bool {
