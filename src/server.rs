@@ -260,6 +260,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (reload, watch) =
         reload::spawn(engine.clone(), policy_dir, config.spec.policy_poll_interval);
     background.push(watch);
+    for file in api_keys.files() {
+        tracing::info!(file = %file.display(), "api keys loaded");
+    }
     let key_reload = api_keys.is_configured().then(|| {
         let (trigger, task) = crate::authn::apikey::reload::spawn(
             api_keys.clone(),

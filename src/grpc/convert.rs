@@ -218,6 +218,9 @@ fn metadata(outcome: &Outcome) -> Struct {
         Decision::Allow(a) => {
             put("principal", &a.principal);
             put("principal_kind", a.kind_str());
+            if let Some(id) = &a.api_key {
+                put("api_key", id);
+            }
             if let Some(would) = &a.dry_run {
                 put("dry_run", &would.header());
             }
