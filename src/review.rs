@@ -348,6 +348,10 @@ fn callers(rule: &Rule) -> (Vec<String>, Vec<String>) {
     if let Some(i) = c.issuers() {
         and.push(format!("and issuer {}", i.join("|")));
     }
+    if let Some(creds) = c.credentials() {
+        let names: Vec<&str> = creds.iter().map(|c| c.as_str()).collect();
+        and.push(format!("and credential {}", names.join("|")));
+    }
     (who, and)
 }
 

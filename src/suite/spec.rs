@@ -62,6 +62,9 @@ pub struct PrincipalSpec {
     pub claims: Map<String, Value>,
     /// The mTLS peer's SPIFFE ID.
     pub peer: Option<String>,
+    /// The id of the API key that identified the caller (with `id`, no `issuer`):
+    /// the caller is the key's principal, with the key's kind and scopes.
+    pub api_key: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for CallerSpec {
