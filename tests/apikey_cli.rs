@@ -134,3 +134,34 @@ fn list_reads_the_config_and_validate_reports_key_file_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("hopwarden.yaml:4:13: api_keys: header \"cookie\" is reserved"), "{err}");
 }
+
+#[test]
+fn review_lists_each_key_with_what_it_reaches_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    let keys = keys.to_str().unwrap();
+    let (code, _, err) = run(&["apikey", "new", "--principal", "nobody-names-me", "--id", "stray", "--append", keys], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let example = common::repo().join("dev/partner-keys.yaml");
+    let log = dir.path().join("decisions.log");
+    std::fs::write(
+        &log,
+        "{\"timestamp\":\"2026-01-01T00:00:00Z\",\"service\":\"media\",\"decision\":\"allow\",\"rule\":\"partner-key-submit-transcript\",\"api_key\":\"transcribe-co-dev\"}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &["review", "policies", "--keys", example.to_str().unwrap(), "--keys", keys, "--usage", log.to_str().unwrap()],
+        &common::repo(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let section: String = out.lines().skip_while(|l| *l != "api keys:").take_while(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
+    assert!(section.contains("transcribe-co-dev"), "{out}");
+    assert!(section.contains("reaches: media/partner-key-submit-transcript\n    used: 1 allowed request(s)"), "{section}");
+    assert!(section.contains("stray"), "{section}");
+    for flag in ["flag no_expiry", "flag unnamed_principal", "flag unused"] {
+        assert!(section.contains(flag), "{flag}: {section}");
+    }
+    // The example key expires, is named by a rule and was used: no flags.
+    let example_part: String = section.lines().skip_while(|l| !l.contains("transcribe-co-dev")).take(3).collect();
+    assert!(!example_part.contains("flag"), "{section}");
+}
