@@ -56,7 +56,12 @@ pub struct FilesArgs {
     #[arg(long = "file")]
     pub files: Vec<PathBuf>,
     /// The server config file (read only without --file).
-    #[arg(long, short, env = "HOPWARDEN_CONFIG", default_value = "hopwarden.yaml")]
+    #[arg(
+        long,
+        short,
+        env = "HOPWARDEN_CONFIG",
+        default_value = "hopwarden.yaml"
+    )]
     pub config: PathBuf,
 }
 
@@ -178,7 +183,11 @@ fn load(args: &FilesArgs) -> Result<Vec<(PathBuf, KeySet)>, String> {
     };
     files
         .into_iter()
-        .map(|f| file::load(&f).map(|set| (f, set)).map_err(|e| e.to_string()))
+        .map(|f| {
+            file::load(&f)
+                .map(|set| (f, set))
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 
@@ -246,6 +255,9 @@ fn check(args: &CheckArgs) -> Result<ExitCode, String> {
             }
         };
     }
-    println!("key {:?}: no entry has this id (unknown or revoked)", presented.id);
+    println!(
+        "key {:?}: no entry has this id (unknown or revoked)",
+        presented.id
+    );
     Ok(ExitCode::FAILURE)
 }

@@ -487,7 +487,10 @@ mod tests {
             ("generation", with(&|i| i.generation = 2)),
             ("key removals", with(&|i| i.key_removals = 1)),
             ("api key generation", with(&|i| i.api_key_generation = 2)),
-            ("api key header", with(&header("x-api-key", Some("hwk_a_b")))),
+            (
+                "api key header",
+                with(&header("x-api-key", Some("hwk_a_b"))),
+            ),
             ("service", with(&|i| i.policy = email.clone())),
             ("hop", with(&|i| i.hop = Hop::Gateway)),
             ("method", with(&|i| i.action.method = "POST".into())),

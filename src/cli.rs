@@ -202,7 +202,13 @@ fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
 fn allowed_headers(policies: &PolicySet, config: &Config) -> String {
     let mut read = policies.read_headers();
     // The headers API keys arrive in are read too.
-    read.extend(config.spec.api_keys.iter().filter_map(|k| k.header.as_deref()));
+    read.extend(
+        config
+            .spec
+            .api_keys
+            .iter()
+            .filter_map(|k| k.header.as_deref()),
+    );
     let mut patterns: Vec<String> = read
         .into_iter()
         .map(|h| format!("{{ exact: {h} }}"))

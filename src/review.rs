@@ -269,7 +269,11 @@ fn key_sets(args: &ReviewArgs) -> Result<Vec<(PathBuf, crate::apikey::KeySet)>, 
     };
     files
         .into_iter()
-        .map(|f| crate::apikey::file::load(&f).map(|s| (f, s)).map_err(|e| e.to_string()))
+        .map(|f| {
+            crate::apikey::file::load(&f)
+                .map(|s| (f, s))
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 

@@ -326,7 +326,9 @@ impl Metrics {
     /// Counts a key file reload.
     pub fn api_key_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.api_key_reloads.get_or_create(&ResultLabels { result }).inc();
+        self.api_key_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a failure of the policy directory watch.

@@ -85,8 +85,16 @@ async fn keys_are_credentials_like_any_other() {
         &[
             entry(&good, PARTNER, ""),
             entry(&other, "someone-else", ""),
-            entry(&expired, PARTNER, &format!("    expires: {}\n", rfc3339(-60))),
-            entry(&early, PARTNER, &format!("    not_before: {}\n", rfc3339(3600))),
+            entry(
+                &expired,
+                PARTNER,
+                &format!("    expires: {}\n", rfc3339(-60)),
+            ),
+            entry(
+                &early,
+                PARTNER,
+                &format!("    not_before: {}\n", rfc3339(3600)),
+            ),
         ],
     );
     let s = TestServer::start(keys_config(&d)).await;
@@ -102,24 +110,51 @@ async fn keys_are_credentials_like_any_other() {
         assert_eq!(a.status, 200, "{a:?}");
         assert_eq!(a.header("x-hopwarden-principal"), Some(PARTNER));
         assert_eq!(a.header("x-hopwarden-api-key"), Some(good.id.as_str()));
-        assert_eq!(a.header("x-hopwarden-rule"), Some("partner-writes-transcripts"));
+        assert_eq!(
+            a.header("x-hopwarden-rule"),
+            Some("partner-writes-transcripts")
+        );
         assert_eq!(a.metadata.get("api_key"), Some(&good.id));
     }
     // A client's forged copy of the key id header is overwritten.
     let a = s
-        .check(put().header("x-api-key", &key).header("x-hopwarden-api-key", "forged"))
+        .check(
+            put()
+                .header("x-api-key", &key)
+                .header("x-hopwarden-api-key", "forged"),
+        )
         .await;
     assert_eq!(a.header("x-hopwarden-api-key"), Some(good.id.as_str()));
 
     let jwt = token(PARTNER, "media", "");
     let cases: Vec<(&str, Check, u16)> = vec![
-        ("another principal's key", put().header("x-api-key", &other.reveal()), 403),
+        (
+            "another principal's key",
+            put().header("x-api-key", &other.reveal()),
+            403,
+        ),
         // After the good key's allow is cached: same id, other secret.
-        ("tampered secret", put().header("x-api-key", &tamper(&key)), 401),
-        ("tampered, ApiKey scheme", put().header("authorization", &scheme(&tamper(&key))), 401),
-        ("unknown id", put().header("x-api-key", &never_written.reveal()), 401),
+        (
+            "tampered secret",
+            put().header("x-api-key", &tamper(&key)),
+            401,
+        ),
+        (
+            "tampered, ApiKey scheme",
+            put().header("authorization", &scheme(&tamper(&key))),
+            401,
+        ),
+        (
+            "unknown id",
+            put().header("x-api-key", &never_written.reveal()),
+            401,
+        ),
         ("expired", put().header("x-api-key", &expired.reveal()), 401),
-        ("not yet valid", put().header("x-api-key", &early.reveal()), 401),
+        (
+            "not yet valid",
+            put().header("x-api-key", &early.reveal()),
+            401,
+        ),
         ("wrong header", put().header("x-other-key", &key), 401),
         ("as a bearer token", put().bearer(&key), 401),
         ("malformed", put().header("x-api-key", "hwk_nope"), 401),
@@ -128,15 +163,33 @@ async fn keys_are_credentials_like_any_other() {
             Check::new("media", "PUT", &format!("/transcripts/t-1?api_key={key}")),
             401,
         ),
-        ("key and bearer token", put().header("x-api-key", &key).bearer(&jwt), 401),
         (
-            "key twice",
-            put().header("x-api-key", &key).header("authorization", &scheme(&key)),
+            "key and bearer token",
+            put().header("x-api-key", &key).bearer(&jwt),
             401,
         ),
-        ("JWT-only endpoint, key", Check::new("media", "GET", "/admin/x").header("x-api-key", &key), 403),
-        ("JWT-only endpoint, JWT", Check::new("media", "GET", "/admin/x").bearer(&jwt), 200),
-        ("key rule, JWT", put().bearer(&token(PARTNER, "media", "media.transcripts.write")), 403),
+        (
+            "key twice",
+            put()
+                .header("x-api-key", &key)
+                .header("authorization", &scheme(&key)),
+            401,
+        ),
+        (
+            "JWT-only endpoint, key",
+            Check::new("media", "GET", "/admin/x").header("x-api-key", &key),
+            403,
+        ),
+        (
+            "JWT-only endpoint, JWT",
+            Check::new("media", "GET", "/admin/x").bearer(&jwt),
+            200,
+        ),
+        (
+            "key rule, JWT",
+            put().bearer(&token(PARTNER, "media", "media.transcripts.write")),
+            403,
+        ),
     ];
     for (what, check, want) in cases {
         let a = s.check(check).await;
@@ -148,7 +201,11 @@ async fn keys_are_credentials_like_any_other() {
 
     // The decision log names the key id (also of refused keys), never a secret.
     let log = eventually(Duration::from_secs(5), || async {
-        d.decisions().iter().filter(|r| r["api_key"].is_string()).count() >= 10
+        d.decisions()
+            .iter()
+            .filter(|r| r["api_key"].is_string())
+            .count()
+            >= 10
     })
     .await;
     assert!(log, "{}", log_text(&d));
@@ -158,18 +215,33 @@ async fn keys_are_credentials_like_any_other() {
         .find(|r| r["decision"] == "allow" && r["api_key"] == good.id.as_str())
         .expect("an allow naming the key id");
     assert_eq!(allowed["principal"], PARTNER);
-    let details: Vec<&str> = decisions.iter().filter_map(|r| r["detail"].as_str()).collect();
-    for want in ["api_key_bad_secret", "api_key_unknown", "api_key_expired", "api_key_not_yet_valid", "two_credentials"] {
+    let details: Vec<&str> = decisions
+        .iter()
+        .filter_map(|r| r["detail"].as_str())
+        .collect();
+    for want in [
+        "api_key_bad_secret",
+        "api_key_unknown",
+        "api_key_expired",
+        "api_key_not_yet_valid",
+        "two_credentials",
+    ] {
         assert!(details.contains(&want), "{want} in {details:?}");
     }
     let text = log_text(&d);
     for k in [&good, &other, &expired, &early, &never_written] {
-        assert!(!text.contains(&secret_of(k)), "a secret in the decision log");
+        assert!(
+            !text.contains(&secret_of(k)),
+            "a secret in the decision log"
+        );
     }
     assert!(!text.contains(&secret_of_str(&tamper(&key))));
     // Metrics name valid keys by id only.
     let metrics = s.handle.engine.metrics().encode();
-    assert!(metrics.contains(&format!("key_id=\"{}\",result=\"ok\"", good.id)), "{metrics}");
+    assert!(
+        metrics.contains(&format!("key_id=\"{}\",result=\"ok\"", good.id)),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&never_written.id));
     assert!(!metrics.contains(&secret_of(&good)));
 }
@@ -183,7 +255,14 @@ fn secret_of_str(key: &str) -> String {
 async fn a_cached_allow_ends_when_the_key_expires() {
     let d = Deployment::new(&[("media.yaml", MEDIA_POLICY)]);
     let key = NewKey::generate().unwrap();
-    write_keys(&d, &[entry(&key, PARTNER, &format!("    expires: {}\n", rfc3339(2)))]);
+    write_keys(
+        &d,
+        &[entry(
+            &key,
+            PARTNER,
+            &format!("    expires: {}\n", rfc3339(2)),
+        )],
+    );
     let s = TestServer::start(keys_config(&d)).await;
     let check = || put().header("x-api-key", &key.reveal());
     assert_eq!(s.check(check()).await.status, 200);
@@ -201,14 +280,24 @@ async fn a_cached_allow_ends_when_the_key_expires() {
 async fn revocation_by_editing_the_key_file_under_load() {
     let d = Deployment::new(&[("media.yaml", MEDIA_POLICY)]);
     let (revoked, kept) = (NewKey::generate().unwrap(), NewKey::generate().unwrap());
-    write_keys(&d, &[entry(&revoked, PARTNER, ""), entry(&kept, PARTNER, "")]);
+    write_keys(
+        &d,
+        &[entry(&revoked, PARTNER, ""), entry(&kept, PARTNER, "")],
+    );
     let s = Arc::new(TestServer::start(keys_config(&d)).await);
 
     // A broken edit first: the last good keys keep serving.
-    std::fs::write(d.path().join("keys.yaml"), "keys:\n  - id: x\n    digets: nope\n").unwrap();
+    std::fs::write(
+        d.path().join("keys.yaml"),
+        "keys:\n  - id: x\n    digets: nope\n",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let a = s.check(put().header("x-api-key", &revoked.reveal())).await;
-    assert_eq!(a.status, 200, "an invalid file must keep the last good keys: {a:?}");
+    assert_eq!(
+        a.status, 200,
+        "an invalid file must keep the last good keys: {a:?}"
+    );
     let metrics = s.handle.engine.metrics().encode();
     assert!(
         metrics.contains("hopwarden_api_key_reloads_total{result=\"error\"}"),
@@ -261,9 +350,22 @@ async fn revocation_by_editing_the_key_file_under_load() {
     // Revocation is one atomic swap: once any check saw it, none is allowed again.
     // (A check already past the key lookup when the swap landed may still finish
     // with the old keys; it started before the revocation.)
-    assert!(allowed_after_revoked.load(Ordering::SeqCst) <= 4, "allowed after revocation");
-    assert_eq!(s.check(put().header("x-api-key", &revoked.reveal())).await.status, 401);
-    assert_eq!(s.check(put().header("x-api-key", &kept.reveal())).await.status, 200);
+    assert!(
+        allowed_after_revoked.load(Ordering::SeqCst) <= 4,
+        "allowed after revocation"
+    );
+    assert_eq!(
+        s.check(put().header("x-api-key", &revoked.reveal()))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        s.check(put().header("x-api-key", &kept.reveal()))
+            .await
+            .status,
+        200
+    );
 }
 
 /// The binary as a user runs it, at debug level: no log line on stdout or stderr, and
@@ -279,7 +381,10 @@ fn no_log_of_the_served_binary_contains_a_secret() {
             "",
             "api_keys:\n  - file: keys.yaml\n    header: x-api-key\n",
         )
-        .replace("listen: 127.0.0.1:0\n", &format!("listen: 127.0.0.1:{port}\n"))
+        .replace(
+            "listen: 127.0.0.1:0\n",
+            &format!("listen: 127.0.0.1:{port}\n"),
+        )
         .replace("level: warn", "level: debug");
     let config_path = d.path().join("hopwarden.yaml");
     std::fs::write(&config_path, config).unwrap();
@@ -333,7 +438,10 @@ fn no_log_of_the_served_binary_contains_a_secret() {
         let text = std::fs::read_to_string(d.path().join(log)).unwrap_or_default();
         read += text.len();
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "{log} contains a secret:\n{text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{log} contains a secret:\n{text}"
+            );
         }
     }
     let stdout = std::fs::read_to_string(d.path().join("stdout.log")).unwrap();

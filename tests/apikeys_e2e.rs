@@ -55,7 +55,10 @@ async fn post(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u
     let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,25 +84,52 @@ async fn a_partner_calls_the_gateway_with_an_api_key() {
     // The key in x-api-key and in `authorization: ApiKey`: the upstream sees the
     // partner's principal and the key id, never a forged copy.
     let scheme = format!("ApiKey {k}");
-    for (name, value) in [("x-api-key", k.as_str()), ("authorization", scheme.as_str())] {
-        let (status, body) = post(&http, &submit, &[(name, value), ("x-hopwarden-api-key", "forged")]).await;
+    for (name, value) in [
+        ("x-api-key", k.as_str()),
+        ("authorization", scheme.as_str()),
+    ] {
+        let (status, body) = post(
+            &http,
+            &submit,
+            &[(name, value), ("x-hopwarden-api-key", "forged")],
+        )
+        .await;
         assert_eq!(status, 200, "{name}: {body}");
         assert_eq!(body["service"], "media", "{body}");
         assert_eq!(body["principal"], "partner:transcribe-co", "{body}");
         assert_eq!(body["rule"], "partner-key-submit-transcript", "{body}");
-        assert_eq!(body["hopwarden_headers"]["x-hopwarden-api-key"], key.id.as_str(), "{body}");
+        assert_eq!(
+            body["hopwarden_headers"]["x-hopwarden-api-key"],
+            key.id.as_str(),
+            "{body}"
+        );
     }
 
     // Tampered, in the query string, and reaching past its one rule.
     let i = k.len() - 10;
-    let tampered = format!("{}{}{}", &k[..i], if &k[i..=i] == "b" { "c" } else { "b" }, &k[i + 1..]);
+    let tampered = format!(
+        "{}{}{}",
+        &k[..i],
+        if &k[i..=i] == "b" { "c" } else { "b" },
+        &k[i + 1..]
+    );
     let (status, _) = post(&http, &submit, &[("x-api-key", &tampered)]).await;
     assert_eq!(status, 401);
     let (status, _) = post(&http, &format!("{submit}?api_key={k}"), &[]).await;
     assert_eq!(status, 401);
     let audio = format!("{base}/partners/transcribe-co/jobs/9/audio");
-    let resp = http.get(&audio).header("host", "media.localhost").header("x-api-key", &k).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 403, "job reads take the partner's tokens only");
+    let resp = http
+        .get(&audio)
+        .header("host", "media.localhost")
+        .header("x-api-key", &k)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        403,
+        "job reads take the partner's tokens only"
+    );
 
     // Revocation: the entry leaves the file; the next requests are refused.
     write_keys(&copy, &entry(&other));
@@ -107,7 +137,11 @@ async fn a_partner_calls_the_gateway_with_an_api_key() {
         post(&http, &submit, &[("x-api-key", &k)]).await.0 == 401
     })
     .await;
-    assert!(revoked, "the removed key still works:\n{}", stack.log("hopwarden"));
+    assert!(
+        revoked,
+        "the removed key still works:\n{}",
+        stack.log("hopwarden")
+    );
     let (status, _) = post(&http, &submit, &[("x-api-key", &other.reveal())]).await;
     assert_eq!(status, 200, "the other key stays");
 

@@ -140,7 +140,8 @@ mod tests {
     fn expiry_windows() {
         let key = NewKey::with_id("k1".into()).unwrap();
         // (not_before, expires, now, answer)
-        let cases: &[(Option<u64>, Option<u64>, u64, Result<(), KeyError>)] = &[
+        type Case = (Option<u64>, Option<u64>, u64, Result<(), KeyError>);
+        let cases: &[Case] = &[
             (None, None, 5, Ok(())),
             (Some(10), None, 9, Err(KeyError::NotYetValid)),
             (Some(10), None, 10, Ok(())),

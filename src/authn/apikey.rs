@@ -167,7 +167,9 @@ impl ApiKeys {
     /// The key the request carries, if any; an error when it carries two credentials.
     pub fn find<'r>(&self, req: &'r AuthzRequest) -> Result<Option<Found<'r>>, KeyError> {
         let authorization = req.header("authorization");
-        let mut found = authorization.and_then(api_key_scheme).map(|key| Found { key, header: None });
+        let mut found = authorization
+            .and_then(api_key_scheme)
+            .map(|key| Found { key, header: None });
         for name in &self.headers {
             let Some(value) = req.header(name) else {
                 continue;
@@ -176,10 +178,7 @@ impl ApiKeys {
                 return Err(KeyError::TwoCredentials);
             }
             // The header name is borrowed from the request's map, not from us.
-            let header = req
-                .headers
-                .get_key_value(name)
-                .map(|(k, _)| k.as_str());
+            let header = req.headers.get_key_value(name).map(|(k, _)| k.as_str());
             found = Some(Found {
                 key: value.trim_matches(' '),
                 header,
@@ -218,7 +217,10 @@ impl ApiKeys {
 /// Whether two sets hold the same entries (a reload that changed nothing keeps the
 /// decision cache).
 fn same_keys(a: &KeySet, b: &KeySet) -> bool {
-    a.len() == b.len() && a.entries().iter().all(|e| b.get(&e.id).is_some_and(|o| o == *e))
+    a.len() == b.len()
+        && a.entries()
+            .iter()
+            .all(|e| b.get(&e.id).is_some_and(|o| o == *e))
 }
 
 /// The key from `authorization: ApiKey <key>`, if that is the scheme.
@@ -268,15 +270,25 @@ mod tests {
         let lower = format!("apikey  {k} ");
         let bearer = format!("Bearer {k}");
         // (headers, Ok(found in header) | Err)
-        let cases: Vec<(Vec<(&str, &str)>, Result<Option<Option<&str>>, KeyError>)> = vec![
+        type Case<'a> = (
+            Vec<(&'a str, &'a str)>,
+            Result<Option<Option<&'a str>>, KeyError>,
+        );
+        let cases: Vec<Case> = vec![
             (vec![("authorization", &scheme)], Ok(Some(None))),
             (vec![("authorization", &lower)], Ok(Some(None))),
             (vec![("x-api-key", &k)], Ok(Some(Some("x-api-key")))),
             (vec![("x-other-key", &k)], Ok(None)),
             (vec![("authorization", &bearer)], Ok(None)),
             (vec![], Ok(None)),
-            (vec![("authorization", &scheme), ("x-api-key", &k)], Err(KeyError::TwoCredentials)),
-            (vec![("authorization", "Bearer a.b.c"), ("x-api-key", &k)], Err(KeyError::TwoCredentials)),
+            (
+                vec![("authorization", &scheme), ("x-api-key", &k)],
+                Err(KeyError::TwoCredentials),
+            ),
+            (
+                vec![("authorization", "Bearer a.b.c"), ("x-api-key", &k)],
+                Err(KeyError::TwoCredentials),
+            ),
         ];
         for (headers, want) in cases {
             let req = request(&headers);
@@ -299,7 +311,10 @@ mod tests {
             key: &key.reveal(),
             header: Some("x-api-key"),
         };
-        assert_eq!(keys.verify(found, Duration::ZERO).unwrap_err(), KeyError::UnknownId);
+        assert_eq!(
+            keys.verify(found, Duration::ZERO).unwrap_err(),
+            KeyError::UnknownId
+        );
     }
 
     #[test]

@@ -83,8 +83,14 @@ rules:
 fn credentials_are_checked_at_compile_time() {
     let cases = [
         ("from: {credentials: []}", "from.credentials"),
-        ("from: {credentials: [password]}", "unknown variant `password`"),
-        ("from: {anonymous: true, credentials: [jwt]}", "cannot be combined"),
+        (
+            "from: {credentials: [password]}",
+            "unknown variant `password`",
+        ),
+        (
+            "from: {anonymous: true, credentials: [jwt]}",
+            "cannot be combined",
+        ),
     ];
     for (from, want) in cases {
         let yaml = format!("service: t\nrules:\n  - {{id: r, {from}}}\n");

@@ -287,7 +287,11 @@ fn callers_conditions(callers: &Callers, p: &Principal, out: &mut Vec<ConditionT
         let ok = callers.credential_ok(p);
         let op = if ok { "in" } else { "not in" };
         let names: Vec<&str> = creds.iter().map(|c| c.as_str()).collect();
-        let detail = format!("credential {} {op} [{}]", p.credential().as_str(), names.join(", "));
+        let detail = format!(
+            "credential {} {op} [{}]",
+            p.credential().as_str(),
+            names.join(", ")
+        );
         out.push(check("from.credentials", ok, detail));
     }
 }

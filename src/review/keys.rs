@@ -66,7 +66,9 @@ fn one(
     for policy in policies.services() {
         for rule in policy.rules() {
             if let FromClause::Authenticated(c) = rule.from() {
-                let names = c.principals().is_some_and(|list| list.iter().any(|p| p.matches(&caller.id)));
+                let names = c
+                    .principals()
+                    .is_some_and(|list| list.iter().any(|p| p.matches(&caller.id)));
                 named |= names;
             }
             if rule.effect() == Effect::Allow
@@ -135,7 +137,11 @@ pub fn render(keys: &[KeyAccess], out: &mut String) {
             k.kind,
             k.scopes.join(" ")
         );
-        let reaches = if k.reaches.is_empty() { "nothing".to_string() } else { k.reaches.join(", ") };
+        let reaches = if k.reaches.is_empty() {
+            "nothing".to_string()
+        } else {
+            k.reaches.join(", ")
+        };
         let _ = writeln!(out, "    reaches: {reaches}");
         if let Some(n) = k.used {
             let _ = writeln!(out, "    used: {n} allowed request(s)");
@@ -163,11 +169,18 @@ rules:
         let policies = PolicySet::from_sources(&[("m.yaml".into(), policy.into())]).unwrap();
         let key = |id: &str, principal: &str, extra: &str| {
             let k = crate::apikey::NewKey::with_id(id.into()).unwrap();
-            format!("  - {{id: {id}, digest: '{}', principal: {principal}{extra}}}\n", k.digest())
+            format!(
+                "  - {{id: {id}, digest: '{}', principal: {principal}{extra}}}\n",
+                k.digest()
+            )
         };
         let text = format!(
             "keys:\n{}{}{}",
-            key("a", "partner", ", scopes: [t.write], expires: 2030-01-01T00:00:00Z"),
+            key(
+                "a",
+                "partner",
+                ", scopes: [t.write], expires: 2030-01-01T00:00:00Z"
+            ),
             key("b", "partner", ", expires: 2020-01-01T00:00:00Z"),
             key("c", "stranger", "")
         );
@@ -176,7 +189,8 @@ rules:
         usage.add(r#"{"timestamp":"t","service":"media","decision":"allow","rule":"keyed","api_key":"a"}"#);
         let now = Duration::from_secs(1_800_000_000);
         let keys = review(&policies, &[("k.yaml".into(), set)], Some(&usage), now);
-        let got: Vec<(&str, Vec<&str>, Vec<&str>, Option<u64>)> = keys
+        type Row<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>, Option<u64>);
+        let got: Vec<Row> = keys
             .iter()
             .map(|k| {
                 let reaches = k.reaches.iter().map(String::as_str).collect();
@@ -188,8 +202,18 @@ rules:
             got,
             vec![
                 ("a", vec!["media/keyed", "media/anyone"], vec![], Some(1)),
-                ("b", vec!["media/anyone"], vec!["expired", "unused"], Some(0)),
-                ("c", vec!["media/anyone"], vec!["no_expiry", "unnamed_principal", "unused"], Some(0)),
+                (
+                    "b",
+                    vec!["media/anyone"],
+                    vec!["expired", "unused"],
+                    Some(0)
+                ),
+                (
+                    "c",
+                    vec!["media/anyone"],
+                    vec!["no_expiry", "unnamed_principal", "unused"],
+                    Some(0)
+                ),
             ]
         );
         let mut out = String::new();
