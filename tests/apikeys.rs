@@ -460,3 +460,43 @@ fn free_port_for_test() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The ext_authz HTTP service (`http_listen`) takes keys the same way.
+#[tokio::test]
+async fn the_http_service_takes_keys_too() {
+    let d = Deployment::new(&[("media.yaml", MEDIA_POLICY)]);
+    let key = NewKey::generate().unwrap();
+    write_keys(&d, &[entry(&key, PARTNER, "")]);
+    let s = TestServer::start(d.config(
+        "",
+        "http_listen: 127.0.0.1:0\napi_keys:\n  - file: keys.yaml\n    header: x-api-key\n",
+    ))
+    .await;
+    let addr = s.handle.http_addr.expect("http_listen is bound");
+    let http = reqwest::Client::new();
+    let k = key.reveal();
+    let url = format!("http://{addr}/gateway/media/transcripts/t-1");
+    let scheme = format!("ApiKey {k}");
+    for (name, value) in [
+        ("x-api-key", k.as_str()),
+        ("authorization", scheme.as_str()),
+    ] {
+        let r = http.put(&url).header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let id = r
+            .headers()
+            .get("x-hopwarden-api-key")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(id.as_deref(), Some(key.id.as_str()));
+    }
+    let tampered = tamper(&k);
+    let r = http
+        .put(&url)
+        .header("x-api-key", &tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.put(format!("{url}?api_key={k}")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
