@@ -13,7 +13,10 @@ use hopwarden::authn::apikey::{ApiKeySourceSpec, ApiKeys};
 use hopwarden::request::AuthzRequest;
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
     let dir = std::env::temp_dir().join(format!("apikey-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut file = String::from("keys:\n");
