@@ -5,8 +5,10 @@
 //! loadgen mint --key KEY.pem --kid KID --alg RS256|ES256 --count N --out FILE
 //!              [--iss I] [--sub S] [--aud A] [--scope S] [--ttl-secs N]
 //! loadgen run  --addr 127.0.0.1:9191 (--token T | --tokens FILE | --fresh-es256 KEY.pem --kid K)
+//!              (a token or line that is an API key, `hwk_…`, is sent as `ApiKey`)
 //!              (--concurrency N --requests N | --rate R --seconds S [--concurrency N])
 //!              [--server-pid PID] [--label NAME]
+//! loadgen mint-keys --count N --keys-out FILE --file-out FILE [--principal P] [--scope S]
 //! loadgen floor --rate R --seconds S [--concurrency N] [--label NAME]
 //! loadgen allow-all --listen ADDR
 //! loadgen allow-all-http --listen ADDR
@@ -59,6 +61,7 @@ fn main() -> Result<(), Error> {
             "label",
             "threads",
         ],
+        "mint-keys" => &["count", "keys-out", "file-out", "principal", "scope"],
         "floor" => &["rate", "seconds", "concurrency", "label"],
         "allow-all" | "allow-all-http" => &["listen"],
         other => return Err(format!("unknown command {other:?}").into()),
@@ -66,6 +69,7 @@ fn main() -> Result<(), Error> {
     let opts = Opts::parse(rest, known)?;
     match cmd.as_str() {
         "mint" => mint(&opts),
+        "mint-keys" => mint_keys(&opts),
         "run" => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.num("threads", 1)? as usize)
             .enable_all()
@@ -124,6 +128,28 @@ impl Opts {
 }
 
 /// Mints N distinct valid tokens (distinct `jti`), one per line.
+/// API keys for the benchmark (docs/api-keys.md): the keys, one a line, and the key
+/// file that accepts them, as `hopwarden apikey new` would make them.
+fn mint_keys(o: &Opts) -> Result<(), Error> {
+    use std::fmt::Write as _;
+    let principal = o.str("principal", "bench-partner");
+    let scope = o.str("scope", "ledger.read");
+    let (mut keys, mut file) = (String::new(), String::from("keys:\n"));
+    for _ in 0..o.num("count", 1)? {
+        let key = hopwarden::apikey::NewKey::generate()?;
+        writeln!(keys, "{}", key.reveal())?;
+        writeln!(
+            file,
+            "  - {{id: {}, digest: \"{}\", principal: \"{principal}\", scopes: [\"{scope}\"]}}",
+            key.id,
+            key.digest()
+        )?;
+    }
+    std::fs::write(o.str("keys-out", "keys.txt"), keys)?;
+    std::fs::write(o.str("file-out", "keys.yaml"), file)?;
+    Ok(())
+}
+
 fn mint(o: &Opts) -> Result<(), Error> {
     let pem = std::fs::read(o.get("key").ok_or("--key is required")?)?;
     let alg: Algorithm = o.str("alg", "RS256").parse()?;
@@ -155,7 +181,13 @@ fn mint(o: &Opts) -> Result<(), Error> {
 }
 
 fn check_request(token: &str) -> CheckRequest {
-    let headers = [("authorization".to_string(), format!("Bearer {token}"))].into();
+    // An API key (`hwk_…`, docs/api-keys.md) goes in its own scheme, a JWT as Bearer.
+    let scheme = if token.starts_with("hwk_") {
+        "ApiKey"
+    } else {
+        "Bearer"
+    };
+    let headers = [("authorization".to_string(), format!("{scheme} {token}"))].into();
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {

@@ -4,6 +4,7 @@
 //! beside it); a present but invalid token is an error even when the peer alone
 //! would be allowed, so a broken credential is never silently ignored.
 
+pub mod apikey;
 pub mod crypto;
 pub mod delegation;
 pub mod discovery;
@@ -28,6 +29,8 @@ pub enum Credential {
     Token(Arc<VerifiedToken>, Option<SpiffeId>),
     /// No token; an mTLS peer with a SPIFFE ID.
     Peer(SpiffeId),
+    /// A valid API key's entry, and the mTLS peer if any.
+    ApiKey(Arc<crate::apikey::KeyEntry>, Option<SpiffeId>),
     /// Nothing at all.
     Anonymous,
 }
@@ -37,6 +40,7 @@ pub struct Authenticator {
     verifier: JwtVerifier,
     tokens: TokenCache,
     metrics: Arc<Metrics>,
+    api_keys: Arc<apikey::ApiKeys>,
 }
 
 impl Authenticator {
@@ -46,7 +50,41 @@ impl Authenticator {
             verifier,
             tokens,
             metrics,
+            api_keys: Arc::default(),
         }
+    }
+
+    /// Accepts the API keys of these key files too.
+    pub fn with_api_keys(mut self, api_keys: Arc<apikey::ApiKeys>) -> Self {
+        self.api_keys = api_keys;
+        self
+    }
+
+    /// The API key files (for reload, the cache key and logs).
+    pub fn api_keys(&self) -> &Arc<apikey::ApiKeys> {
+        &self.api_keys
+    }
+
+    /// The caller's API key, checked at `now`, when the request carries one (`None`:
+    /// it does not; authenticate it with [`Authenticator::authenticate`]). Runs before
+    /// the bearer token is read, and refuses a request carrying both.
+    pub fn api_key(
+        &self,
+        req: &AuthzRequest,
+        now: std::time::Duration,
+    ) -> Option<Result<Credential, crate::apikey::KeyError>> {
+        let found = match self.api_keys.find(req) {
+            Ok(found) => found?,
+            Err(e) => return Some(Err(e)),
+        };
+        let peer = mtls::peer_identity(req.source_principal.as_deref());
+        let verified = self.api_keys.verify(found, now);
+        let counted = match &verified {
+            Ok(entry) => Ok(entry.id.as_str()),
+            Err(e) => Err(e.as_str()),
+        };
+        self.metrics.api_key_check(counted);
+        Some(verified.map(|entry| Credential::ApiKey(entry, peer)))
     }
 
     /// The verifier (for key refresh and readiness).

@@ -242,17 +242,29 @@ impl DecisionCache {
     }
 }
 
+/// What a decision key reads of the API key configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyInputs<'a> {
+    /// Changes when any key file's keys change: a revoked key's allow is not found again.
+    pub generation: u64,
+    /// The headers keys arrive in besides `authorization`: their whole values are
+    /// hashed, so two keys (even differing only in the secret) never share an entry.
+    pub headers: &'a [String],
+}
+
 /// The decision cache key: a digest of every input a rule of this service can read.
 ///
 /// The policy's revision (a reload that changes this service's rules changes it;
 /// one that changes only other services' does not), the issuers' key removals (a withdrawn key
 /// must not keep allowing), service, hop, method, canonical path, gRPC
 /// method, the whole `authorization` header (the token decides principal, scopes and
-/// claims), the mTLS peer, and the values of the headers named in `when.headers`.
+/// claims), the mTLS peer, the values of the headers named in `when.headers`, and the
+/// API keys' generation and headers ([`KeyInputs`]).
 /// Each field is length-prefixed so no two different inputs share an encoding.
 pub fn decision_key(
     revision: u64,
     key_removals: u64,
+    api_keys: KeyInputs<'_>,
     policy: &ServicePolicy,
     hop: Hop,
     action: &Action,
@@ -277,6 +289,10 @@ pub fn decision_key(
     field(req.header("authorization").map(str::as_bytes));
     field(req.source_principal.as_deref().map(str::as_bytes));
     for name in policy.header_inputs() {
+        field(req.header(name).map(str::as_bytes));
+    }
+    field(Some(&api_keys.generation.to_le_bytes()));
+    for name in api_keys.headers {
         field(req.header(name).map(str::as_bytes));
     }
     h.finalize().into()
@@ -401,6 +417,8 @@ mod tests {
     struct Inputs {
         generation: u64,
         key_removals: u64,
+        api_key_generation: u64,
+        api_key_headers: Vec<String>,
         policy: Arc<ServicePolicy>,
         hop: Hop,
         action: Action,
@@ -412,6 +430,10 @@ mod tests {
             decision_key(
                 self.generation,
                 self.key_removals,
+                KeyInputs {
+                    generation: self.api_key_generation,
+                    headers: &self.api_key_headers,
+                },
                 &self.policy,
                 self.hop,
                 &self.action,
@@ -430,6 +452,8 @@ mod tests {
         let base = Inputs {
             generation: 1,
             key_removals: 0,
+            api_key_generation: 1,
+            api_key_headers: vec!["x-api-key".into()],
             policy: ledger,
             hop: Hop::Mesh,
             action: Action {
@@ -464,6 +488,11 @@ mod tests {
         let cases: Vec<(&str, Inputs)> = vec![
             ("generation", with(&|i| i.generation = 2)),
             ("key removals", with(&|i| i.key_removals = 1)),
+            ("api key generation", with(&|i| i.api_key_generation = 2)),
+            (
+                "api key header",
+                with(&header("x-api-key", Some("hwk_a_b"))),
+            ),
             ("service", with(&|i| i.policy = email.clone())),
             ("hop", with(&|i| i.hop = Hop::Gateway)),
             ("method", with(&|i| i.action.method = "POST".into())),

@@ -66,6 +66,9 @@ pub enum Command {
     Diff(crate::diff::DiffArgs),
     /// Draft least-privilege policies (and their suites) from decision logs.
     Suggest(crate::suggest::SuggestArgs),
+    /// API keys for third parties: `new` (printed once, stored as a digest), `list`, `check`.
+    #[command(subcommand)]
+    Apikey(crate::apikey_tool::ApikeyCommand),
     /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
     #[command(subcommand)]
     Dev(crate::dev::DevCommand),
@@ -147,6 +150,12 @@ pub fn validate(path: &Path) -> ExitCode {
             failed = true;
         }
     }
+    if let Err(errors) = crate::authn::apikey::ApiKeys::load(&config.spec.api_keys) {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        failed = true;
+    }
     // Policies that failed to load set `failed` too.
     let (false, Some(policies)) = (failed, policies) else {
         return ExitCode::FAILURE;
@@ -161,7 +170,7 @@ pub fn validate(path: &Path) -> ExitCode {
         policies.len(),
         rules
     );
-    println!("{}", allowed_headers(&policies));
+    println!("{}", allowed_headers(&policies, &config));
     if let Some(name) = &config.spec.http_peer_header {
         println!(
             "ext_authz http_service, for the mTLS peer (docs/envoy.md): disallowed_headers: {{ patterns: [{{ exact: {name} }}] }} and authorization_request: {{ headers_to_add: [{{ key: {name}, value: \"%DOWNSTREAM_PEER_URI_SAN%\" }}] }}"
@@ -206,9 +215,17 @@ fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
 
 /// The ext_authz filter setting that sends hopwarden only the headers it reads (the
 /// rest of a check's size, and Envoy's and hopwarden's work on it, is spent on nothing).
-fn allowed_headers(policies: &PolicySet) -> String {
-    let mut patterns: Vec<String> = policies
-        .read_headers()
+fn allowed_headers(policies: &PolicySet, config: &Config) -> String {
+    let mut read = policies.read_headers();
+    // The headers API keys arrive in are read too.
+    read.extend(
+        config
+            .spec
+            .api_keys
+            .iter()
+            .filter_map(|k| k.header.as_deref()),
+    );
+    let mut patterns: Vec<String> = read
         .into_iter()
         .map(|h| format!("{{ exact: {h} }}"))
         .collect();

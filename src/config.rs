@@ -44,6 +44,10 @@ pub struct ConfigSpec {
     /// Token issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerSpec>,
+    /// API key files (docs/api-keys.md), each optionally with a header its keys
+    /// arrive in besides `authorization: ApiKey`.
+    #[serde(default)]
+    pub api_keys: Vec<crate::authn::apikey::ApiKeySourceSpec>,
     /// Decision and token caches.
     #[serde(default)]
     pub cache: CacheSpec,
@@ -515,6 +519,13 @@ impl Config {
         };
         spec.policies = base.join(&spec.policies);
         spec.listeners.resolve(base);
+        for source in &mut spec.api_keys {
+            source.file = base.join(&source.file);
+            if let Some(message) = source.problem() {
+                let needle = source.header.clone().unwrap_or_default();
+                errors.push(invalid(&needle, message));
+            }
+        }
         for (needle, message) in spec.listeners.problems() {
             errors.push(invalid(needle, message));
         }

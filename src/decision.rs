@@ -26,6 +26,8 @@ pub struct Allowed {
     /// The actors calling for the principal when its token is delegated (RFC 8693
     /// `act`), outermost first; the outermost goes upstream as `x-hopwarden-actor`.
     pub actors: Option<Arc<Delegation>>,
+    /// The id of the API key that identified the caller, if one did (never its secret).
+    pub api_key: Option<Arc<str>>,
     /// The allow rule that matched (`dry-run` when only dry-run let it through).
     pub rule: Arc<str>,
     /// Set when enforcement would have denied the request but a `mode: dry-run`

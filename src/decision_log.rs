@@ -51,6 +51,9 @@ pub struct DecisionRecord<'a> {
     /// For a delegated token (RFC 8693 `act`): the actors calling for the principal,
     /// outermost (the caller rules matched) first.
     pub actors: Option<Vec<Cow<'a, str>>>,
+    /// The id of the API key the request presented (never its secret), valid or not.
+    #[serde(default)]
+    pub api_key: Option<Cow<'a, str>>,
     /// HTTP method.
     pub method: Cow<'a, str>,
     /// The canonical path, or `<non-canonical>`.
@@ -190,7 +193,8 @@ impl DecisionRecord<'_> {
             }
             None => out.extend_from_slice(b"null"),
         }
-        let request: [(&[u8], Option<&str>); 3] = [
+        let request: [(&[u8], Option<&str>); 4] = [
+            (b",\"api_key\":", self.api_key.as_deref()),
             (b",\"method\":", Some(&self.method)),
             (b",\"path\":", Some(&self.path)),
             (b",\"decision\":", Some(&self.decision)),
@@ -345,6 +349,7 @@ mod tests {
             kind: None,
             peer: None,
             actors: None,
+            api_key: None,
             method: "GET".into(),
             path: "/x".into(),
             decision: "deny".into(),

@@ -70,6 +70,7 @@ impl Outcome {
                 principal: principal.into(),
                 kind: Some(crate::principal::PrincipalKind::Service),
                 actors: None,
+                api_key: None,
                 rule: Arc::from("payments-read"),
                 dry_run: None,
                 limits: Vec::new(),
@@ -221,7 +222,16 @@ impl Engine {
         let removals = self.authn.key_removals();
         // The policy's revision, not the set's generation: a reload that did not
         // change this service's policy keeps its cached decisions.
-        let key = decision_key(policy.revision(), removals, policy, hop, &action, req);
+        let api_keys = self.authn.api_keys().cache_inputs();
+        let key = decision_key(
+            policy.revision(),
+            removals,
+            api_keys,
+            policy,
+            hop,
+            &action,
+            req,
+        );
         let hit = self.decisions.get(&key, now);
         self.metrics.cache("decision", hit.is_some());
         if let Some(decision) = hit {
@@ -280,7 +290,17 @@ impl Engine {
         req: &AuthzRequest,
         now: Duration,
     ) -> Result<(Decision, Option<Duration>), EngineError> {
-        let (principal, deadline) = match self.authn.authenticate(req, now).await {
+        // An API key is looked for first, so a request with a key and a token is
+        // refused rather than decided by whichever is read first.
+        let authenticated = match self.authn.api_key(req, now) {
+            Some(Ok(credential)) => Ok(credential),
+            Some(Err(e)) => {
+                let decision = Decision::deny(DenyReason::InvalidToken(e.as_str()));
+                return Ok((dry_run(decision, None, policy.is_dry_run()), None));
+            }
+            None => self.authn.authenticate(req, now).await,
+        };
+        let (principal, deadline) = match authenticated {
             Ok(Credential::Token(token, peer)) => {
                 // Audience on every hop: a token minted for another service is not a
                 // credential here, whatever else it says.
@@ -292,6 +312,10 @@ impl Engine {
                 (Some(token.principal(peer)), token.exp)
             }
             Ok(Credential::Peer(peer)) => (Some(Principal::from_peer(peer)), None),
+            // The cached decision never outlives the key's `expires`.
+            Ok(Credential::ApiKey(entry, peer)) => {
+                (Some(Principal::from_api_key(&entry, peer)), entry.expires)
+            }
             Ok(Credential::Anonymous) => (None, None),
             Err(TokenError::KeysUnavailable) => {
                 return Err(EngineError::Unavailable(
@@ -353,6 +377,7 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
                 kind: denied.kind,
                 actors: denied.actors,
                 principal: denied.principal.unwrap_or_default(),
+                api_key: None,
                 rule: Arc::from("dry-run"),
                 dry_run: Some(WouldDeny { reason, rule }),
                 limits: Vec::new(),
@@ -396,6 +421,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             principal: caller.clone().unwrap_or_default(),
             kind: principal.map(|p| p.kind),
             actors,
+            api_key: principal.and_then(|p| p.api_key.clone()),
             rule,
             dry_run: None,
             limits: Vec::new(),
@@ -433,6 +459,7 @@ impl Engine {
             kind: None,
             peer: req.source_principal.as_deref().map(Cow::from),
             actors: None,
+            api_key: self.authn.api_keys().presented_id(req).map(Cow::from),
             method: action
                 .map_or(req.method.as_str(), |a| a.method.as_str())
                 .into(),

@@ -238,6 +238,7 @@ fn asserted(args: &ExplainArgs, config: &Config) -> Result<Option<Principal>, St
         claims: Arc::new(claims),
         peer,
         delegation: asserted_actors(&args.actors)?,
+        api_key: None,
     }))
 }
 
@@ -406,6 +407,10 @@ async fn explain(
                 Ok(Credential::Peer(peer)) => {
                     report.credentials = format!("no bearer token; mTLS peer \"{peer}\"");
                     Some(Principal::from_peer(peer))
+                }
+                Ok(Credential::ApiKey(entry, peer)) => {
+                    report.credentials = format!("API key {:?}", entry.id);
+                    Some(Principal::from_api_key(&entry, peer))
                 }
                 Ok(Credential::Anonymous) => {
                     report.credentials = match &args.peer {

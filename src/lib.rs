@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apikey;
+pub mod apikey_tool;
 pub mod authn;
 pub mod cache;
 pub mod cli;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => hopwarden::diff::run(&args),
         Command::Suggest(args) => hopwarden::suggest::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
+        Command::Apikey(command) => hopwarden::apikey_tool::run(&command),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,

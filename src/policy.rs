@@ -255,6 +255,8 @@ impl fmt::Display for PolicyErrors {
 impl std::error::Error for PolicyErrors {}
 
 #[cfg(test)]
+mod credentials_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::principal::{Principal, PrincipalKind};
@@ -273,6 +275,7 @@ mod tests {
             claims: Default::default(),
             peer: None,
             delegation: None,
+            api_key: None,
         }
     }
 

@@ -37,6 +37,30 @@ impl fmt::Display for PrincipalKind {
     }
 }
 
+/// Which credential identified a caller; rules can require some with
+/// `from.credentials` (e.g. an endpoint that refuses long-lived API keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialType {
+    /// A verified bearer JWT.
+    Jwt,
+    /// An API key (`hwk_…`).
+    ApiKey,
+    /// The mTLS peer alone (no token, no key).
+    Mtls,
+}
+
+impl CredentialType {
+    /// The name used in policies and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialType::Jwt => "jwt",
+            CredentialType::ApiKey => "api_key",
+            CredentialType::Mtls => "mtls",
+        }
+    }
+}
+
 /// A SPIFFE ID (`spiffe://trust-domain/path`), as found in an X.509 URI SAN.
 ///
 /// Parsing follows the SPIFFE ID spec (section 2): lowercase scheme `spiffe`, a
@@ -155,6 +179,8 @@ pub struct Principal {
     /// principal, outermost first. Rules match the outermost one as the caller only
     /// when they say so (`from.acting_for`; docs/delegation.md).
     pub delegation: Option<Arc<actor::Delegation>>,
+    /// The id of the API key that identified the caller (never its secret).
+    pub api_key: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -168,12 +194,37 @@ impl Principal {
             claims: Claims::default(),
             peer: Some(peer),
             delegation: None,
+            api_key: None,
         }
     }
 
-    /// Whether the caller presented a verified bearer token.
+    /// A caller identified by an API key (the mTLS peer, if any, kept beside it).
+    pub fn from_api_key(key: &crate::apikey::KeyEntry, peer: Option<SpiffeId>) -> Self {
+        Principal {
+            kind: key.kind,
+            id: key.principal.clone(),
+            issuer: None,
+            scopes: key.scopes.clone(),
+            claims: Claims::default(),
+            peer,
+            delegation: None,
+            api_key: Some(Arc::from(key.id.as_str())),
+        }
+    }
+
+    /// Which credential identified the caller.
+    pub fn credential(&self) -> CredentialType {
+        match (&self.api_key, &self.issuer) {
+            (Some(_), _) => CredentialType::ApiKey,
+            (None, Some(_)) => CredentialType::Jwt,
+            (None, None) => CredentialType::Mtls,
+        }
+    }
+
+    /// Whether the caller presented a credential that carries scopes: a verified
+    /// bearer token or an API key (not the mTLS peer alone).
     pub fn has_token(&self) -> bool {
-        self.issuer.is_some()
+        self.issuer.is_some() || self.api_key.is_some()
     }
 
     /// Whether every scope in `required` was granted.

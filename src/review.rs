@@ -6,6 +6,7 @@
 //! matches is certainly matched by the deny rule, "possibly shadowed" when the two
 //! can match one request.
 
+mod keys;
 mod render;
 mod shadow;
 pub mod usage;
@@ -56,6 +57,10 @@ pub struct ReviewArgs {
     /// A decision log (JSON lines); repeat for several. Lists allow rules never used.
     #[arg(long)]
     pub usage: Vec<PathBuf>,
+    /// An API key file to review; repeat for several. Default: the config's
+    /// `api_keys` when DIR is not given.
+    #[arg(long = "keys")]
+    pub keys: Vec<PathBuf>,
 }
 
 /// The whole review.
@@ -67,6 +72,9 @@ pub struct Review {
     pub tests: TestSummary,
     /// What the decision logs showed, when given.
     pub usage: Option<Usage>,
+    /// The API keys, when key files were given or configured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<keys::KeyAccess>,
 }
 
 /// One service's rules.
@@ -244,7 +252,31 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
         services,
         tests,
         usage,
+        keys: Vec::new(),
     }
+}
+
+/// The key files to review: `--keys`, else the config's when DIR is not given.
+fn key_sets(args: &ReviewArgs) -> Result<Vec<(PathBuf, crate::apikey::KeySet)>, String> {
+    let files = if !args.keys.is_empty() {
+        args.keys.clone()
+    } else if args.dir.is_none() {
+        let config = crate::config::Config::load(&args.config).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            lines.join("\n")
+        })?;
+        config.spec.api_keys.into_iter().map(|k| k.file).collect()
+    } else {
+        Vec::new()
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            crate::apikey::file::load(&f)
+                .map(|s| (f, s))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// `hopwarden review`: prints the review; exit 1 only when something cannot be read.
@@ -290,7 +322,16 @@ pub fn run(args: &ReviewArgs) -> ExitCode {
             }
         }
     };
-    let review = review(&policies, &dir, usage);
+    let sets = match key_sets(args) {
+        Ok(sets) => sets,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut review = review(&policies, &dir, usage);
+    let now = crate::apikey::file::now();
+    review.keys = keys::review(&policies, &sets, review.usage.as_ref(), now);
     let out = match args.format {
         Format::Text => render::text(&review),
         Format::Markdown => render::markdown(&review),
@@ -352,6 +393,10 @@ fn callers(rule: &Rule) -> (Vec<String>, Vec<String>) {
     }
     if let Some(d) = delegation_condition(c.delegated()) {
         and.push(d);
+    }
+    if let Some(creds) = c.credentials() {
+        let names: Vec<&str> = creds.iter().map(|c| c.as_str()).collect();
+        and.push(format!("and credential {}", names.join("|")));
     }
     (who, and)
 }

@@ -34,6 +34,9 @@ pub enum StartError {
     /// The policies did not load.
     #[error("policies did not load:\n{0}")]
     Policies(PolicyErrors),
+    /// A key file did not load.
+    #[error("api key files did not load:\n{0}")]
+    ApiKeys(crate::apikey::file::KeyFileErrors),
     /// A listen address could not be bound.
     #[error("{listener} {addr}: cannot listen: {source}")]
     Bind {
@@ -74,6 +77,7 @@ pub struct ServerHandle {
     /// The engine, for tests and tools.
     pub engine: Arc<Engine>,
     reload: ReloadTrigger,
+    key_reload: Option<crate::authn::apikey::reload::KeyReloadTrigger>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -87,6 +91,9 @@ impl ServerHandle {
     /// Requests a policy reload (what SIGHUP does).
     pub fn reload(&self) {
         self.reload.reload();
+        if let Some(keys) = &self.key_reload {
+            keys.reload();
+        }
     }
 
     /// Stops accepting checks, lets in-flight ones finish (up to `drain_timeout`), and
@@ -150,11 +157,15 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let http = crate::authn::jwks::http_client()?;
     let issuers = crate::authn::jwks::key_stores(&config.issuers, &http, &metrics);
     let cache = &config.spec.cache;
+    let api_keys = Arc::new(
+        crate::authn::apikey::ApiKeys::load(&config.spec.api_keys).map_err(StartError::ApiKeys)?,
+    );
     let authn = Authenticator::new(
         JwtVerifier::new(issuers.clone()),
         TokenCache::new(cache.token_max_entries, cache.ttl),
         metrics.clone(),
-    );
+    )
+    .with_api_keys(api_keys.clone());
     let limits = &config.spec.rate_limits;
     let store = match (&limits.store, &limits.redis) {
         (crate::config::RateLimitStore::Redis, Some(spec)) => {
@@ -268,6 +279,18 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (reload, watch) =
         reload::spawn(engine.clone(), policy_dir, config.spec.policy_poll_interval);
     background.push(watch);
+    for file in api_keys.files() {
+        tracing::info!(file = %file.display(), "api keys loaded");
+    }
+    let key_reload = api_keys.is_configured().then(|| {
+        let (trigger, task) = crate::authn::apikey::reload::spawn(
+            api_keys.clone(),
+            metrics.clone(),
+            config.spec.policy_poll_interval,
+        );
+        background.push(task);
+        trigger
+    });
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let http_engine = engine.clone();
     let grpc_engine = engine.clone();
@@ -331,6 +354,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         http_addr,
         engine,
         reload,
+        key_reload,
         shutdown: Some(shutdown_tx),
         task,
         background,

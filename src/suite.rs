@@ -328,7 +328,21 @@ impl Checker<'_> {
         }
         let delegation = Delegation::new(actors).map(Arc::new);
         match (spec.id, spec.issuer, peer) {
-            (Some(id), Some(issuer), peer) => Some(Principal {
+            (Some(id), None, peer)
+                if spec.api_key.is_some() && spec.claims.is_empty() && delegation.is_none() =>
+            {
+                Some(Principal {
+                    kind: spec.kind.unwrap_or(PrincipalKind::Service),
+                    id,
+                    issuer: None,
+                    scopes: spec.scopes,
+                    claims: Default::default(),
+                    peer,
+                    delegation: None,
+                    api_key: spec.api_key.map(|k| k.as_str().into()),
+                })
+            }
+            (Some(id), Some(issuer), peer) if spec.api_key.is_none() => Some(Principal {
                 kind: spec.kind.unwrap_or(PrincipalKind::Service),
                 id,
                 issuer: Some(issuer),
@@ -336,6 +350,7 @@ impl Checker<'_> {
                 claims: spec.claims.into(),
                 peer,
                 delegation,
+                api_key: None,
             }),
             // DESIGN, Identities: with no token the caller is the peer, kind service,
             // and has no scopes or claims.
@@ -350,7 +365,7 @@ impl Checker<'_> {
             _ => {
                 let at = self.at_key("caller", start);
                 let message = format!(
-                    "case {name:?}: a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors) or an mTLS-only caller (`peer` alone)"
+                    "case {name:?}: a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors), an mTLS-only caller (`peer` alone) or an API key caller (`id` and `api_key`, with optional kind, scopes, peer)"
                 );
                 self.error(at, message);
                 None

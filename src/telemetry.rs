@@ -102,6 +102,16 @@ pub struct RateLimitLabels {
     pub limit: String,
 }
 
+/// Labels of `hopwarden_api_key_checks_total`: the key id only for valid keys (so
+/// bounded by the key files), never for refused ones (a caller could invent ids).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiKeyLabels {
+    /// The key id of a valid key, or `invalid`.
+    pub key_id: String,
+    /// `ok`, or why the key was refused (`api_key_unknown`, `api_key_expired`, …).
+    pub result: &'static str,
+}
+
 /// Every metric hopwarden exports.
 pub struct Metrics {
     registry: Registry,
@@ -116,6 +126,8 @@ pub struct Metrics {
     would_deny: Family<DryRunLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
     decision_log_dropped: Counter,
+    api_keys: Family<ApiKeyLabels, Counter>,
+    api_key_reloads: Family<ResultLabels, Counter>,
     named_principals: RwLock<HashSet<String>>,
     store: StoreMetrics,
 }
@@ -201,8 +213,22 @@ impl Metrics {
             decision_log_dropped.clone(),
         );
         let store = StoreMetrics::register(&mut registry);
+        let api_keys = Family::<ApiKeyLabels, Counter>::default();
+        registry.register(
+            "api_key_checks",
+            "API keys checked, by key id (valid keys only) and result",
+            api_keys.clone(),
+        );
+        let api_key_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "api_key_reloads",
+            "Key file reloads by result (an error keeps the last good keys)",
+            api_key_reloads.clone(),
+        );
         Metrics {
             store,
+            api_keys,
+            api_key_reloads,
             registry,
             checks,
             calls,
@@ -283,6 +309,29 @@ impl Metrics {
         if let Some(g) = generation {
             self.set_generation(g);
         }
+    }
+
+    /// Counts an API key check: `Ok(key id)` or `Err(why it was refused)`.
+    pub fn api_key_check(&self, result: Result<&str, &'static str>) {
+        let labels = match result {
+            Ok(id) => ApiKeyLabels {
+                key_id: id.to_string(),
+                result: "ok",
+            },
+            Err(why) => ApiKeyLabels {
+                key_id: "invalid".into(),
+                result: why,
+            },
+        };
+        self.api_keys.get_or_create(&labels).inc();
+    }
+
+    /// Counts a key file reload.
+    pub fn api_key_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.api_key_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a failure of the policy directory watch.

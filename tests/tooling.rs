@@ -122,7 +122,7 @@ fn test_refuses_broken_suites_with_locations() {
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: {scopes: [ledger.read]}\n    request: {path: /x}\n    expect: {decision: deny}\n",
-            "ledger_test.yaml:4:5: case \"a\": a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors) or an mTLS-only caller (`peer` alone)",
+            "ledger_test.yaml:4:5: case \"a\": a caller is `anonymous`, a token caller (`id` and `issuer`, with optional kind, scopes, claims, peer, actors), an mTLS-only caller (`peer` alone) or an API key caller (`id` and `api_key`, with optional kind, scopes, peer)",
         ),
         (
             "service: ledger\ncases:\n  - name: a\n    caller: {id: alice, issuer: i, actors: [\"\"]}\n    request: {path: /x}\n    expect: {decision: deny}\n",

@@ -147,6 +147,7 @@ impl VerifiedToken {
             claims: self.claims.clone(),
             peer,
             delegation: self.delegation.clone(),
+            api_key: None,
         }
     }
 }

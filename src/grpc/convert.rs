@@ -24,6 +24,9 @@ pub const DRY_RUN_HEADER: &str = "x-hopwarden-dry-run";
 /// The outermost actor of a delegated token (RFC 8693 `act.sub`), calling for the
 /// principal; removed when the token is not delegated.
 pub const ACTOR_HEADER: &str = "x-hopwarden-actor";
+/// The id of the API key that identified the caller (never the key itself); removed
+/// when no key did.
+pub const API_KEY_HEADER: &str = "x-hopwarden-api-key";
 
 /// Why a `CheckRequest` could not be read; answered with a clean deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +114,9 @@ pub fn to_check_response(
             if let Some(actor) = actor {
                 headers.push(overwrite(ACTOR_HEADER, actor));
             }
+            if let Some(id) = &allowed.api_key {
+                headers.push(overwrite(API_KEY_HEADER, id));
+            }
             if let Some(would) = &allowed.dry_run {
                 headers.push(overwrite(DRY_RUN_HEADER, &would.header()));
             }
@@ -136,6 +142,10 @@ pub fn to_check_response(
             // with one, whatever the client sent and whether or not we saw it.
             if actor.is_none() && !headers_to_remove.iter().any(|k| k == ACTOR_HEADER) {
                 headers_to_remove.push(ACTOR_HEADER.to_string());
+            }
+            // And the key id: a request no API key identified never carries one.
+            if allowed.api_key.is_none() && !headers_to_remove.iter().any(|k| k == API_KEY_HEADER) {
+                headers_to_remove.push(API_KEY_HEADER.to_string());
             }
             CheckResponse {
                 status: Some(rpc::Status {
@@ -227,6 +237,9 @@ fn metadata(outcome: &Outcome) -> Struct {
             put("principal_kind", a.kind_str());
             if let Some(actors) = &a.actors {
                 put("actors", &actors.chain());
+            }
+            if let Some(id) = &a.api_key {
+                put("api_key", id);
             }
             if let Some(would) = &a.dry_run {
                 put("dry_run", &would.header());

@@ -27,7 +27,7 @@ use hyper::{Response, StatusCode};
 use crate::decision::{Decision, DenyReason};
 use crate::engine::Outcome;
 use crate::grpc::convert::{
-    ACTOR_HEADER, DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER,
+    ACTOR_HEADER, API_KEY_HEADER, DRY_RUN_HEADER, KIND_HEADER, PRINCIPAL_HEADER, RULE_HEADER,
 };
 use crate::request::{AuthzRequest, Hop, OWN_HEADER_PREFIX};
 
@@ -126,6 +126,9 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
             if let Some(would) = &dry_run {
                 headers.push((DRY_RUN_HEADER, would));
             }
+            if let Some(id) = &allowed.api_key {
+                headers.push((API_KEY_HEADER, id));
+            }
             // An empty value (an anonymous caller's principal) is not set but removed:
             // Envoy might not pass an empty header on, and a client's copy must not
             // stay. Client-sent x-hopwarden-* names we do not set are removed too;
@@ -144,6 +147,10 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
             // Likewise the actor of a request that is not delegated.
             if allowed.actors.is_none() && !forged.contains(&ACTOR_HEADER) {
                 forged.push(ACTOR_HEADER);
+            }
+            // And the key id of a request no API key identified.
+            if allowed.api_key.is_none() && !forged.contains(&API_KEY_HEADER) {
+                forged.push(API_KEY_HEADER);
             }
             let mut response = Response::new(Full::new(Bytes::new()));
             for (name, value) in headers {

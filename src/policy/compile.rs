@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::matcher::{GrpcPattern, IdPattern, PathPattern, PatternError};
 use super::spec::{ClauseSpec, Effect, FromSpec, LimitSpec, Mode, PolicySpec, RuleSpec, WhenSpec};
 use super::PolicyError;
-use crate::principal::PrincipalKind;
+use crate::principal::{CredentialType, PrincipalKind};
 use crate::request::Hop;
 use crate::yaml::{self, Location};
 use delegated::Delegated;
@@ -152,6 +152,7 @@ pub struct Callers {
     pub(super) issuers: Option<Vec<String>>,
     /// Delegated tokens: direct callers only, any party, or actors acting for someone.
     pub(super) delegated: Delegated,
+    pub(super) credentials: Option<Vec<CredentialType>>,
 }
 
 /// One `to` clause: methods (if named) AND (a path OR a gRPC pattern, if named).
@@ -501,6 +502,7 @@ impl<'a> FileContext<'a> {
                 || spec.issuers.is_some()
                 || spec.acting_for.is_some()
                 || spec.delegated.is_some()
+                || spec.credentials.is_some()
             {
                 let at = self.key_in(index, "anonymous");
                 let message = format!(
@@ -514,6 +516,7 @@ impl<'a> FileContext<'a> {
         self.non_empty(index, id, "from.peers", &spec.peers);
         self.non_empty(index, id, "from.kinds", &spec.kinds);
         self.non_empty(index, id, "from.issuers", &spec.issuers);
+        self.non_empty(index, id, "from.credentials", &spec.credentials);
         let principals = spec
             .principals
             .map(|list| self.patterns(index, &list, IdPattern::principal));
@@ -536,6 +539,7 @@ impl<'a> FileContext<'a> {
             kinds: spec.kinds,
             issuers: spec.issuers,
             delegated,
+            credentials: spec.credentials,
         })
     }
 

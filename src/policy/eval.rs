@@ -262,6 +262,13 @@ impl FromClause {
 impl Callers {
     // `matches`, which also reads delegation, is in compile/delegated.rs.
 
+    /// `from.credentials`: the credential that identified the caller is listed.
+    pub(super) fn credential_ok(&self, p: &Principal) -> bool {
+        self.credentials
+            .as_ref()
+            .is_none_or(|list| list.contains(&p.credential()))
+    }
+
     pub(super) fn principal_ok(&self, p: &Principal) -> bool {
         self.principals
             .as_ref()

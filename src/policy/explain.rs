@@ -289,6 +289,17 @@ fn callers_fields(callers: &Callers, p: &Principal, out: &mut Vec<ConditionTrace
         };
         out.push(check("from.issuers", ok, detail));
     }
+    if let Some(creds) = callers.credentials() {
+        let ok = callers.credential_ok(p);
+        let op = if ok { "in" } else { "not in" };
+        let names: Vec<&str> = creds.iter().map(|c| c.as_str()).collect();
+        let detail = format!(
+            "credential {} {op} [{}]",
+            p.credential().as_str(),
+            names.join(", ")
+        );
+        out.push(check("from.credentials", ok, detail));
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,11 @@ impl Callers {
     pub fn issuers(&self) -> Option<&[String]> {
         self.issuers.as_deref()
     }
+
+    /// `from.credentials`, if named.
+    pub fn credentials(&self) -> Option<&[crate::principal::CredentialType]> {
+        self.credentials.as_deref()
+    }
 }
 
 impl ActionClause {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::principal::PrincipalKind;
+use crate::principal::{CredentialType, PrincipalKind};
 use crate::request::Hop;
 
 /// Whether a rule allows or denies what it matches.
@@ -132,6 +132,9 @@ pub struct FromSpec {
     pub issuers: Option<Vec<String>>,
     /// `true`: the rule is about callers with no credential at all.
     pub anonymous: Option<bool>,
+    /// Which credentials may identify the caller: `jwt`, `api_key`, `mtls` (the
+    /// peer alone); e.g. `[jwt]` keeps long-lived API keys off an endpoint.
+    pub credentials: Option<Vec<CredentialType>>,
     /// The rule is about delegated calls (RFC 8693 `act`): the fields above match the
     /// outermost actor, these match the token's subject (docs/delegation.md).
     pub acting_for: Option<ActingForSpec>,

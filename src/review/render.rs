@@ -202,6 +202,7 @@ pub fn text(review: &Review) -> String {
         }
     }
     out.push('\n');
+    super::keys::render(&review.keys, &mut out);
     summary(review, &mut out);
     out
 }
@@ -258,6 +259,11 @@ pub fn markdown(review: &Review) -> String {
     }
     for (rule, kind, message) in flags {
         let _ = writeln!(out, "- `{rule}` **{kind}**: {message}");
+    }
+    if !review.keys.is_empty() {
+        out.push_str("\n## API keys\n\n```\n");
+        super::keys::render(&review.keys, &mut out);
+        out.push_str("```\n");
     }
     out.push_str("\n## Coverage\n\n");
     summary(review, &mut out);

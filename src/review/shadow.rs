@@ -93,6 +93,7 @@ fn from_relation(deny: &FromClause, allow: &FromClause) -> Relation {
         .and(ids(deny.peers(), allow.peers()))
         .and(same(deny.kinds(), allow.kinds()))
         .and(same(deny.issuers(), allow.issuers()))
+        .and(same(deny.credentials(), allow.credentials()))
         .and(delegation_relation(deny.delegated(), allow.delegated()))
 }
 

@@ -23,6 +23,9 @@ pub struct Usage {
     /// `service/rule/decision` -> how many such decisions (an allow rule's count is
     /// the requests it let through; a deny rule's, the requests it refused).
     pub by_rule: BTreeMap<String, u64>,
+    /// API key id -> allowed requests it made.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_key: BTreeMap<String, u64>,
 }
 
 impl Usage {
@@ -54,6 +57,9 @@ impl Usage {
         if self.last.as_deref().is_none_or(|l| timestamp > l) {
             self.last = Some(timestamp.to_string());
         }
+        if let (Some(key), "allow") = (field("api_key"), decision) {
+            *self.by_key.entry(key.to_string()).or_default() += 1;
+        }
         if let Some(rule) = field("rule") {
             *self
                 .by_rule
@@ -68,6 +74,11 @@ impl Usage {
             .get(&format!("{service}/{rule}/{decision}"))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// How many requests the API key `id` was allowed.
+    pub fn key_uses(&self, id: &str) -> u64 {
+        self.by_key.get(id).copied().unwrap_or(0)
     }
 
     /// `2024-06-01T00:00:00Z .. 2024-06-30T23:59:59Z`, or `no decisions`.

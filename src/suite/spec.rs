@@ -66,6 +66,9 @@ pub struct PrincipalSpec {
     /// first: `[customer-bff]` is the BFF calling for this principal.
     #[serde(default)]
     pub actors: Vec<String>,
+    /// The id of the API key that identified the caller (with `id`, no `issuer`):
+    /// the caller is the key's principal, with the key's kind and scopes.
+    pub api_key: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for CallerSpec {

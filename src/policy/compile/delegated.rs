@@ -111,6 +111,7 @@ impl Callers {
             && self.kinds.as_ref().is_none_or(|list| list.contains(&kind))
             && self.peer_ok(p)
             && self.issuer_ok(p)
+            && self.credential_ok(p)
     }
 
     pub(in crate::policy) fn principal_id_ok(&self, id: &str) -> bool {

@@ -27,7 +27,7 @@ fn one_error_per_kind() {
         // serde: unknown keys and wrong types, located by serde_yaml
         ("service: t\nrule: []\n", "a.yaml:2:1: unknown field `rule`, expected one of `service`, `audiences`, `mode`, `rules`, `limits`"),
         ("service: t\nrules:\n  - id: r\n    form: {}\n", "a.yaml:4:5: rules[0]: unknown field `form`, expected one of `id`, `description`, `effect`, `mode`, `from`, `to`, `scopes`, `when`, `limits`"),
-        ("service: t\nrules:\n  - id: r\n    from: {principal: [a]}\n", "a.yaml:4:12: rules[0].from: unknown field `principal`, expected one of `principals`, `peers`, `kinds`, `issuers`, `anonymous`, `acting_for`, `delegated`"),
+        ("service: t\nrules:\n  - id: r\n    from: {principal: [a]}\n", "a.yaml:4:12: rules[0].from: unknown field `principal`, expected one of `principals`, `peers`, `kinds`, `issuers`, `anonymous`, `credentials`, `acting_for`, `delegated`"),
         ("service: t\nrules:\n  - id: r\n    effect: maybe\n", "a.yaml:4:13: rules[0].effect: unknown variant `maybe`, expected `allow` or `deny`"),
         ("service: t\nrules:\n  - id: r\n    from: {kinds: [robot]}\n", "a.yaml:4:20: rules[0].from.kinds[0]: unknown variant `robot`, expected `service` or `user`"),
         ("service: t\nrules:\n  - id: r\n    when: {hop: edge}\n", "a.yaml:4:17: rules[0].when.hop: unknown variant `edge`, expected `gateway` or `mesh`"),

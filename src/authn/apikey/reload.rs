@@ -1,0 +1,128 @@
+//! Hot reload of key files: removing an entry revokes its key at the next reload.
+//!
+//! As for policies (`src/reload.rs`), each key file's *directory* is watched, not the
+//! file: editors save by rename and Kubernetes swaps a `..data` symlink, which a
+//! watch on the file itself would miss. A poll every `policy_poll_interval` backs the
+//! watch up, and SIGHUP reloads too. An invalid file keeps its last good keys and the
+//! errors are logged with `file:line:column`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::ApiKeys;
+use crate::telemetry::Metrics;
+
+/// Coalesces an editor's several events for one save into one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Asks the key file task to reload now.
+#[derive(Clone)]
+pub struct KeyReloadTrigger(mpsc::Sender<()>);
+
+impl KeyReloadTrigger {
+    /// Requests a reload; merged with one already pending.
+    pub fn reload(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Watches every key file's directory and polls every `poll` (zero: no poll).
+pub fn spawn(
+    keys: Arc<ApiKeys>,
+    metrics: Arc<Metrics>,
+    poll: Duration,
+) -> (KeyReloadTrigger, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let trigger = KeyReloadTrigger(tx.clone());
+    let dirs: Vec<PathBuf> = {
+        let mut dirs: Vec<PathBuf> = keys
+            .files()
+            .filter_map(|f| std::path::absolute(f).ok()?.parent().map(PathBuf::from))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    };
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| e.kind.is_access()) {
+            return;
+        }
+        // An error may have lost an event: reload anyway, it is cheap.
+        let _ = tx.try_send(());
+    });
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the key files; polling keeps reloading");
+            None
+        }
+    };
+    for dir in &dirs {
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a key file directory; polling keeps reloading");
+            }
+        }
+    }
+    let task = tokio::spawn(async move {
+        // Owned by the task: dropping the watcher would stop the events.
+        let _watcher = watcher;
+        let mut ticks = (!poll.is_zero()).then(|| {
+            let mut t = tokio::time::interval(poll);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            tokio::select! {
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = async {
+                    match ticks.as_mut() {
+                        Some(t) => {
+                            t.tick().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            reload_now(&keys, &metrics).await;
+        }
+    });
+    (trigger, task)
+}
+
+/// Re-reads every key file now; logs what changed and what was refused.
+pub async fn reload_now(keys: &Arc<ApiKeys>, metrics: &Metrics) {
+    let before = keys.generation();
+    let reloading = keys.clone();
+    let Ok(results) = tokio::task::spawn_blocking(move || reloading.reload()).await else {
+        metrics.api_key_reload(false);
+        tracing::error!("key file reload task failed; keeping the last good keys");
+        return;
+    };
+    let changed = keys.generation() != before;
+    for (file, result) in results {
+        match result {
+            Ok(n) => {
+                metrics.api_key_reload(true);
+                if changed {
+                    tracing::info!(file = %file.display(), keys = n, "api keys reloaded");
+                }
+            }
+            Err(errors) => {
+                metrics.api_key_reload(false);
+                tracing::error!(file = %file.display(), errors = %errors, "key file reload rejected; keeping the last good keys");
+            }
+        }
+    }
+}
