@@ -42,7 +42,11 @@ async fn allowed_with_identity_headers_and_metadata() {
     // actor header always is for a token that is not delegated.
     assert_eq!(
         a.headers_to_remove,
-        ["x-hopwarden-extra", "x-hopwarden-actor"]
+        [
+            "x-hopwarden-extra",
+            "x-hopwarden-actor",
+            "x-hopwarden-api-key"
+        ]
     );
     assert_eq!(
         a.metadata.get("decision").map(String::as_str),
@@ -353,7 +357,11 @@ rules:
     assert_eq!(a.header("x-hopwarden-principal"), None, "{a:?}");
     assert_eq!(
         a.headers_to_remove,
-        ["x-hopwarden-principal", "x-hopwarden-actor"],
+        [
+            "x-hopwarden-principal",
+            "x-hopwarden-actor",
+            "x-hopwarden-api-key"
+        ],
         "{a:?}"
     );
     assert_eq!(a.header("x-hopwarden-principal-kind"), Some("anonymous"));
@@ -1133,7 +1141,7 @@ async fn http_service_answers_over_http1_and_http2() {
         );
         assert_eq!(
             h("x-envoy-auth-headers-to-remove").as_deref(),
-            Some("x-hopwarden-extra,x-hopwarden-actor")
+            Some("x-hopwarden-extra,x-hopwarden-actor,x-hopwarden-api-key")
         );
         let r = get("/gateway/ledger/transactions/42", &[]).await.unwrap();
         assert_eq!(r.status(), 401, "{name}");

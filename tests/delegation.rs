@@ -297,13 +297,17 @@ async fn the_http_service_sets_or_removes_the_actor() {
     assert_eq!(r.status(), 200);
     assert_eq!(h(&r, "x-hopwarden-actor").as_deref(), Some(BFF));
     assert_eq!(h(&r, "x-hopwarden-principal").as_deref(), Some("alice"));
-    assert_eq!(h(&r, "x-envoy-auth-headers-to-remove"), None);
+    // No API key identified the caller: its header is removed, whatever the client sent.
+    assert_eq!(
+        h(&r, "x-envoy-auth-headers-to-remove").as_deref(),
+        Some("x-hopwarden-api-key")
+    );
     let r = get("/me", &user_token("alice", json!({}))).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(h(&r, "x-hopwarden-actor"), None);
     assert_eq!(
         h(&r, "x-envoy-auth-headers-to-remove").as_deref(),
-        Some("x-hopwarden-actor")
+        Some("x-hopwarden-actor,x-hopwarden-api-key")
     );
     let r = get(
         "/transactions/42",

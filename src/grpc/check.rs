@@ -141,17 +141,34 @@ mod tests {
         let Answer::Message(m) = answer(&outcome, &forged, options) else {
             panic!("a request with x-hopwarden-* headers is answered for itself");
         };
-        assert_eq!(removed(&m), ["x-hopwarden-admin", "x-hopwarden-actor"]);
+        assert_eq!(
+            removed(&m),
+            [
+                "x-hopwarden-admin",
+                "x-hopwarden-actor",
+                "x-hopwarden-api-key"
+            ]
+        );
         // Neither before nor after does the kept answer remove anything the client
-        // sent (only the actor header, which a direct caller never has).
+        // sent (only the actor and key id headers, which a direct token caller never has).
         let plain = answer(&outcome, &request(&[]), options)
             .into_message()
             .unwrap();
-        assert_eq!(removed(&plain), ["x-hopwarden-actor"]);
+        assert_eq!(
+            removed(&plain),
+            ["x-hopwarden-actor", "x-hopwarden-api-key"]
+        );
         let Answer::Message(again) = answer(&outcome, &forged, options) else {
             panic!("still answered for itself");
         };
-        assert_eq!(removed(&again), ["x-hopwarden-admin", "x-hopwarden-actor"]);
+        assert_eq!(
+            removed(&again),
+            [
+                "x-hopwarden-admin",
+                "x-hopwarden-actor",
+                "x-hopwarden-api-key"
+            ]
+        );
     }
 
     #[test]

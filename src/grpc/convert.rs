@@ -292,7 +292,7 @@ mod tests {
             assert_eq!(set(ok, PRINCIPAL_HEADER), None, "{ok:?}");
             assert_eq!(
                 ok.headers_to_remove,
-                [PRINCIPAL_HEADER, ACTOR_HEADER],
+                [PRINCIPAL_HEADER, ACTOR_HEADER, API_KEY_HEADER],
                 "{ok:?}"
             );
             assert!(set(ok, KIND_HEADER).is_some() && set(ok, RULE_HEADER).is_some());
@@ -312,7 +312,11 @@ mod tests {
             set(ok, PRINCIPAL_HEADER).as_deref(),
             Some("spiffe://x/payments")
         );
-        assert_eq!(ok.headers_to_remove, [ACTOR_HEADER], "{ok:?}");
+        assert_eq!(
+            ok.headers_to_remove,
+            [ACTOR_HEADER, API_KEY_HEADER],
+            "{ok:?}"
+        );
     }
 
     #[test]

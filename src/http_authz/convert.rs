@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
         assert_eq!(header(&r, KIND_HEADER), Some("service"));
         assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
-        assert_eq!(header(&r, HEADERS_TO_REMOVE), Some(ACTOR_HEADER));
+        assert_eq!(
+            header(&r, HEADERS_TO_REMOVE),
+            Some("x-hopwarden-actor,x-hopwarden-api-key")
+        );
 
         let forged = to_authz_request(&parts(
             "/gateway/ledger/t",
@@ -289,7 +292,7 @@ mod tests {
         assert_eq!(header(&r, PRINCIPAL_HEADER), Some("spiffe://x/payments"));
         assert_eq!(
             header(&r, HEADERS_TO_REMOVE),
-            Some("x-hopwarden-admin,x-hopwarden-actor")
+            Some("x-hopwarden-admin,x-hopwarden-actor,x-hopwarden-api-key")
         );
     }
 
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!(header(&r, PRINCIPAL_HEADER), None);
         assert_eq!(
             header(&r, HEADERS_TO_REMOVE),
-            Some("x-hopwarden-principal,x-hopwarden-actor")
+            Some("x-hopwarden-principal,x-hopwarden-actor,x-hopwarden-api-key")
         );
         assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
     }
