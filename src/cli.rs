@@ -62,6 +62,11 @@ pub enum Command {
     Explain(crate::explain::ExplainArgs),
     /// The access matrix: who may do what on each service, with over-broad grants flagged.
     Review(crate::review::ReviewArgs),
+    /// Print the JSON Schema of a policy file, a suite file or the server config.
+    Schema {
+        /// Which file: policy, suite or config.
+        kind: crate::schema::SchemaKind,
+    },
     /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
     #[command(subcommand)]
     Dev(crate::dev::DevCommand),

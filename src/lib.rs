@@ -32,6 +32,7 @@ pub mod reload;
 pub mod request;
 pub mod resolve;
 pub mod review;
+pub mod schema;
 pub mod server;
 pub mod suite;
 pub mod telemetry;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => hopwarden::explain::run(&args),
         Command::Review(args) => hopwarden::review::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
+        Command::Schema { kind } => hopwarden::schema::run(kind),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,
