@@ -4,7 +4,7 @@
 //! scripts/install-schema-tools.sh; a failed install fails the tests).
 //!
 //! After changing a `*Spec` struct, rewrite the schemas with `scripts/schemas.sh`
-//! (or `UPDATE_SCHEMAS=1 cargo test --test schemas`).
+//! (or `UPDATE_SCHEMAS=1 cargo test --test schemas`, which rewrites them and fails).
 
 mod common;
 
@@ -72,12 +72,14 @@ fn examples(kind: &str) -> Vec<PathBuf> {
 #[test]
 fn committed_schemas_are_what_the_command_prints() {
     let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+    let mut rewritten = Vec::new();
     for kind in KINDS {
         let (code, printed, err) = common::run_bin(&["schema", kind], &common::repo());
         assert_eq!(code, 0, "hopwarden schema {kind}: {err}");
         let path = common::repo().join(format!("schemas/{kind}.schema.json"));
         if update {
             std::fs::write(&path, &printed).unwrap();
+            rewritten.push(path);
             continue;
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
@@ -87,6 +89,11 @@ fn committed_schemas_are_what_the_command_prints() {
             path.display()
         );
     }
+    // As UPDATE_GOLDEN does: a run that rewrote the files compared nothing.
+    assert!(
+        rewritten.is_empty(),
+        "rewrote {rewritten:?}: review the diff, then run again without UPDATE_SCHEMAS"
+    );
 }
 
 #[test]
