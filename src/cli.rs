@@ -162,7 +162,10 @@ pub fn validate(path: &Path) -> ExitCode {
         policies.len(),
         rules
     );
-    println!("{}", allowed_headers(&policies));
+    println!(
+        "{}",
+        allowed_headers(&policies, config.spec.tracing.otlp.is_some())
+    );
     ExitCode::SUCCESS
 }
 
@@ -195,9 +198,13 @@ fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
 
 /// The ext_authz filter setting that sends hopwarden only the headers it reads (the
 /// rest of a check's size, and Envoy's and hopwarden's work on it, is spent on nothing).
-fn allowed_headers(policies: &PolicySet) -> String {
-    let mut patterns: Vec<String> = policies
-        .read_headers()
+/// With tracing on, the trace context headers are read too.
+fn allowed_headers(policies: &PolicySet, tracing: bool) -> String {
+    let mut headers = policies.read_headers();
+    if tracing {
+        headers.extend(crate::telemetry::trace_context::HEADERS);
+    }
+    let mut patterns: Vec<String> = headers
         .into_iter()
         .map(|h| format!("{{ exact: {h} }}"))
         .collect();

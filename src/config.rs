@@ -16,6 +16,9 @@ use crate::principal::PrincipalKind;
 use crate::resolve::ServiceResolver;
 use crate::yaml::{self, Location};
 
+pub mod traces;
+pub use traces::{OtlpProtocol, OtlpSpec, TracingSpec};
+
 /// The server config file as written (`*Spec`: what serde reads).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +74,9 @@ pub struct ConfigSpec {
     /// Where rate limit counters live (docs/rate-limits.md).
     #[serde(default)]
     pub rate_limits: RateLimitsSpec,
+    /// OpenTelemetry traces of checks (docs/tracing.md); off by default.
+    #[serde(default)]
+    pub tracing: TracingSpec,
 }
 
 /// The rate limits' counters: in the process, in a bounded table.
@@ -474,6 +480,9 @@ impl Config {
         spec.policies = base.join(&spec.policies);
         spec.listeners.resolve(base);
         for (needle, message) in spec.listeners.problems() {
+            errors.push(invalid(needle, message));
+        }
+        for (needle, message) in spec.tracing.problems() {
             errors.push(invalid(needle, message));
         }
         let mut issuers = Vec::new();

@@ -100,6 +100,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     buckets: Buckets,
+    traces: Option<crate::telemetry::otlp::CheckTracer>,
 }
 
 impl Engine {
@@ -122,6 +123,7 @@ impl Engine {
             metrics,
             log,
             buckets: Buckets::default(),
+            traces: None,
         }
     }
 
@@ -129,6 +131,12 @@ impl Engine {
     /// [`crate::limits::bucket::DEFAULT_MAX_BUCKETS`]).
     pub fn with_max_buckets(mut self, max_buckets: usize) -> Self {
         self.buckets = Buckets::new(max_buckets);
+        self
+    }
+
+    /// Exports a span per sampled check (`tracing.otlp`).
+    pub fn with_tracing(mut self, tracer: crate::telemetry::otlp::CheckTracer) -> Self {
+        self.traces = Some(tracer);
         self
     }
 
@@ -168,7 +176,11 @@ impl Engine {
             rule = tracing::field::Empty,
         );
         let started = Instant::now();
+        let trace = self.traces.as_ref().and_then(|t| t.begin(req));
         let result = self.decide(req).instrument(span.clone()).await;
+        if let (Some(tracer), Some(trace)) = (&self.traces, trace) {
+            tracer.end(trace, &result);
+        }
         if let Ok(o) = &result {
             span.record("service", o.service.as_deref());
             span.record("decision", o.decision.as_str());

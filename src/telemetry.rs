@@ -18,6 +18,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSpec};
 
+pub mod otlp;
+pub mod trace_context;
+
 /// Installs the global subscriber; `RUST_LOG` overrides the configured level.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init(spec: &LogSpec) {
@@ -102,6 +105,13 @@ pub struct RateLimitLabels {
     pub limit: String,
 }
 
+/// Labels of `hopwarden_trace_spans_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceDropLabels {
+    /// `queue_full` or `export_failed`.
+    pub why: &'static str,
+}
+
 /// Every metric hopwarden exports.
 pub struct Metrics {
     registry: Registry,
@@ -116,6 +126,8 @@ pub struct Metrics {
     would_deny: Family<DryRunLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
     decision_log_dropped: Counter,
+    trace_spans_dropped: Family<TraceDropLabels, Counter>,
+    trace_spans_exported: Counter,
     named_principals: RwLock<HashSet<String>>,
 }
 
@@ -199,6 +211,18 @@ impl Metrics {
             "Decision log lines dropped because the writer fell behind",
             decision_log_dropped.clone(),
         );
+        let trace_spans_dropped = Family::<TraceDropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Check spans not exported: the export queue was full or the collector failed",
+            trace_spans_dropped.clone(),
+        );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Check spans the OTLP collector accepted",
+            trace_spans_exported.clone(),
+        );
         Metrics {
             registry,
             checks,
@@ -212,6 +236,8 @@ impl Metrics {
             would_deny,
             rate_limited,
             decision_log_dropped,
+            trace_spans_dropped,
+            trace_spans_exported,
             named_principals: RwLock::new(HashSet::new()),
         }
     }
@@ -229,6 +255,18 @@ impl Metrics {
         if let Ok(mut guard) = self.named_principals.write() {
             *guard = names;
         }
+    }
+
+    /// Counts `n` check spans dropped before export.
+    pub fn trace_spans_dropped(&self, why: &'static str, n: u64) {
+        self.trace_spans_dropped
+            .get_or_create(&TraceDropLabels { why })
+            .inc_by(n);
+    }
+
+    /// Counts `n` check spans the collector accepted.
+    pub fn trace_spans_exported(&self, n: u64) {
+        self.trace_spans_exported.inc_by(n);
     }
 
     /// Counts one answered check.
