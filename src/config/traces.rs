@@ -98,6 +98,17 @@ impl TracingSpec {
                 ),
             ));
         }
+        // The gRPC exporter is built without TLS (tonic's TLS features would add a
+        // second TLS stack); HTTP goes through reqwest's rustls.
+        if otlp.protocol == OtlpProtocol::Grpc && otlp.endpoint.starts_with("https://") {
+            out.push((
+                "endpoint",
+                format!(
+                    "tracing.otlp.endpoint {:?}: https is not supported over grpc; use protocol: http, or a local collector",
+                    otlp.endpoint
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&otlp.root_sample_ratio) {
             out.push((
                 "root_sample_ratio",
@@ -147,6 +158,7 @@ mod tests {
             ("otlp: {endpoint: 'http://c:4317', root_sample_ratio: 1.5}", "root_sample_ratio"),
             ("otlp: {endpoint: 'http://c:4317', max_queue: 0}", "max_queue"),
             ("otlp: {endpoint: 'http://c:4317', interval: 1ms}", "interval"),
+            ("otlp: {endpoint: 'https://c:4317'}", "endpoint"),
         ];
         for (yaml, key) in cases {
             let problems = otlp(yaml).problems();
