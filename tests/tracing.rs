@@ -225,6 +225,87 @@ async fn the_check_span_is_a_child_of_the_callers_traceparent() {
     assert_eq!(sample(&metrics(&s).await, "hopwarden_trace_spans_exported_total"), 4.0);
 }
 
+fn bytes_of(m: &ExportTraceServiceResponse) -> std::io::Cursor<Vec<u8>> {
+    std::io::Cursor::new(prost::Message::encode_to_vec(m))
+}
+
+/// An OTLP/HTTP collector: `POST /v1/traces` with a protobuf body, on 127.0.0.1:0.
+async fn start_http_collector() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let theirs = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let spans = theirs.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let spans = spans.clone();
+                async move {
+                    let ok = req.method() == hyper::Method::POST
+                        && req.uri().path() == "/v1/traces"
+                        && req.headers()["content-type"] == "application/x-protobuf";
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let status = match <ExportTraceServiceRequest as prost::Message>::decode(body) {
+                        Ok(export) if ok => {
+                            let mut spans = spans.lock().unwrap();
+                            for rs in export.resource_spans {
+                                for ss in rs.scope_spans {
+                                    spans.extend(ss.spans);
+                                }
+                            }
+                            200
+                        }
+                        _ => 400,
+                    };
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(
+                        bytes_of(&ExportTraceServiceResponse::default()),
+                    ));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, hyper::Error>(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (addr, spans)
+}
+
+#[tokio::test]
+async fn spans_go_over_otlp_http_too() {
+    let (addr, spans) = start_http_collector().await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let extra = "    protocol: http\n";
+    let endpoint = format!("http://{addr}/v1/traces");
+    let s = TestServer::start(d.config("", &tracing_config(&endpoint, extra))).await;
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    let check = Check::new("ledger", "GET", "/transactions/42")
+        .bearer(&t)
+        .header("traceparent", &format!("00-{TRACE}-{PARENT}-01"));
+    assert_eq!(s.check(check).await.status, 200);
+    let arrived = eventually(Duration::from_secs(10), || {
+        let spans = spans.clone();
+        async move { !spans.lock().unwrap().is_empty() }
+    })
+    .await;
+    assert!(arrived, "{}", metrics(&s).await);
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 1);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&spans[0].trace_id), TRACE);
+    assert_eq!(hex(&spans[0].parent_span_id), PARENT);
+    assert_eq!(attr(&spans[0], "hopwarden.rule").as_deref(), Some("payments-read-transactions"));
+}
+
 #[tokio::test]
 async fn with_the_collector_down_checks_are_answered_and_drops_counted() {
     // A port that was just free: nothing listens there.
