@@ -10,7 +10,17 @@ use serde_json::{Map, Value};
 pub type Claims = Arc<Map<String, Value>>;
 
 /// What kind of caller a principal is; policies match on it with `from.kinds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PrincipalKind {
     /// A workload: a service, background job or integration acting for itself.

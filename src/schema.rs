@@ -144,8 +144,7 @@ mod tests {
 
     #[test]
     fn durations_are_strings_and_caller_may_be_anonymous() {
-        let config: serde_json::Value =
-            serde_json::from_str(&render(SchemaKind::Config)).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&render(SchemaKind::Config)).unwrap();
         assert_eq!(config["definitions"]["Duration"]["type"], "string");
         let suite = render(SchemaKind::Suite);
         assert!(suite.contains("\"anonymous\""), "{suite}");

@@ -140,11 +140,27 @@ fn an_unknown_key_does_not_validate() {
     let config = std::fs::read_to_string(common::repo().join("hopwarden.yaml")).unwrap();
     let cases = [
         // (kind, file text, what the validator names)
-        ("policy", ledger.replacen("principals:", "principal:", 1), "principal"),
+        (
+            "policy",
+            ledger.replacen("principals:", "principal:", 1),
+            "principal",
+        ),
         ("policy", format!("{ledger}\nowner: team-ledger\n"), "owner"),
-        ("suite", suite.replacen("decision:", "decison:", 1), "decison"),
-        ("config", format!("{config}\nlog_level: debug\n"), "log_level"),
-        ("config", config.replacen("cache:", "cache:\n  max_entires: 5\n  #", 1), "max_entires"),
+        (
+            "suite",
+            suite.replacen("decision:", "decison:", 1),
+            "decison",
+        ),
+        (
+            "config",
+            format!("{config}\nlog_level: debug\n"),
+            "log_level",
+        ),
+        (
+            "config",
+            config.replacen("cache:", "cache:\n  max_entires: 5\n  #", 1),
+            "max_entires",
+        ),
     ];
     for (i, (kind, text, key)) in cases.iter().enumerate() {
         assert!(text.contains(key), "case {i}: the edit did not apply");
@@ -165,7 +181,10 @@ fn wrong_values_do_not_validate() {
         ("config", "cache: {ttl: 60}\n"),
         ("config", "cache: {ttl: soon}\n"),
         ("policy", "service: a\nrules: [{id: r, effect: permit}]\n"),
-        ("suite", "cases: [{name: a, caller: nobody, request: {path: /}, expect: {decision: allow}}]\n"),
+        (
+            "suite",
+            "cases: [{name: a, caller: nobody, request: {path: /}, expect: {decision: allow}}]\n",
+        ),
     ];
     for (i, (kind, text)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("case{i}.yaml"));
@@ -177,7 +196,10 @@ fn wrong_values_do_not_validate() {
     let good = [
         ("config", "cache: {ttl: 1h 30m, deny_ttl: 250ms}\n"),
         ("policy", "service: a\nrules: [{id: r, effect: deny}]\n"),
-        ("suite", "cases: [{name: a, caller: anonymous, request: {path: /}, expect: {decision: deny}}]\n"),
+        (
+            "suite",
+            "cases: [{name: a, caller: anonymous, request: {path: /}, expect: {decision: deny}}]\n",
+        ),
     ];
     for (i, (kind, text)) in good.iter().enumerate() {
         let file = dir.path().join(format!("good{i}.yaml"));

@@ -109,7 +109,13 @@ async fn metrics(s: &TestServer) -> String {
 /// The value of `series` (name and labels) in a Prometheus page, 0 when absent.
 fn sample(page: &str, series: &str) -> f64 {
     page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -125,15 +131,25 @@ async fn the_check_span_is_a_child_of_the_callers_traceparent() {
 
     // Not sampled by the caller: no span, whatever the header style.
     let unsampled = [
-        ("traceparent", "00-11111111111111111111111111111111-2222222222222222-00"),
+        (
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-00",
+        ),
         ("b3", "33333333333333333333333333333333-4444444444444444-0"),
     ];
     for (name, value) in unsampled {
-        let check = Check::new("ledger", "GET", "/transactions/1").bearer(&t).header(name, value);
+        let check = Check::new("ledger", "GET", "/transactions/1")
+            .bearer(&t)
+            .header(name, value);
         assert_eq!(s.check(check).await.status, 200);
     }
     // No trace context and the default root ratio (0): no span.
-    assert_eq!(s.check(Check::new("ledger", "GET", "/transactions/1").bearer(&t)).await.status, 200);
+    assert_eq!(
+        s.check(Check::new("ledger", "GET", "/transactions/1").bearer(&t))
+            .await
+            .status,
+        200
+    );
 
     let tp = format!("00-{TRACE}-{PARENT}-01");
     let allowed = Check::new("ledger", "GET", "/transactions/42")
@@ -181,7 +197,10 @@ async fn the_check_span_is_a_child_of_the_callers_traceparent() {
     assert_eq!(attr(span, "hopwarden.hop").as_deref(), Some("mesh"));
     assert_eq!(attr(span, "hopwarden.decision").as_deref(), Some("allow"));
     assert_eq!(attr(span, "hopwarden.principal").as_deref(), Some(PAYMENTS));
-    assert_eq!(attr(span, "hopwarden.rule").as_deref(), Some("payments-read-transactions"));
+    assert_eq!(
+        attr(span, "hopwarden.rule").as_deref(),
+        Some("payments-read-transactions")
+    );
     assert_eq!(attr(span, "hopwarden.cached").as_deref(), Some("false"));
     assert_eq!(attr(span, "hopwarden.reason"), None);
 
@@ -189,13 +208,25 @@ async fn the_check_span_is_a_child_of_the_callers_traceparent() {
     let (_, denied) = find("0000000000000000a3ce929d0e0e4736");
     assert_eq!(hex(&denied.parent_span_id), "5555555555555555");
     assert_eq!(attr(denied, "hopwarden.decision").as_deref(), Some("deny"));
-    assert_eq!(attr(denied, "hopwarden.reason").as_deref(), Some("deny_rule"));
-    assert_eq!(attr(denied, "hopwarden.rule").as_deref(), Some("payments-never-refund"));
-    assert_eq!(attr(denied, "http.response.status_code").as_deref(), Some("403"));
+    assert_eq!(
+        attr(denied, "hopwarden.reason").as_deref(),
+        Some("deny_rule")
+    );
+    assert_eq!(
+        attr(denied, "hopwarden.rule").as_deref(),
+        Some("payments-never-refund")
+    );
+    assert_eq!(
+        attr(denied, "http.response.status_code").as_deref(),
+        Some("403")
+    );
 
     let (_, anonymous) = find("66666666666666666666666666666666");
     assert_eq!(hex(&anonymous.parent_span_id), "7777777777777777");
-    assert_eq!(attr(anonymous, "hopwarden.reason").as_deref(), Some("missing_credential"));
+    assert_eq!(
+        attr(anonymous, "hopwarden.reason").as_deref(),
+        Some("missing_credential")
+    );
 
     // Never a token, in any attribute of any span.
     for (_, span) in &spans {
@@ -222,7 +253,10 @@ async fn the_check_span_is_a_child_of_the_callers_traceparent() {
         .find(|(_, sp)| hex(&sp.parent_span_id) == "1234567812345678")
         .expect("the cached check's span");
     assert_eq!(attr(&hit.1, "hopwarden.cached").as_deref(), Some("true"));
-    assert_eq!(sample(&metrics(&s).await, "hopwarden_trace_spans_exported_total"), 4.0);
+    assert_eq!(
+        sample(&metrics(&s).await, "hopwarden_trace_spans_exported_total"),
+        4.0
+    );
 }
 
 fn bytes_of(m: &ExportTraceServiceResponse) -> std::io::Cursor<Vec<u8>> {
@@ -242,32 +276,34 @@ async fn start_http_collector() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
                 return;
             };
             let spans = theirs.clone();
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let spans = spans.clone();
-                async move {
-                    let ok = req.method() == hyper::Method::POST
-                        && req.uri().path() == "/v1/traces"
-                        && req.headers()["content-type"] == "application/x-protobuf";
-                    let body = req.into_body().collect().await?.to_bytes();
-                    let status = match <ExportTraceServiceRequest as prost::Message>::decode(body) {
-                        Ok(export) if ok => {
-                            let mut spans = spans.lock().unwrap();
-                            for rs in export.resource_spans {
-                                for ss in rs.scope_spans {
-                                    spans.extend(ss.spans);
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let spans = spans.clone();
+                    async move {
+                        let ok = req.method() == hyper::Method::POST
+                            && req.uri().path() == "/v1/traces"
+                            && req.headers()["content-type"] == "application/x-protobuf";
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let status =
+                            match <ExportTraceServiceRequest as prost::Message>::decode(body) {
+                                Ok(export) if ok => {
+                                    let mut spans = spans.lock().unwrap();
+                                    for rs in export.resource_spans {
+                                        for ss in rs.scope_spans {
+                                            spans.extend(ss.spans);
+                                        }
+                                    }
+                                    200
                                 }
-                            }
-                            200
-                        }
-                        _ => 400,
-                    };
-                    let mut resp = hyper::Response::new(http_body_util::Full::new(
-                        bytes_of(&ExportTraceServiceResponse::default()),
-                    ));
-                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                    Ok::<_, hyper::Error>(resp)
-                }
-            });
+                                _ => 400,
+                            };
+                        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes_of(
+                            &ExportTraceServiceResponse::default(),
+                        )));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -303,7 +339,10 @@ async fn spans_go_over_otlp_http_too() {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     assert_eq!(hex(&spans[0].trace_id), TRACE);
     assert_eq!(hex(&spans[0].parent_span_id), PARENT);
-    assert_eq!(attr(&spans[0], "hopwarden.rule").as_deref(), Some("payments-read-transactions"));
+    assert_eq!(
+        attr(&spans[0], "hopwarden.rule").as_deref(),
+        Some("payments-read-transactions")
+    );
 }
 
 #[tokio::test]
@@ -323,7 +362,10 @@ async fn with_the_collector_down_checks_are_answered_and_drops_counted() {
         assert_eq!(answer.status, 200);
     }
     let dropped = |page: &str, why: &str| {
-        sample(page, &format!("hopwarden_trace_spans_dropped_total{{why=\"{why}\"}}"))
+        sample(
+            page,
+            &format!("hopwarden_trace_spans_dropped_total{{why=\"{why}\"}}"),
+        )
     };
     // 40 spans within one interval into a queue of 4: most are dropped at once.
     let page = metrics(&s).await;
@@ -340,7 +382,9 @@ async fn with_the_collector_down_checks_are_answered_and_drops_counted() {
     let accounted = dropped(&page, "queue_full") + dropped(&page, "export_failed");
     assert!((36.0..=40.0).contains(&accounted), "{accounted}: {page}");
     // And checks still answer.
-    let check = Check::new("ledger", "GET", "/transactions/1").bearer(&t).header("traceparent", &tp);
+    let check = Check::new("ledger", "GET", "/transactions/1")
+        .bearer(&t)
+        .header("traceparent", &tp);
     assert_eq!(s.check_rpc(check).await.expect("answered").status, 200);
 }
 
@@ -357,7 +401,15 @@ fn validate_lists_the_trace_headers_only_when_tracing_is_on() {
     std::fs::write(&path, d.config_text("", &extra)).unwrap();
     let (code, out, err) = run_bin(&["validate", "--config", "hopwarden.yaml"], d.path());
     assert_eq!(code, 0, "{err}");
-    for h in ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"] {
+    for h in [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    ] {
         assert!(out.contains(&format!("{{ exact: {h} }}")), "{h}: {out}");
     }
 
@@ -365,5 +417,8 @@ fn validate_lists_the_trace_headers_only_when_tracing_is_on() {
     std::fs::write(&path, d.config_text("", &bad)).unwrap();
     let (code, _, err) = run_bin(&["validate", "--config", "hopwarden.yaml"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("tracing.otlp.endpoint \"collector:4317\" is not an http:// or https:// URL"), "{err}");
+    assert!(
+        err.contains("tracing.otlp.endpoint \"collector:4317\" is not an http:// or https:// URL"),
+        "{err}"
+    );
 }

@@ -88,7 +88,8 @@ impl TracingSpec {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let scheme_ok = otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://");
+        let scheme_ok =
+            otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://");
         if !scheme_ok || otlp.endpoint.parse::<hyper::Uri>().is_err() {
             out.push((
                 "endpoint",
@@ -155,9 +156,18 @@ mod tests {
     fn bad_values_are_named() {
         let cases = [
             ("otlp: {endpoint: 'collector:4317'}", "endpoint"),
-            ("otlp: {endpoint: 'http://c:4317', root_sample_ratio: 1.5}", "root_sample_ratio"),
-            ("otlp: {endpoint: 'http://c:4317', max_queue: 0}", "max_queue"),
-            ("otlp: {endpoint: 'http://c:4317', interval: 1ms}", "interval"),
+            (
+                "otlp: {endpoint: 'http://c:4317', root_sample_ratio: 1.5}",
+                "root_sample_ratio",
+            ),
+            (
+                "otlp: {endpoint: 'http://c:4317', max_queue: 0}",
+                "max_queue",
+            ),
+            (
+                "otlp: {endpoint: 'http://c:4317', interval: 1ms}",
+                "interval",
+            ),
             ("otlp: {endpoint: 'https://c:4317'}", "endpoint"),
         ];
         for (yaml, key) in cases {

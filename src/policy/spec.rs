@@ -13,7 +13,18 @@ use crate::principal::PrincipalKind;
 use crate::request::Hop;
 
 /// Whether a rule allows or denies what it matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// The rule grants access (the default).
@@ -39,7 +50,18 @@ impl Effect {
 /// not matched and the result records it as a would-deny. A `dry-run` policy is
 /// evaluated normally and the engine turns a final denial into an allow marked with
 /// `x-hopwarden-dry-run`, so allow rules can be trialled too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 pub enum Mode {
     /// The default: decisions take effect.
     #[default]

@@ -19,10 +19,14 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks,
+};
 use opentelemetry_sdk::Resource;
 
 use super::trace_context::{self, Parent};
@@ -104,7 +108,10 @@ impl CheckTracer {
     pub fn begin(&self, req: &AuthzRequest) -> Option<Started> {
         let parent = trace_context::extract(req);
         let (trace_id, parent_span_id, state) = match parent {
-            Some(Parent { sampled: Some(false), .. }) => return None,
+            Some(Parent {
+                sampled: Some(false),
+                ..
+            }) => return None,
             Some(p) => {
                 let trace_id = TraceId::from(p.trace_id);
                 // B3 may defer the decision to us: the root ratio decides then.
@@ -127,7 +134,13 @@ impl CheckTracer {
             }
         };
         Some(Started {
-            context: SpanContext::new(trace_id, self.ids.new_span_id(), TraceFlags::SAMPLED, false, state),
+            context: SpanContext::new(
+                trace_id,
+                self.ids.new_span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                state,
+            ),
             parent_span_id,
             start: SystemTime::now(),
         })
@@ -262,7 +275,11 @@ async fn export_loop(
                 Err(_) => {
                     queue.metrics.trace_spans_dropped("export_failed", n);
                     if !failing {
-                        tracing::warn!(?timeout, dropped = n, "trace export timed out: spans dropped until the collector answers");
+                        tracing::warn!(
+                            ?timeout,
+                            dropped = n,
+                            "trace export timed out: spans dropped until the collector answers"
+                        );
                         failing = true;
                     }
                 }

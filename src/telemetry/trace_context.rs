@@ -178,12 +178,23 @@ mod tests {
         let r = req(&[("traceparent", tp), ("tracestate", "congo=t61rcWkgMzE")]);
         assert_eq!(
             extract(&r),
-            Some(Parent { trace_id: T, span_id: S, sampled: Some(true), trace_state: Some("congo=t61rcWkgMzE") })
+            Some(Parent {
+                trace_id: T,
+                span_id: S,
+                sampled: Some(true),
+                trace_state: Some("congo=t61rcWkgMzE")
+            })
         );
-        let r = req(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")]);
+        let r = req(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )]);
         assert_eq!(extract(&r).unwrap().sampled, Some(false));
         // A later version may add fields after the flags.
-        let r = req(&[("traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-xyz")]);
+        let r = req(&[(
+            "traceparent",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-xyz",
+        )]);
         assert_eq!(extract(&r).unwrap().sampled, Some(true));
     }
 
@@ -209,15 +220,33 @@ mod tests {
     #[test]
     fn b3_single_header() {
         let cases: [(&str, Option<(u128, Option<bool>)>); 9] = [
-            ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1", Some((T, Some(true)))),
-            ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", Some((T, Some(false)))),
-            ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-d", Some((T, Some(true)))),
-            ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", Some((T, None))),
-            ("a3ce929d0e0e4736-00f067aa0ba902b7-1-05e3ac9a4f6e3b90", Some((0xa3ce929d0e0e4736, Some(true)))),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+                Some((T, Some(true))),
+            ),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+                Some((T, Some(false))),
+            ),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-d",
+                Some((T, Some(true))),
+            ),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                Some((T, None)),
+            ),
+            (
+                "a3ce929d0e0e4736-00f067aa0ba902b7-1-05e3ac9a4f6e3b90",
+                Some((0xa3ce929d0e0e4736, Some(true))),
+            ),
             ("0", None),
             ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-x", None),
             ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902-1", None),
-            ("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-05e3ac9a4f6e3b90-1", None),
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1-05e3ac9a4f6e3b90-1",
+                None,
+            ),
         ];
         for (value, want) in cases {
             let got = extract(&req(&[("b3", value)])).map(|p| (p.trace_id, p.sampled));
@@ -230,7 +259,10 @@ mod tests {
 
     #[test]
     fn b3_multi_headers() {
-        let ids = [("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7")];
+        let ids = [
+            ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+        ];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut h = ids.to_vec();
             h.extend_from_slice(extra);
@@ -239,7 +271,10 @@ mod tests {
         assert_eq!(with(&[("x-b3-sampled", "1")]), Some((T, S, Some(true))));
         assert_eq!(with(&[("x-b3-sampled", "0")]), Some((T, S, Some(false))));
         assert_eq!(with(&[("x-b3-sampled", "true")]), Some((T, S, Some(true))));
-        assert_eq!(with(&[("x-b3-sampled", "0"), ("x-b3-flags", "1")]), Some((T, S, Some(true))));
+        assert_eq!(
+            with(&[("x-b3-sampled", "0"), ("x-b3-flags", "1")]),
+            Some((T, S, Some(true)))
+        );
         assert_eq!(with(&[]), Some((T, S, None)));
         assert_eq!(with(&[("x-b3-sampled", "yes")]), None);
         assert_eq!(extract(&req(&ids[..1])), None);
