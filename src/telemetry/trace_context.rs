@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn b3_single_header() {
-        let cases: [(&str, Option<(u128, Option<bool>)>); 9] = [
+        type Want = Option<(u128, Option<bool>)>;
+        let cases: [(&str, Want); 9] = [
             (
                 "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
                 Some((T, Some(true))),
