@@ -6,6 +6,7 @@
 #
 #   bench/tracing.sh                 release build, 3 rounds of 100,000 checks each
 #   ROUNDS=1 REQUESTS=20000 BENCH_PROFILE=dev bench/tracing.sh   harness check only
+#   NO_BUILD=1 bench/tracing.sh      the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -13,9 +14,12 @@ ROUNDS=${ROUNDS:-3}
 REQUESTS=${REQUESTS:-100000}
 BENCH_PROFILE=${BENCH_PROFILE:-release}
 
-cargo build --profile "$BENCH_PROFILE" --locked --bin hopwarden --example loadgen 2>&1 | tail -1
-# The receiver's own CPU is not measured: a debug build is fine.
-cargo build --locked --example otlp-sink 2>&1 | tail -1
+# NO_BUILD=1: use the binaries already in target/ as they are.
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --profile "$BENCH_PROFILE" --locked --bin hopwarden --example loadgen 2>&1 | tail -1
+  # The receiver's own CPU is not measured: a debug build is fine.
+  cargo build --locked --example otlp-sink 2>&1 | tail -1
+fi
 bin=target/$([ "$BENCH_PROFILE" = dev ] && echo debug || echo "$BENCH_PROFILE")
 hopwarden=$bin/hopwarden
 loadgen=$bin/examples/loadgen

@@ -10,9 +10,10 @@
 //! data, its attribute visitor, a context lookup) whether sampled or not, and the SDK's
 //! batch processor wakes its thread through a channel per span and keeps its drop
 //! count to itself. Here a sampled check builds the SDK's own `SpanData` once, at the
-//! end, and appends it to a bounded batch that a tokio task takes every `interval` and
-//! hands to `opentelemetry-otlp`'s exporter, as the decision log does with its lines. A
-//! full batch or a failed export drops spans and counts them
+//! end, and appends it to a bounded batch that a tokio task takes every `interval` (or
+//! when `max_batch` spans wait) and hands to `opentelemetry-otlp`'s exporter, as the
+//! decision log does with its lines. A full queue or a failed export drops spans and
+//! counts them
 //! (`hopwarden_trace_spans_dropped_total`); a check never waits for the collector.
 
 use std::borrow::Cow;
@@ -61,6 +62,11 @@ pub struct CheckTracer {
 struct Queue {
     pending: Mutex<Vec<SpanData>>,
     max: usize,
+    /// A full batch (`max_batch` spans) wakes the exporter before its next tick, so a
+    /// busy server exports as fast as the collector takes spans instead of `max_queue`
+    /// per `interval`; one wake-up per batch, never one per span.
+    batch: usize,
+    full_batch: tokio::sync::Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -85,6 +91,8 @@ impl CheckTracer {
         let queue = Arc::new(Queue {
             pending: Mutex::new(Vec::new()),
             max: spec.max_queue,
+            batch: spec.max_batch,
+            full_batch: tokio::sync::Notify::new(),
             metrics,
         });
         tokio::spawn(export_loop(
@@ -228,6 +236,10 @@ impl Queue {
             return;
         }
         pending.push(span);
+        if pending.len() == self.batch {
+            drop(pending);
+            self.full_batch.notify_one();
+        }
     }
 
     fn take(&self) -> Vec<SpanData> {
@@ -238,7 +250,7 @@ impl Queue {
     }
 }
 
-/// Every `interval`, exports what the checks queued, `max_batch` spans per request,
+/// Every `interval`, or as soon as a batch is full, exports what the checks queued, `max_batch` spans per request,
 /// each export bounded by `timeout`. Runs until the runtime stops.
 async fn export_loop(
     queue: Arc<Queue>,
@@ -251,7 +263,10 @@ async fn export_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = queue.full_batch.notified() => {}
+        }
         let mut spans = queue.take();
         while !spans.is_empty() {
             let rest = spans.split_off(spans.len().min(max_batch));
