@@ -7,7 +7,7 @@
 //! loadgen run  --addr 127.0.0.1:9191 (--token T | --tokens FILE | --fresh-es256 KEY.pem --kid K)
 //!              (a token or line that is an API key, `hwk_…`, is sent as `ApiKey`)
 //!              (--concurrency N --requests N | --rate R --seconds S [--concurrency N])
-//!              [--server-pid PID] [--label NAME]
+//!              [--server-pid PID] [--label NAME] [--traceparent VALUE]
 //! loadgen mint-keys --count N --keys-out FILE --file-out FILE [--principal P] [--scope S]
 //! loadgen floor --rate R --seconds S [--concurrency N] [--label NAME]
 //! loadgen allow-all --listen ADDR
@@ -60,6 +60,7 @@ fn main() -> Result<(), Error> {
             "server-pid",
             "label",
             "threads",
+            "traceparent",
         ],
         "mint-keys" => &["count", "keys-out", "file-out", "principal", "scope"],
         "floor" => &["rate", "seconds", "concurrency", "label"],
@@ -180,14 +181,20 @@ fn mint(o: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_request(token: &str) -> CheckRequest {
+/// A check with the token, and the trace context when given (`--traceparent`: the
+/// tracing benchmark in docs/tracing.md).
+fn check_request(token: &str, traceparent: Option<&str>) -> CheckRequest {
     // An API key (`hwk_…`, docs/api-keys.md) goes in its own scheme, a JWT as Bearer.
     let scheme = if token.starts_with("hwk_") {
         "ApiKey"
     } else {
         "Bearer"
     };
-    let headers = [("authorization".to_string(), format!("{scheme} {token}"))].into();
+    let mut headers: std::collections::HashMap<String, String> =
+        [("authorization".to_string(), format!("{scheme} {token}"))].into();
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent".into(), tp.into());
+    }
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -508,12 +515,13 @@ async fn run(o: &Opts) -> Result<(), Error> {
         )?)),
         None => None,
     };
+    let traceparent = o.get("traceparent").map(str::to_string);
     let tokens: Arc<Vec<CheckRequest>> = Arc::new(match (o.get("token"), o.get("tokens")) {
-        (Some(t), _) => vec![check_request(t)],
+        (Some(t), _) => vec![check_request(t, traceparent.as_deref())],
         (None, Some(file)) => std::fs::read_to_string(file)?
             .lines()
             .filter(|l| !l.is_empty())
-            .map(check_request)
+            .map(|t| check_request(t, traceparent.as_deref()))
             .collect(),
         _ if fresh.is_some() => Vec::new(),
         _ => return Err("--token, --tokens or --fresh-es256 is required".into()),
@@ -548,7 +556,7 @@ async fn run(o: &Opts) -> Result<(), Error> {
         let mut client = clients[w as usize % clients.len()].clone();
         let (tokens, next, errors, denied) =
             (tokens.clone(), next.clone(), errors.clone(), denied.clone());
-        let (fresh, pacer) = (fresh.clone(), pacer.clone());
+        let (fresh, pacer, traceparent) = (fresh.clone(), pacer.clone(), traceparent.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             loop {
@@ -557,7 +565,7 @@ async fn run(o: &Opts) -> Result<(), Error> {
                     return hist;
                 }
                 let req = match &fresh {
-                    Some(f) => check_request(&f.mint(n)),
+                    Some(f) => check_request(&f.mint(n), traceparent.as_deref()),
                     None => tokens[(n % tokens.len() as u64) as usize].clone(),
                 };
                 let Some(start) = start_of(pacer.as_deref()).await else {

@@ -42,6 +42,9 @@ scripts/install-redis.sh
 echo "== Kubernetes tools for the chart tests (PyPI helm-python-sdk, kubernetes-validate; npm CRD schemas)"
 scripts/install-k8s-tools.sh
 
+echo "== JSON Schema validator for schemas/ (PyPI check-jsonschema; tests/schemas.rs)"
+scripts/install-schema-tools.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -69,6 +69,11 @@ pub enum Command {
     /// API keys for third parties: `new` (printed once, stored as a digest), `list`, `check`.
     #[command(subcommand)]
     Apikey(crate::apikey_tool::ApikeyCommand),
+    /// Print the JSON Schema of a policy file, a suite file or the server config.
+    Schema {
+        /// Which file: policy, suite or config.
+        kind: crate::schema::SchemaKind,
+    },
     /// Development helpers (`dev certs DIR`: the local stack's CA and SPIFFE certificates).
     #[command(subcommand)]
     Dev(crate::dev::DevCommand),
@@ -215,6 +220,7 @@ fn warnings(config: &Config, policies: &PolicySet) -> Vec<String> {
 
 /// The ext_authz filter setting that sends hopwarden only the headers it reads (the
 /// rest of a check's size, and Envoy's and hopwarden's work on it, is spent on nothing).
+/// With tracing on, the trace context headers are read too.
 fn allowed_headers(policies: &PolicySet, config: &Config) -> String {
     let mut read = policies.read_headers();
     // The headers API keys arrive in are read too.
@@ -225,6 +231,9 @@ fn allowed_headers(policies: &PolicySet, config: &Config) -> String {
             .iter()
             .filter_map(|k| k.header.as_deref()),
     );
+    if config.spec.tracing.otlp.is_some() {
+        read.extend(crate::telemetry::trace_context::HEADERS);
+    }
     let mut patterns: Vec<String> = read
         .into_iter()
         .map(|h| format!("{{ exact: {h} }}"))

@@ -16,8 +16,11 @@ use crate::principal::PrincipalKind;
 use crate::resolve::ServiceResolver;
 use crate::yaml::{self, Location};
 
+pub mod traces;
+pub use traces::{OtlpProtocol, OtlpSpec, TracingSpec};
+
 /// The server config file as written (`*Spec`: what serde reads).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigSpec {
     /// ext_authz gRPC and grpc.health.v1 on one port.
@@ -37,6 +40,7 @@ pub struct ConfigSpec {
     /// How often the policy directory is polled for changes besides being watched;
     /// what keeps reloads working if the watch fails (0s: never).
     #[serde(default = "default_policy_poll", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub policy_poll_interval: Duration,
     /// How to find the service when Envoy sends no `context_extensions["service"]`.
     #[serde(default)]
@@ -56,6 +60,7 @@ pub struct ConfigSpec {
     pub log: LogSpec,
     /// How long SIGTERM waits for in-flight checks before exiting anyway.
     #[serde(default = "default_drain", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub drain_timeout: Duration,
     /// Threads serving checks; default: one per core. On a box shared with Envoy,
     /// fewer threads mean fewer cross-thread wake-ups per check (see bench/).
@@ -78,11 +83,14 @@ pub struct ConfigSpec {
     /// Where rate limit counters live (docs/rate-limits.md).
     #[serde(default)]
     pub rate_limits: RateLimitsSpec,
+    /// OpenTelemetry traces of checks (docs/tracing.md); off by default.
+    #[serde(default)]
+    pub tracing: TracingSpec,
 }
 
 /// The rate limits' counters: in the process, in a bounded table; with
 /// `store: redis`, also shared by replicas through Redis.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsSpec {
     /// The most buckets kept; idle ones are evicted first, and past the bound a
@@ -98,7 +106,7 @@ pub struct RateLimitsSpec {
 }
 
 /// `rate_limits.store`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitStore {
     /// Counters in this process only (exact for one replica).
@@ -141,7 +149,7 @@ fn default_max_buckets() -> usize {
 }
 
 /// Admin HTTP settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSpec {
     /// `/metrics`, `/healthz`, `/readyz`.
@@ -153,7 +161,7 @@ pub struct AdminSpec {
 }
 
 /// Decision log settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionLogSpec {
     /// `stdout`, `off`, or a file path (appended to).
@@ -187,7 +195,7 @@ fn default_decision_log() -> String {
 
 /// How to find the service when Envoy sends no `context_extensions["service"]`
 /// (Istio never does); see resolve.rs for the order.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServicesSpec {
     /// Destination SPIFFE ID (`attributes.destination.principal`) -> service.
@@ -196,6 +204,7 @@ pub struct ServicesSpec {
     /// Destination SPIFFE ID patterns, e.g.
     /// `spiffe://cluster.local/ns/{namespace}/sa/{service}`: one, or a list.
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(schema_with = "crate::schema::one_or_many_strings")]
     pub by_spiffe_pattern: Vec<String>,
     /// The identities of gateways as Envoy reports the destination (its certificate's
     /// first URI SAN, e.g. a SPIFFE ID, else its first DNS SAN): a check at one is hop
@@ -222,7 +231,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 }
 
 /// One trusted token issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     /// The exact `iss` value.
@@ -239,25 +248,30 @@ pub struct IssuerSpec {
     pub secret_file: Option<PathBuf>,
     /// How often the JWKS is re-read.
     #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub refresh: Duration,
     /// The shortest time between two refetches triggered by an unknown `kid`.
     #[serde(default = "default_refetch", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub refetch_min_interval: Duration,
     /// How long a check with an unknown `kid` waits for the key fetch in flight before
     /// it is answered 401 `unknown_key` (the fetch goes on; later checks find the key).
     #[serde(default = "default_unknown_kid_wait", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub unknown_kid_wait: Duration,
     /// Allowed `alg` values.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
     /// Clock skew allowed on `exp`, `nbf`, `iat`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub leeway: Duration,
     /// Reject tokens without `exp`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
     /// Reject tokens whose `exp - iat` exceeds this.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<crate::schema::HumanDuration>")]
     pub max_lifetime: Option<Duration>,
     /// The claim naming the principal (`sub`, or e.g. `client_id`).
     #[serde(default = "default_principal_claim")]
@@ -273,7 +287,7 @@ pub struct IssuerSpec {
 }
 
 /// Cache bounds and lifetimes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// Decision cache entries (0 disables the cache).
@@ -284,9 +298,11 @@ pub struct CacheSpec {
     pub token_max_entries: u64,
     /// Lifetime of an allow (never past the token's `exp`).
     #[serde(default = "default_ttl", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub ttl: Duration,
     /// Lifetime of a deny.
     #[serde(default = "default_deny_ttl", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub deny_ttl: Duration,
 }
 
@@ -302,7 +318,7 @@ impl Default for CacheSpec {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSpec {
     /// `json` or `text`.
@@ -323,7 +339,7 @@ impl Default for LogSpec {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -539,6 +555,9 @@ impl Config {
         }
         for (needle, message) in spec.rate_limits.problems() {
             errors.push(invalid(&needle, message));
+        }
+        for (needle, message) in spec.tracing.problems() {
+            errors.push(invalid(needle, message));
         }
         let mut issuers = Vec::new();
         let mut seen = std::collections::HashSet::new();

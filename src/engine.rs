@@ -104,6 +104,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     buckets: Arc<Buckets>,
+    traces: Option<crate::telemetry::otlp::CheckTracer>,
 }
 
 impl Engine {
@@ -126,6 +127,7 @@ impl Engine {
             metrics,
             log,
             buckets: Arc::new(Buckets::default()),
+            traces: None,
         }
     }
 
@@ -139,6 +141,12 @@ impl Engine {
     /// Decides with `buckets` (e.g. a table a shared store syncs, `limits/redis.rs`).
     pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> Self {
         self.buckets = buckets;
+        self
+    }
+
+    /// Exports a span per sampled check (`tracing.otlp`).
+    pub fn with_tracing(mut self, tracer: crate::telemetry::otlp::CheckTracer) -> Self {
+        self.traces = Some(tracer);
         self
     }
 
@@ -178,7 +186,11 @@ impl Engine {
             rule = tracing::field::Empty,
         );
         let started = Instant::now();
+        let trace = self.traces.as_ref().and_then(|t| t.begin(req));
         let result = self.decide(req).instrument(span.clone()).await;
+        if let (Some(tracer), Some(trace)) = (&self.traces, trace) {
+            tracer.end(trace, &result);
+        }
         if let Ok(o) = &result {
             span.record("service", o.service.as_deref());
             span.record("decision", o.decision.as_str());

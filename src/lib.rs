@@ -35,6 +35,7 @@ pub mod reload;
 pub mod request;
 pub mod resolve;
 pub mod review;
+pub mod schema;
 pub mod server;
 pub mod suggest;
 pub mod suite;

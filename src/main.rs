@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Suggest(args) => hopwarden::suggest::run(&args),
         Command::Dev(command) => hopwarden::dev::run(&command),
         Command::Apikey(command) => hopwarden::apikey_tool::run(&command),
+        Command::Schema { kind } => hopwarden::schema::run(kind),
         Command::Serve { config } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,

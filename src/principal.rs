@@ -12,7 +12,17 @@ use serde_json::{Map, Value};
 pub type Claims = Arc<Map<String, Value>>;
 
 /// What kind of caller a principal is; policies match on it with `from.kinds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PrincipalKind {
     /// A workload: a service, background job or integration acting for itself.
@@ -39,7 +49,17 @@ impl fmt::Display for PrincipalKind {
 
 /// Which credential identified a caller; rules can require some with
 /// `from.credentials` (e.g. an endpoint that refuses long-lived API keys).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialType {
     /// A verified bearer JWT.

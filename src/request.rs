@@ -5,7 +5,17 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Where in the estate the check happens; rules can require one with `when.hop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Hop {
     /// North-south: the edge gateway.

@@ -20,6 +20,7 @@ use crate::listener::tls::{Tls, TlsError};
 use crate::listener::Bounds;
 use crate::policy::{PolicyErrors, PolicySet};
 use crate::reload::{self, ReloadTrigger};
+use crate::telemetry::otlp::CheckTracer;
 use crate::telemetry::Metrics;
 
 /// How long NOT_SERVING is reported before the listener closes on shutdown.
@@ -64,6 +65,9 @@ pub enum StartError {
     /// The shared rate limit store could not be set up.
     #[error("{0}")]
     RateLimitStore(#[from] crate::limits::redis::StoreError),
+    /// The OTLP trace exporter could not be set up.
+    #[error("{0}")]
+    Tracing(crate::telemetry::otlp::TraceExportError),
 }
 
 /// A running server.
@@ -178,17 +182,20 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         buckets = buckets.shared();
     }
     let buckets = Arc::new(buckets);
-    let engine = Arc::new(
-        Engine::new(
-            set,
-            config.services.clone(),
-            authn,
-            DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
-            metrics.clone(),
-            log,
-        )
-        .with_buckets(buckets.clone()),
-    );
+    let mut engine = Engine::new(
+        set,
+        config.services.clone(),
+        authn,
+        DecisionCache::new(cache.max_entries, cache.ttl, cache.deny_ttl),
+        metrics.clone(),
+        log,
+    )
+    .with_buckets(buckets.clone());
+    if let Some(otlp) = &config.spec.tracing.otlp {
+        let tracer = CheckTracer::start(otlp, metrics.clone()).map_err(StartError::Tracing)?;
+        engine = engine.with_tracing(tracer);
+    }
+    let engine = Arc::new(engine);
 
     let bounds = Bounds::new(&config.spec.listeners);
     let tls = match &config.spec.listeners.tls {

@@ -18,6 +18,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSpec};
 
+pub mod otlp;
+pub mod trace_context;
+
 /// Installs the global subscriber; `RUST_LOG` overrides the configured level.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init(spec: &LogSpec) {
@@ -112,6 +115,13 @@ pub struct ApiKeyLabels {
     pub result: &'static str,
 }
 
+/// Labels of `hopwarden_trace_spans_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceDropLabels {
+    /// `queue_full` or `export_failed`.
+    pub why: &'static str,
+}
+
 /// Every metric hopwarden exports.
 pub struct Metrics {
     registry: Registry,
@@ -128,6 +138,8 @@ pub struct Metrics {
     decision_log_dropped: Counter,
     api_keys: Family<ApiKeyLabels, Counter>,
     api_key_reloads: Family<ResultLabels, Counter>,
+    trace_spans_dropped: Family<TraceDropLabels, Counter>,
+    trace_spans_exported: Counter,
     named_principals: RwLock<HashSet<String>>,
     store: StoreMetrics,
 }
@@ -225,6 +237,18 @@ impl Metrics {
             "Key file reloads by result (an error keeps the last good keys)",
             api_key_reloads.clone(),
         );
+        let trace_spans_dropped = Family::<TraceDropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Check spans not exported: the export queue was full or the collector failed",
+            trace_spans_dropped.clone(),
+        );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Check spans the OTLP collector accepted",
+            trace_spans_exported.clone(),
+        );
         Metrics {
             store,
             api_keys,
@@ -241,6 +265,8 @@ impl Metrics {
             would_deny,
             rate_limited,
             decision_log_dropped,
+            trace_spans_dropped,
+            trace_spans_exported,
             named_principals: RwLock::new(HashSet::new()),
         }
     }
@@ -258,6 +284,18 @@ impl Metrics {
         if let Ok(mut guard) = self.named_principals.write() {
             *guard = names;
         }
+    }
+
+    /// Counts `n` check spans dropped before export.
+    pub fn trace_spans_dropped(&self, why: &'static str, n: u64) {
+        self.trace_spans_dropped
+            .get_or_create(&TraceDropLabels { why })
+            .inc_by(n);
+    }
+
+    /// Counts `n` check spans the collector accepted.
+    pub fn trace_spans_exported(&self, n: u64) {
+        self.trace_spans_exported.inc_by(n);
     }
 
     /// Counts one answered check.

@@ -22,7 +22,7 @@ use crate::apikey::{KeyEntry, KeyError, KeySet, PresentedKey};
 use crate::request::AuthzRequest;
 
 /// One `api_keys` entry in the server config.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySourceSpec {
     /// The key file (relative to the config file's directory).

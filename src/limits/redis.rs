@@ -34,7 +34,7 @@ const CHUNK: usize = 512;
 const RETRY: Duration = Duration::from_millis(500);
 
 /// `rate_limits.redis`: where the shared buckets live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
     /// `redis://[user[:password]@]host:port[/db]`, or `rediss://…` for TLS.
@@ -52,9 +52,11 @@ pub struct RedisSpec {
     pub ca_file: Option<PathBuf>,
     /// How often counts are sent to Redis.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub flush_interval: Duration,
     /// The longest a connection attempt or a flush may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub timeout: Duration,
 }
 

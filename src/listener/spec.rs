@@ -10,7 +10,7 @@ use serde::Deserialize;
 ///
 /// Envoy's checks are a few KB and its connections few and long-lived: the defaults
 /// leave it ample room and keep what any other peer can hold small (docs/security.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenersSpec {
     /// Open connections per listener; past it new ones are closed at once.
@@ -19,9 +19,11 @@ pub struct ListenersSpec {
     /// From accept to the first request's headers (TLS handshake and HTTP/2 preface
     /// included); a connection that has not sent one by then is closed.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub handshake_timeout: Duration,
     /// A connection with no request in flight for this long is closed (HTTP/2 GOAWAY).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub idle_timeout: Duration,
     /// The largest request accepted: a gRPC check message, and the header block of
     /// any request. Raise it only with Envoy's `with_request_body`.
@@ -33,6 +35,7 @@ pub struct ListenersSpec {
     pub request_bytes_in_flight: usize,
     /// How long a request body may take to arrive once its headers have.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub body_timeout: Duration,
     /// mTLS on every listener; plain TCP when absent.
     #[serde(default)]
@@ -54,7 +57,7 @@ impl Default for ListenersSpec {
 }
 
 /// Server certificate, client CA and the client identities let in.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// The server certificate chain (PEM, leaf first).
@@ -71,6 +74,7 @@ pub struct TlsSpec {
     pub allowed_dns_names: Vec<String>,
     /// How often the three files are re-read; a change is loaded without a restart.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    #[schemars(with = "crate::schema::HumanDuration")]
     pub reload_interval: Duration,
 }
 

@@ -13,7 +13,18 @@ use crate::principal::{CredentialType, PrincipalKind};
 use crate::request::Hop;
 
 /// Whether a rule allows or denies what it matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// The rule grants access (the default).
@@ -39,7 +50,18 @@ impl Effect {
 /// not matched and the result records it as a would-deny. A `dry-run` policy is
 /// evaluated normally and the engine turns a final denial into an allow marked with
 /// `x-hopwarden-dry-run`, so allow rules can be trialled too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 pub enum Mode {
     /// The default: decisions take effect.
     #[default]
@@ -51,7 +73,7 @@ pub enum Mode {
 }
 
 /// One policy file: the rules protecting one service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// The protected service's name.
@@ -70,7 +92,7 @@ pub struct PolicySpec {
 }
 
 /// One rule as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Unique across the policy set; shown in logs and `x-hopwarden-rule`.
@@ -97,7 +119,7 @@ pub struct RuleSpec {
 }
 
 /// One rate limit as written: `from`, `to` and `when` select requests as in rules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// Unique within the policy; shown in logs, metrics and the 429's fields.
@@ -119,7 +141,7 @@ pub struct LimitSpec {
 }
 
 /// The `from` block: each named field must match.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FromSpec {
     /// Principal ids, exact or `*`-per-segment globs.
@@ -145,7 +167,7 @@ pub struct FromSpec {
 }
 
 /// `from.acting_for`: whom the actor is acting for (the token's subject).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActingForSpec {
     /// Subject principal ids, exact or `*`-per-segment globs.
@@ -158,7 +180,7 @@ pub struct ActingForSpec {
 }
 
 /// One `to` clause: each named field must match.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClauseSpec {
     /// HTTP methods, case-insensitive.
@@ -170,7 +192,7 @@ pub struct ClauseSpec {
 }
 
 /// The `when` block: each named condition must hold.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhenSpec {
     /// `gateway` or `mesh`.

@@ -12,7 +12,7 @@ use crate::principal::PrincipalKind;
 use crate::request::Hop;
 
 /// A suite file as serde reads it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteSpec {
     /// The service cases are about unless a request names another.
@@ -22,7 +22,7 @@ pub struct SuiteSpec {
 }
 
 /// One case as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseSpec {
     /// Shown in the output; unique within the file.
@@ -45,7 +45,7 @@ pub enum CallerSpec {
 }
 
 /// The caller's verified identity, as the authenticator would have produced it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalSpec {
     /// `service` (default) or `user`.
@@ -97,7 +97,7 @@ impl<'de> Deserialize<'de> for CallerSpec {
 }
 
 /// The request as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     /// `gateway` or `mesh` (default).
@@ -114,7 +114,7 @@ pub struct RequestSpec {
 }
 
 /// `allow` or `deny`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Expected {
     /// The request is let through.
@@ -124,7 +124,7 @@ pub enum Expected {
 }
 
 /// The expected answer; rule, status and reason are checked when given.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectSpec {
     /// `allow` or `deny`.

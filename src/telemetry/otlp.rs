@@ -1,0 +1,335 @@
+//! One OpenTelemetry span per check, exported over OTLP (docs/tracing.md).
+//!
+//! The span's parent is the caller's trace context from the check's headers
+//! ([`super::trace_context`]), so the check shows inside the request's trace. Sampling
+//! follows the parent: a parent that is not sampled costs a few header lookups and
+//! nothing else; a check without a parent starts a trace at `root_sample_ratio`.
+//!
+//! Why not `tracing-opentelemetry` and the SDK's tracer: the check already has a
+//! `tracing` span, but every span then pays the OpenTelemetry layer (its extension
+//! data, its attribute visitor, a context lookup) whether sampled or not, and the SDK's
+//! batch processor wakes its thread through a channel per span and keeps its drop
+//! count to itself. Here a sampled check builds the SDK's own `SpanData` once, at the
+//! end, and appends it to a bounded batch that a tokio task takes every `interval` (or
+//! when `max_batch` spans wait) and hands to `opentelemetry-otlp`'s exporter, as the
+//! decision log does with its lines. A full queue or a failed export drops spans and
+//! counts them
+//! (`hopwarden_trace_spans_dropped_total`); a check never waits for the collector.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks,
+};
+use opentelemetry_sdk::Resource;
+
+use super::trace_context::{self, Parent};
+use super::Metrics;
+use crate::config::{OtlpProtocol, OtlpSpec};
+use crate::decision::Decision;
+use crate::engine::{EngineError, Outcome};
+use crate::request::AuthzRequest;
+
+/// The exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceExportError {
+    /// A `tracing.otlp.headers` name or value is not valid in gRPC metadata.
+    #[error("tracing.otlp.headers: {0:?} is not a valid gRPC metadata name and value")]
+    Header(String),
+    /// The OTLP exporter refused its settings.
+    #[error("tracing.otlp: {0}")]
+    Build(String),
+}
+
+/// Makes and queues the spans of checks.
+pub struct CheckTracer {
+    /// Roots (checks without a parent) are sampled when the trace id's low 63 bits are
+    /// below this, as the SDK's `TraceIdRatioBased` does; 0: never.
+    root_bound: u64,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
+    queue: Arc<Queue>,
+}
+
+/// Finished spans waiting for the exporter task.
+struct Queue {
+    pending: Mutex<Vec<SpanData>>,
+    max: usize,
+    /// A full batch (`max_batch` spans) wakes the exporter before its next tick, so a
+    /// busy server exports as fast as the collector takes spans instead of `max_queue`
+    /// per `interval`; one wake-up per batch, never one per span.
+    batch: usize,
+    full_batch: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
+}
+
+/// A sampled check's span, begun.
+pub struct Started {
+    context: SpanContext,
+    parent_span_id: SpanId,
+    start: SystemTime,
+}
+
+impl CheckTracer {
+    /// Builds the exporter named by `spec` and starts its task on the current tokio
+    /// runtime. The collector is connected to lazily: a collector that is down now
+    /// only drops spans.
+    pub fn start(spec: &OtlpSpec, metrics: Arc<Metrics>) -> Result<Self, TraceExportError> {
+        let mut exporter = build_exporter(spec)?;
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_service_name(spec.service_name.clone())
+                .build(),
+        );
+        let queue = Arc::new(Queue {
+            pending: Mutex::new(Vec::new()),
+            max: spec.max_queue,
+            batch: spec.max_batch,
+            full_batch: tokio::sync::Notify::new(),
+            metrics,
+        });
+        tokio::spawn(export_loop(
+            queue.clone(),
+            exporter,
+            spec.interval,
+            spec.timeout,
+            spec.max_batch,
+        ));
+        Ok(CheckTracer {
+            root_bound: (spec.root_sample_ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64,
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("hopwarden")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            queue,
+        })
+    }
+
+    /// Begins the check's span when it is sampled; `None` (and no other work) when not.
+    pub fn begin(&self, req: &AuthzRequest) -> Option<Started> {
+        let parent = trace_context::extract(req);
+        let (trace_id, parent_span_id, state) = match parent {
+            Some(Parent {
+                sampled: Some(false),
+                ..
+            }) => return None,
+            Some(p) => {
+                let trace_id = TraceId::from(p.trace_id);
+                // B3 may defer the decision to us: the root ratio decides then.
+                if p.sampled.is_none() && !self.root_sampled(trace_id) {
+                    return None;
+                }
+                let state = p
+                    .trace_state
+                    .and_then(|s| s.parse::<TraceState>().ok())
+                    .unwrap_or_default();
+                (trace_id, SpanId::from(p.span_id), state)
+            }
+            None if self.root_bound == 0 => return None,
+            None => {
+                let trace_id = self.ids.new_trace_id();
+                if !self.root_sampled(trace_id) {
+                    return None;
+                }
+                (trace_id, SpanId::INVALID, TraceState::default())
+            }
+        };
+        Some(Started {
+            context: SpanContext::new(
+                trace_id,
+                self.ids.new_span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                state,
+            ),
+            parent_span_id,
+            start: SystemTime::now(),
+        })
+    }
+
+    fn root_sampled(&self, trace_id: TraceId) -> bool {
+        let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
+        (low >> 1) < self.root_bound
+    }
+
+    /// Ends the span with the check's facts and queues it; drops it (counted) when the
+    /// queue is full.
+    pub fn end(&self, started: Started, result: &Result<Outcome, EngineError>) {
+        let span = SpanData {
+            span_context: started.context,
+            parent_span_id: started.parent_span_id,
+            parent_span_is_remote: started.parent_span_id != SpanId::INVALID,
+            span_kind: SpanKind::Server,
+            name: Cow::Borrowed("hopwarden check"),
+            start_time: started.start,
+            end_time: SystemTime::now(),
+            attributes: attributes(result),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: match result {
+                Ok(_) => Status::Unset,
+                Err(e) => Status::error(e.to_string()),
+            },
+            instrumentation_scope: self.scope.clone(),
+        };
+        self.queue.push(span);
+    }
+}
+
+/// The span's attributes: what decided, never a credential (the principal is the
+/// token's subject or the SPIFFE ID, never the token).
+fn attributes(result: &Result<Outcome, EngineError>) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(8);
+    let outcome = match result {
+        Ok(o) => o,
+        Err(_) => {
+            out.push(KeyValue::new("hopwarden.decision", "error"));
+            return out;
+        }
+    };
+    if let Some(service) = &outcome.service {
+        out.push(KeyValue::new("hopwarden.service", service.clone()));
+    }
+    if let Some(hop) = outcome.hop {
+        out.push(KeyValue::new("hopwarden.hop", hop.as_str()));
+    }
+    let decision = &*outcome.decision;
+    out.push(KeyValue::new("hopwarden.decision", decision.as_str()));
+    let principal = match decision {
+        Decision::Allow(a) => Some(&*a.principal),
+        Decision::Deny(d) => d.principal.as_deref(),
+    };
+    if let Some(p) = principal.filter(|p| !p.is_empty()) {
+        out.push(KeyValue::new("hopwarden.principal", p.to_string()));
+    }
+    if let Some(rule) = decision.rule() {
+        out.push(KeyValue::new("hopwarden.rule", rule.to_string()));
+    }
+    if let Decision::Deny(d) = decision {
+        out.push(KeyValue::new("hopwarden.reason", d.reason.as_str()));
+    }
+    out.push(KeyValue::new("hopwarden.cached", outcome.cached));
+    out.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(decision.http_status()),
+    ));
+    out
+}
+
+impl Queue {
+    fn push(&self, span: SpanData) {
+        let Ok(mut pending) = self.pending.lock() else {
+            self.metrics.trace_spans_dropped("queue_full", 1);
+            return;
+        };
+        if pending.len() >= self.max {
+            drop(pending);
+            self.metrics.trace_spans_dropped("queue_full", 1);
+            return;
+        }
+        pending.push(span);
+        if pending.len() == self.batch {
+            drop(pending);
+            self.full_batch.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<SpanData> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
+/// Every `interval`, or as soon as a batch is full, exports what the checks queued, `max_batch` spans per request,
+/// each export bounded by `timeout`. Runs until the runtime stops.
+async fn export_loop(
+    queue: Arc<Queue>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    interval: Duration,
+    timeout: Duration,
+    max_batch: usize,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = queue.full_batch.notified() => {}
+        }
+        let mut spans = queue.take();
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(max_batch));
+            let n = spans.len() as u64;
+            let result = tokio::time::timeout(timeout, exporter.export(spans)).await;
+            match result {
+                Ok(Ok(())) => {
+                    queue.metrics.trace_spans_exported(n);
+                    if failing {
+                        tracing::info!("trace export: the collector answers again");
+                        failing = false;
+                    }
+                }
+                Ok(Err(e)) => {
+                    queue.metrics.trace_spans_dropped("export_failed", n);
+                    if !failing {
+                        tracing::warn!(error = %e, dropped = n, "trace export failed: spans dropped until the collector answers");
+                        failing = true;
+                    }
+                }
+                Err(_) => {
+                    queue.metrics.trace_spans_dropped("export_failed", n);
+                    if !failing {
+                        tracing::warn!(
+                            ?timeout,
+                            dropped = n,
+                            "trace export timed out: spans dropped until the collector answers"
+                        );
+                        failing = true;
+                    }
+                }
+            }
+            spans = rest;
+        }
+    }
+}
+
+fn build_exporter(spec: &OtlpSpec) -> Result<opentelemetry_otlp::SpanExporter, TraceExportError> {
+    let built = match spec.protocol {
+        OtlpProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (name, value) in &spec.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
+                    .map_err(|_| TraceExportError::Header(name.clone()))?;
+                let value = value
+                    .parse()
+                    .map_err(|_| TraceExportError::Header(name.clone()))?;
+                metadata.insert(key, value);
+            }
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(spec.endpoint.clone())
+                .with_timeout(spec.timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(spec.endpoint.clone())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_timeout(spec.timeout)
+            .with_headers(spec.headers.clone().into_iter().collect())
+            .build(),
+    };
+    built.map_err(|e| TraceExportError::Build(e.to_string()))
+}
