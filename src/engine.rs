@@ -528,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn with_no_credential_a_deny_rule_is_401() {
+    fn with_no_credential_every_refusal_is_401() {
         let rule: Arc<str> = Arc::from("no-admin");
         let anonymous = to_decision(Evaluation::Deny { rule: rule.clone() }, None);
         assert_eq!(anonymous.http_status(), 401);
@@ -537,5 +537,10 @@ mod tests {
         let known = to_decision(Evaluation::Deny { rule }, Some(&caller));
         assert_eq!(known.http_status(), 403);
         assert_eq!(known.rule(), Some("no-admin"));
+        // No rule matched: 401 without a credential, 403 with one.
+        let anonymous = to_decision(Evaluation::NoMatch, None);
+        assert_eq!(anonymous.http_status(), 401);
+        let known = to_decision(Evaluation::NoMatch, Some(&caller));
+        assert_eq!(known.http_status(), 403);
     }
 }
