@@ -18,6 +18,14 @@ if ! command -v cargo-mutants >/dev/null 2>&1; then
   cargo install --locked cargo-mutants
 fi
 
+# Each mutant is a rebuild of the crate: build without debug info (a smaller, faster
+# link; the results are the same), into a target directory kept between runs
+# (cargo-mutants copies the source tree but not ./target, so every run would otherwise
+# first rebuild every dependency).
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-0}
+export CARGO_PROFILE_TEST_DEBUG=${CARGO_PROFILE_TEST_DEBUG:-0}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/mutants}
+
 files=()
 diff_base=
 while [ $# -gt 0 ]; do

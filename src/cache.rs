@@ -547,4 +547,50 @@ mod tests {
         );
         assert_eq!(cache.get(&[1; 32], Duration::ZERO), None);
     }
+
+    #[test]
+    fn an_entry_without_a_deadline_expires_after_its_ttl() {
+        // No token `exp` to check on read: moka's per-entry expiry alone ends it.
+        let cache = DecisionCache::new(10, Duration::from_secs(60), Duration::from_millis(50));
+        let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
+        cache.insert([1; 32], d, None, Duration::ZERO);
+        let start = Instant::now();
+        while cache.get(&[1; 32], Duration::ZERO).is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "a 50 ms entry outlived 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn entry_count_counts_entries() {
+        let cache = DecisionCache::new(10, Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!(cache.entry_count(), 0);
+        let d = Arc::new(Decision::deny(DenyReason::NoPolicy));
+        for i in 0..3u8 {
+            cache.insert([i; 32], d.clone(), None, Duration::ZERO);
+        }
+        assert_eq!(cache.entry_count(), 3);
+        let off = DecisionCache::new(0, Duration::from_secs(60), Duration::from_secs(60));
+        off.insert([1; 32], d, None, Duration::ZERO);
+        assert_eq!(off.entry_count(), 0);
+    }
+
+    #[test]
+    fn a_short_write_is_hashed_with_its_length() {
+        // Fingerprints are whole words; a shorter tail still counts, tagged with its
+        // length so that [1] and [1, 0] differ.
+        use std::hash::{BuildHasher, Hasher};
+        let hasher = FingerprintHasher::new();
+        let hash = |bytes: &[u8]| {
+            let mut h = hasher.build_hasher();
+            h.write(bytes);
+            h.finish()
+        };
+        let inputs: [&[u8]; 5] = [&[], &[1], &[2], &[1, 0], &[1, 0, 0, 0, 0, 0, 0, 0]];
+        let hashes: HashSet<u64> = inputs.iter().map(|b| hash(b)).collect();
+        assert_eq!(hashes.len(), inputs.len());
+    }
 }

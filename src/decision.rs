@@ -367,4 +367,125 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn names_bodies_and_details() {
+        let limited = DenyReason::RateLimited(RateLimited {
+            limit: "reads".into(),
+            rate: crate::limits::Rate::parse("5/m").unwrap(),
+            retry_after: 12,
+        });
+        // (reason, name in logs and metrics, the body's "error", the log's detail)
+        let cases: &[(DenyReason, &str, &str, Option<&str>)] = &[
+            (
+                DenyReason::UnknownService("no host"),
+                "unknown_service",
+                "forbidden",
+                Some("no host"),
+            ),
+            (DenyReason::NoPolicy, "no_policy", "forbidden", None),
+            (DenyReason::BadRequest, "bad_request", "bad_request", None),
+            (
+                DenyReason::MissingCredential,
+                "missing_credential",
+                "unauthenticated",
+                None,
+            ),
+            (
+                DenyReason::InvalidToken("expired"),
+                "invalid_token",
+                "unauthenticated",
+                Some("expired"),
+            ),
+            (
+                DenyReason::WrongAudience,
+                "wrong_audience",
+                "unauthenticated",
+                None,
+            ),
+            (
+                DenyReason::InsufficientScope(vec!["a".into()]),
+                "insufficient_scope",
+                "insufficient_scope",
+                None,
+            ),
+            (DenyReason::DenyRule, "deny_rule", "forbidden", None),
+            (
+                DenyReason::NoMatchingRule,
+                "no_matching_rule",
+                "forbidden",
+                None,
+            ),
+            (limited, "rate_limited", "rate_limited", Some("reads")),
+        ];
+        for (reason, name, error, detail) in cases {
+            assert_eq!(reason.as_str(), *name);
+            let body: serde_json::Value = serde_json::from_str(reason.body()).unwrap();
+            assert_eq!(body["error"], *error, "{reason:?}");
+            assert!(body["message"].is_string(), "{reason:?}");
+            assert_eq!(reason.detail(), *detail, "{reason:?}");
+            let decision = Decision::deny(reason.clone());
+            assert_eq!(decision.http_status(), reason.status().code());
+            assert_eq!((decision.as_str(), decision.rule()), ("deny", None));
+        }
+    }
+
+    #[test]
+    fn allows_and_dry_run_headers() {
+        let allowed = Allowed {
+            principal: "spiffe://td/ns/a/sa/b".into(),
+            kind: Some(PrincipalKind::Service),
+            rule: Arc::from("reads"),
+            dry_run: None,
+            limits: Vec::new(),
+            answer: AnswerMemo::default(),
+        };
+        assert_eq!(allowed.kind_str(), "service");
+        let anonymous = Allowed {
+            kind: None,
+            ..allowed.clone()
+        };
+        assert_eq!(anonymous.kind_str(), "anonymous");
+        let allow = Decision::Allow(allowed);
+        assert_eq!(
+            (allow.http_status(), allow.as_str(), allow.rule()),
+            (200, "allow", Some("reads"))
+        );
+        let deny = Decision::Deny(Denied {
+            reason: DenyReason::DenyRule,
+            rule: Some(Arc::from("no-admin")),
+            principal: None,
+            kind: None,
+        });
+        assert_eq!((deny.http_status(), deny.rule()), (403, Some("no-admin")));
+        let by_rule = WouldDeny {
+            reason: DenyReason::DenyRule,
+            rule: Some(Arc::from("no-admin")),
+        };
+        assert_eq!(
+            by_rule.header(),
+            "would-deny; reason=deny_rule; rule=no-admin"
+        );
+        let by_default = WouldDeny {
+            reason: DenyReason::NoMatchingRule,
+            rule: None,
+        };
+        assert_eq!(by_default.header(), "would-deny; reason=no_matching_rule");
+    }
+
+    #[test]
+    fn an_answer_is_made_once_and_is_no_part_of_the_decision() {
+        let memo = AnswerMemo::default();
+        assert_eq!(format!("{memo:?}"), "AnswerMemo(empty)");
+        let first = memo.get_or_init(|| Arc::from(&b"answer"[..]));
+        let again = memo.get_or_init(|| panic!("made twice"));
+        assert_eq!(&*first, b"answer");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(format!("{memo:?}"), "AnswerMemo(set)");
+        // A clone starts empty (it may be changed into another decision), and
+        // equality ignores the memo.
+        let clone = memo.clone();
+        assert_eq!(format!("{clone:?}"), "AnswerMemo(empty)");
+        assert_eq!(clone, memo);
+    }
 }

@@ -540,3 +540,76 @@ impl Engine {
         self.log.write(&record);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied(reason: DenyReason, rule: Option<&str>) -> Decision {
+        Decision::Deny(Denied {
+            reason,
+            rule: rule.map(Arc::from),
+            principal: Some("partner:acme".into()),
+            kind: None,
+        })
+    }
+
+    #[test]
+    fn dry_run_turns_a_denial_into_an_allow_that_says_why() {
+        // Enforced, a denial stays one.
+        let enforced = denied(DenyReason::NoMatchingRule, None);
+        assert_eq!(dry_run(enforced.clone(), None, false), enforced);
+        // In a dry-run policy: (denial, dry-run deny rule that matched) -> what the
+        // allow says enforcement would have done.
+        let cases = [
+            (
+                denied(DenyReason::DenyRule, Some("no-admin")),
+                None,
+                DenyReason::DenyRule,
+                Some("no-admin"),
+            ),
+            (
+                denied(DenyReason::NoMatchingRule, None),
+                Some("shadow"),
+                DenyReason::DenyRule,
+                Some("shadow"),
+            ),
+            (
+                denied(DenyReason::NoMatchingRule, None),
+                None,
+                DenyReason::NoMatchingRule,
+                None,
+            ),
+        ];
+        for (decision, would_deny, reason, rule) in cases {
+            let Decision::Allow(allowed) = dry_run(decision, would_deny.map(Arc::from), true)
+            else {
+                panic!("a dry-run denial must be let through");
+            };
+            assert_eq!(&*allowed.rule, "dry-run");
+            assert_eq!(allowed.principal, "partner:acme");
+            let want = WouldDeny {
+                reason,
+                rule: rule.map(Arc::from),
+            };
+            assert_eq!(allowed.dry_run, Some(want));
+        }
+    }
+
+    #[test]
+    fn with_no_credential_every_refusal_is_401() {
+        let rule: Arc<str> = Arc::from("no-admin");
+        let anonymous = to_decision(Evaluation::Deny { rule: rule.clone() }, None);
+        assert_eq!(anonymous.http_status(), 401);
+        let peer: crate::principal::SpiffeId = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        let caller = Principal::from_peer(peer);
+        let known = to_decision(Evaluation::Deny { rule }, Some(&caller));
+        assert_eq!(known.http_status(), 403);
+        assert_eq!(known.rule(), Some("no-admin"));
+        // No rule matched: 401 without a credential, 403 with one.
+        let anonymous = to_decision(Evaluation::NoMatch, None);
+        assert_eq!(anonymous.http_status(), 401);
+        let known = to_decision(Evaluation::NoMatch, Some(&caller));
+        assert_eq!(known.http_status(), 403);
+    }
+}

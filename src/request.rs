@@ -384,4 +384,31 @@ mod tests {
         req.hop = Some("edge".into());
         assert!(req.hop().is_err());
     }
+
+    #[test]
+    fn hops_read_and_show_lowercase() {
+        for (hop, name) in [(Hop::Gateway, "gateway"), (Hop::Mesh, "mesh")] {
+            assert_eq!(hop.as_str(), name);
+            assert_eq!(hop.to_string(), name);
+            assert_eq!(name.parse::<Hop>(), Ok(hop));
+        }
+        assert_eq!("Mesh".parse::<Hop>(), Err(RequestError::Hop("Mesh".into())));
+    }
+
+    #[test]
+    fn grpc_methods_from_paths() {
+        // Exactly `/service/method`, both non-empty: anything else is no gRPC method.
+        let cases: &[(&str, Option<&str>)] = &[
+            ("/ledger.v1.Ledger/Get", Some("ledger.v1.Ledger/Get")),
+            ("/ledger.v1.Ledger/Get/x", None),
+            ("/ledger.v1.Ledger", None),
+            ("/ledger.v1.Ledger/", None),
+            ("//Get", None),
+            ("/", None),
+            ("ledger.v1.Ledger/Get", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(grpc_method(path).as_deref(), *want, "{path}");
+        }
+    }
 }

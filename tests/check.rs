@@ -58,6 +58,30 @@ async fn allowed_with_identity_headers_and_metadata() {
     );
 }
 
+/// Every answer is counted (by service, decision and reason) and, for a caller the
+/// policies name, by caller.
+#[tokio::test]
+async fn checks_are_counted_by_service_decision_and_caller() {
+    let (_d, s) = ledger_server().await;
+    let allowed = s
+        .check(read_tx().bearer(&token(PAYMENTS, "ledger", "ledger.read")))
+        .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let denied = s.check(read_tx()).await;
+    assert_eq!(denied.status, 401, "{denied:?}");
+    let page = s.handle.engine.metrics().encode();
+    let calls = format!(
+        r#"hopwarden_calls_total{{principal="{PAYMENTS}",service="ledger",decision="allow"}} 1"#
+    );
+    for want in [
+        r#"hopwarden_checks_total{service="ledger",decision="allow",reason="none"} 1"#,
+        r#"hopwarden_checks_total{service="ledger",decision="deny",reason="missing_credential"} 1"#,
+        &calls,
+    ] {
+        assert!(page.contains(want), "{want}\n{page}");
+    }
+}
+
 #[tokio::test]
 async fn dynamic_metadata_can_be_turned_off() {
     let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);

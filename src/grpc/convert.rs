@@ -148,10 +148,7 @@ pub fn to_check_response(
                 headers_to_remove.push(API_KEY_HEADER.to_string());
             }
             CheckResponse {
-                status: Some(rpc::Status {
-                    code: tonic::Code::Ok as i32,
-                    ..Default::default()
-                }),
+                status: Some(rpc_status(tonic::Code::Ok)),
                 dynamic_metadata: metadata,
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers,
@@ -176,10 +173,7 @@ pub fn to_check_response(
                 DenyStatus::TooManyRequests => tonic::Code::ResourceExhausted,
             };
             CheckResponse {
-                status: Some(rpc::Status {
-                    code: code as i32,
-                    ..Default::default()
-                }),
+                status: Some(rpc_status(code)),
                 dynamic_metadata: metadata,
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus {
@@ -190,6 +184,13 @@ pub fn to_check_response(
                 })),
             }
         }
+    }
+}
+
+fn rpc_status(code: tonic::Code) -> rpc::Status {
+    rpc::Status {
+        code: code as i32,
+        ..Default::default()
     }
 }
 
@@ -351,5 +352,162 @@ mod tests {
             AuthzRequest::try_from(CheckRequest::default()).err(),
             Some(ConvertError::MissingHttp)
         );
+    }
+
+    fn check_with(http: HttpRequest, source: &str, destination: &str) -> CheckRequest {
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+        let peer = |principal: &str| {
+            Some(Peer {
+                principal: principal.into(),
+                ..Default::default()
+            })
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                source: peer(source),
+                destination: peer(destination),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn peers_and_header_forms() {
+        // `headers` wins when Envoy sent both forms; an empty principal is none.
+        let http = HttpRequest {
+            headers: [("x-tenant".to_string(), "acme".to_string())].into(),
+            header_map: Some(HeaderMap {
+                headers: vec![HeaderValue {
+                    key: "x-tenant".into(),
+                    value: "evil".into(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        let req =
+            AuthzRequest::try_from(check_with(http, "", "spiffe://td/ns/a/sa/ledger")).unwrap();
+        assert_eq!(req.header("x-tenant"), Some("acme"));
+        assert_eq!(req.source_principal, None);
+        assert_eq!(
+            req.destination_principal.as_deref(),
+            Some("spiffe://td/ns/a/sa/ledger")
+        );
+        assert!(!carries_own_headers(&req));
+        let http = HttpRequest {
+            headers: [(KIND_HEADER.to_string(), "service".to_string())].into(),
+            ..Default::default()
+        };
+        let req = AuthzRequest::try_from(check_with(http, "spiffe://td/ns/a/sa/p", "")).unwrap();
+        assert_eq!(
+            req.source_principal.as_deref(),
+            Some("spiffe://td/ns/a/sa/p")
+        );
+        assert_eq!(req.destination_principal, None);
+        assert!(carries_own_headers(&req));
+    }
+
+    fn field(s: &Struct, key: &str) -> Option<String> {
+        match s.fields.get(key)?.kind.as_ref()? {
+            Kind::StringValue(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn overwrites(headers: &[HeaderValueOption]) -> bool {
+        headers
+            .iter()
+            .all(|h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32)
+    }
+
+    #[test]
+    fn an_allow_overwrites_identity_headers_and_fills_metadata() {
+        let options = ResponseOptions {
+            dynamic_metadata: true,
+        };
+        let outcome = Outcome::allowed_for_tests("spiffe://x/payments");
+        let response = to_check_response(&outcome, &AuthzRequest::default(), options);
+        assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+        let ok = ok(&response);
+        assert_eq!(set(ok, KIND_HEADER).as_deref(), Some("service"));
+        assert_eq!(set(ok, RULE_HEADER).as_deref(), Some("payments-read"));
+        // Appending would leave a client's forged copy beside ours.
+        assert!(overwrites(&ok.headers), "{ok:?}");
+        let meta = response.dynamic_metadata.expect("metadata");
+        let want = [
+            ("decision", "allow"),
+            ("service", "ledger"),
+            ("rule", "payments-read"),
+            ("principal", "spiffe://x/payments"),
+            ("principal_kind", "service"),
+        ];
+        for (key, value) in want {
+            assert_eq!(field(&meta, key).as_deref(), Some(value), "{key}");
+        }
+        let without = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        let response = to_check_response(&outcome, &AuthzRequest::default(), without);
+        assert_eq!(response.dynamic_metadata, None);
+    }
+
+    #[test]
+    fn a_denial_answers_with_its_code_status_body_and_challenge() {
+        use crate::decision::{Denied, DenyReason};
+        let reason = DenyReason::InvalidToken("expired");
+        let outcome = Outcome {
+            decision: std::sync::Arc::new(Decision::Deny(Denied {
+                reason: reason.clone(),
+                rule: None,
+                principal: Some("partner:acme".into()),
+                kind: None,
+            })),
+            service: Some("ledger".into()),
+            hop: None,
+            action: None,
+            cached: false,
+        };
+        let options = ResponseOptions {
+            dynamic_metadata: true,
+        };
+        let response = to_check_response(&outcome, &AuthzRequest::default(), options);
+        assert_eq!(
+            response.status.as_ref().map(|s| s.code),
+            Some(tonic::Code::Unauthenticated as i32)
+        );
+        let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+            panic!("not a denial: {response:?}");
+        };
+        assert_eq!(denied.status.as_ref().map(|s| s.code), Some(401));
+        assert_eq!(denied.body, reason.body());
+        let header = |name: &str| {
+            denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == name)
+                .map(|h| h.value.as_str())
+        };
+        assert_eq!(header("content-type"), Some("application/json"));
+        assert_eq!(
+            header("www-authenticate"),
+            Some(r#"Bearer error="invalid_token""#)
+        );
+        assert!(overwrites(&denied.headers));
+        let meta = response.dynamic_metadata.expect("metadata");
+        let want = [
+            ("decision", "deny"),
+            ("service", "ledger"),
+            ("reason", "invalid_token"),
+            ("principal", "partner:acme"),
+        ];
+        for (key, value) in want {
+            assert_eq!(field(&meta, key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(field(&meta, "rule"), None);
     }
 }

@@ -764,4 +764,54 @@ mod tests {
         assert!(g("p.S/M").overlaps(&g("p.S/*")) && !g("p.S/M").overlaps(&g("p.T/M")));
         assert_eq!(g("p.S/*").to_string(), "p.S/*");
     }
+
+    #[test]
+    fn case_folding_reaches_matches_and_overlaps() {
+        let p = |raw: &str| PathPattern::parse(raw).unwrap();
+        let deny = p("/admin/**").ignoring_case();
+        assert!(deny.matches("/ADMIN/users") && deny.matches("/Admin"));
+        assert!(!p("/admin/**").matches("/ADMIN/users"));
+        // One folding side is enough: "/ADMIN/x" matches both.
+        assert!(deny.overlaps(&p("/ADMIN/x")) && p("/ADMIN/x").overlaps(&deny));
+        assert!(!p("/admin/x").overlaps(&p("/ADMIN/x")));
+    }
+
+    #[test]
+    fn grpc_relations() {
+        let g = |raw: &str| GrpcPattern::parse(raw).unwrap();
+        // (a, b, a covers b, a overlaps b)
+        let cases: &[(&str, &str, bool, bool)] = &[
+            ("p.S/M", "p.S/M", true, true),
+            ("p.S/M", "p.S/N", false, false),
+            ("p.S/*", "p.S/M", true, true),
+            ("p.S/M", "p.S/*", false, true),
+            ("p.S/*", "p.S/*", true, true),
+            ("p.S/*", "p.T/*", false, false),
+            ("p.S/M", "p.T/M", false, false),
+        ];
+        for (a, b, covers, overlaps) in cases {
+            assert_eq!(g(a).covers(&g(b)), *covers, "{a} covers {b}");
+            assert_eq!(g(a).overlaps(&g(b)), *overlaps, "{a} overlaps {b}");
+        }
+        assert!(g("p.S/*").has_wildcard() && !g("p.S/M").has_wildcard());
+        assert_eq!(g("p.S/M").to_string(), "p.S/M");
+    }
+
+    #[test]
+    fn patterns_show_as_written() {
+        let exact = IdPattern::principal("spiffe://td/ns/a/sa/x").unwrap();
+        assert_eq!(exact.as_str(), "spiffe://td/ns/a/sa/x");
+        assert_eq!(exact.to_string(), "spiffe://td/ns/a/sa/x");
+        assert_eq!(exact.exact(), Some("spiffe://td/ns/a/sa/x"));
+        assert!(!exact.has_wildcard());
+        let glob = IdPattern::principal("spiffe://td/ns/*/sa/x").unwrap();
+        assert_eq!(glob.to_string(), "spiffe://td/ns/*/sa/x");
+        assert_eq!(glob.exact(), None);
+        assert!(glob.has_wildcard());
+        let path = PathPattern::parse("/a/{id}/**").unwrap();
+        assert_eq!(path.to_string(), "/a/{id}/**");
+        assert!(path.has_wildcard());
+        // A `{param}` names one resource: not a wildcard.
+        assert!(!PathPattern::parse("/a/{id}").unwrap().has_wildcard());
+    }
 }

@@ -168,3 +168,30 @@ fn bad_sections_are_refused() {
         );
     }
 }
+
+#[test]
+fn sources_and_details_name_the_lookup() {
+    let sources = [
+        (Source::ContextExtensions, "context_extensions"),
+        (Source::BySpiffe, "services.by_spiffe"),
+        (Source::Pattern, "services.by_spiffe_pattern"),
+        (Source::Host, "services.by_host"),
+    ];
+    for (source, name) in sources {
+        assert_eq!(source.as_str(), name);
+    }
+    // The decision log's detail says which lookup failed; the error shows the same.
+    let details = [
+        (Unresolved::UnmappedDestination, "not in services.by_spiffe"),
+        (
+            Unresolved::AmbiguousDestination,
+            "by_spiffe_pattern entries naming different",
+        ),
+        (Unresolved::UnknownHost, "not in services.by_host"),
+        (Unresolved::AmbiguousHost, "by_host keys naming different"),
+    ];
+    for (why, words) in details {
+        assert!(why.detail().contains(words), "{why:?}: {}", why.detail());
+        assert_eq!(why.to_string(), why.detail());
+    }
+}
