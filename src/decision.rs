@@ -438,6 +438,8 @@ mod tests {
             rule: Arc::from("reads"),
             dry_run: None,
             limits: Vec::new(),
+            actors: None,
+            api_key: None,
             answer: AnswerMemo::default(),
         };
         assert_eq!(allowed.kind_str(), "service");
@@ -456,6 +458,7 @@ mod tests {
             rule: Some(Arc::from("no-admin")),
             principal: None,
             kind: None,
+            actors: None,
         });
         assert_eq!((deny.http_status(), deny.rule()), (403, Some("no-admin")));
         let by_rule = WouldDeny {

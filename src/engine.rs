@@ -551,6 +551,7 @@ mod tests {
             rule: rule.map(Arc::from),
             principal: Some("partner:acme".into()),
             kind: None,
+            actors: None,
         })
     }
 

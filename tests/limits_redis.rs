@@ -44,8 +44,6 @@ limits:
     burst: BURST
 "#;
 
-/// How often the replicas flush to Redis in these tests (the default).
-
 /// A redis-server of this test's own.
 struct Redis {
     child: Option<Child>,

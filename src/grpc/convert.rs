@@ -465,6 +465,7 @@ mod tests {
                 rule: None,
                 principal: Some("partner:acme".into()),
                 kind: None,
+                actors: None,
             })),
             service: Some("ledger".into()),
             hop: None,
