@@ -297,6 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_by_a_key_for_an_actor_sets_both_and_removes_neither() {
+        use crate::decision::Allowed;
+        use crate::principal::actor::{Actor, Delegation};
+        let base = allowed("spiffe://x/payments");
+        let Decision::Allow(a) = &*base.decision else {
+            unreachable!("allowed_for_tests allows")
+        };
+        let actors = Delegation::new(vec![Actor {
+            sub: "spiffe://x/bff".into(),
+            iss: None,
+        }])
+        .map(std::sync::Arc::new);
+        let outcome = Outcome {
+            decision: std::sync::Arc::new(Decision::Allow(Allowed {
+                api_key: Some("k1".into()),
+                actors,
+                ..a.clone()
+            })),
+            ..base
+        };
+        // Whether or not the client sent its own copies: ours overwrite them, and
+        // nothing we set is also removed (Envoy would remove it after setting it).
+        let forged: &[(&str, &[u8])] = &[(ACTOR_HEADER, b"evil"), (API_KEY_HEADER, b"evil")];
+        for sent in [&[][..], forged] {
+            let req = to_authz_request(&parts("/gateway/ledger/t", sent)).unwrap();
+            let r = to_response(&outcome, &req);
+            assert_eq!(header(&r, API_KEY_HEADER), Some("k1"));
+            assert_eq!(header(&r, ACTOR_HEADER), Some("spiffe://x/bff"));
+            assert_eq!(header(&r, HEADERS_TO_REMOVE), None);
+        }
+    }
+
+    #[test]
     fn an_anonymous_allow_removes_the_principal_header() {
         let forged =
             to_authz_request(&parts("/gateway/ledger/t", &[(PRINCIPAL_HEADER, b"evil")])).unwrap();
