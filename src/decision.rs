@@ -6,6 +6,9 @@ use crate::limits::{LimitHit, RateLimited};
 use crate::principal::actor::Delegation;
 use crate::principal::PrincipalKind;
 
+mod scopes;
+pub use scopes::{CarriedScopes, MAX_SCOPES, MAX_SCOPE_BYTES};
+
 /// The outcome of a check: what Envoy is told to do with the request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -28,6 +31,9 @@ pub struct Allowed {
     pub actors: Option<Arc<Delegation>>,
     /// The id of the API key that identified the caller, if one did (never its secret).
     pub api_key: Option<Arc<str>>,
+    /// The scopes the caller's token or API key carried, bounded for the log; `None`
+    /// when no credential that carries scopes identified it (mTLS peer alone, anonymous).
+    pub scopes: Option<CarriedScopes>,
     /// The allow rule that matched (`dry-run` when only dry-run let it through).
     pub rule: Arc<str>,
     /// Set when enforcement would have denied the request but a `mode: dry-run`
@@ -120,6 +126,8 @@ pub struct Denied {
     pub kind: Option<PrincipalKind>,
     /// The actors calling for the principal, when its token is delegated.
     pub actors: Option<Arc<Delegation>>,
+    /// The scopes the caller's verified token or API key carried, bounded for the log.
+    pub scopes: Option<CarriedScopes>,
 }
 
 /// Why a request was denied. The variant names are what logs and metrics show.
@@ -297,6 +305,7 @@ impl Decision {
             principal: None,
             kind: None,
             actors: None,
+            scopes: None,
         })
     }
 }
@@ -440,6 +449,7 @@ mod tests {
             limits: Vec::new(),
             actors: None,
             api_key: None,
+            scopes: None,
             answer: AnswerMemo::default(),
         };
         assert_eq!(allowed.kind_str(), "service");
@@ -459,6 +469,7 @@ mod tests {
             principal: None,
             kind: None,
             actors: None,
+            scopes: None,
         });
         assert_eq!((deny.http_status(), deny.rule()), (403, Some("no-admin")));
         let by_rule = WouldDeny {

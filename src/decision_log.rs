@@ -54,6 +54,15 @@ pub struct DecisionRecord<'a> {
     /// The id of the API key the request presented (never its secret), valid or not.
     #[serde(default)]
     pub api_key: Option<Cow<'a, str>>,
+    /// The scopes the caller's token (`scope`/`scp`) or API key carried, in its order:
+    /// at most [`crate::decision::MAX_SCOPES`], each at most
+    /// [`crate::decision::MAX_SCOPE_BYTES`] bytes (a longer one
+    /// is cut and ends with `…`). `null` when no token or key identified the caller.
+    #[serde(default)]
+    pub scopes: Option<Cow<'a, [String]>>,
+    /// Present (and `true`) when scopes were dropped or cut to fit those bounds.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub scopes_truncated: bool,
     /// HTTP method.
     pub method: Cow<'a, str>,
     /// The canonical path, or `<non-canonical>`.
@@ -193,8 +202,25 @@ impl DecisionRecord<'_> {
             }
             None => out.extend_from_slice(b"null"),
         }
-        let request: [(&[u8], Option<&str>); 4] = [
-            (b",\"api_key\":", self.api_key.as_deref()),
+        write_strings(out, &[(b",\"api_key\":", self.api_key.as_deref())]);
+        out.extend_from_slice(b",\"scopes\":");
+        match &self.scopes {
+            Some(scopes) => {
+                out.push(b'[');
+                for (n, scope) in scopes.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    json_string(out, scope);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        if self.scopes_truncated {
+            out.extend_from_slice(b",\"scopes_truncated\":true");
+        }
+        let request: [(&[u8], Option<&str>); 3] = [
             (b",\"method\":", Some(&self.method)),
             (b",\"path\":", Some(&self.path)),
             (b",\"decision\":", Some(&self.decision)),
@@ -228,6 +254,11 @@ impl DecisionRecord<'_> {
             self.cached, self.latency_us
         );
     }
+}
+
+/// For `skip_serializing_if`: the writer leaves a false flag out, as serde does.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Appends each name (already JSON, with its separator) and its value (`null` for
@@ -350,6 +381,8 @@ mod tests {
             peer: None,
             actors: None,
             api_key: None,
+            scopes: None,
+            scopes_truncated: false,
             method: "GET".into(),
             path: "/x".into(),
             decision: "deny".into(),
@@ -392,6 +425,26 @@ mod tests {
             want.timestamp = line.timestamp.clone();
             assert_eq!(line, want);
         }
+    }
+
+    #[test]
+    fn lines_written_before_scopes_were_logged_still_read() {
+        let old = record(1);
+        let mut line = serde_json::to_value(&old).unwrap();
+        line.as_object_mut().unwrap().remove("scopes");
+        let read: DecisionRecord = serde_json::from_value(line).unwrap();
+        assert_eq!(read, old);
+        assert_eq!((read.scopes, read.scopes_truncated), (None, false));
+        // The flag is written only when set.
+        let mut cut = record(1);
+        let text = serde_json::to_string(&cut).unwrap();
+        assert!(text.contains("\"scopes\":null,\"method\""), "{text}");
+        cut.scopes_truncated = true;
+        let text = serde_json::to_string(&cut).unwrap();
+        assert!(
+            text.contains("\"scopes\":null,\"scopes_truncated\":true,"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -444,6 +497,7 @@ mod tests {
         full.kind = Some("service".into());
         full.peer = Some("spiffe://td/ns/c/sa/d".into());
         full.actors = Some(vec!["customer-bff".into(), "web".into()]);
+        full.scopes = Some(vec!["ledger.read".to_string(), "ledger.write".to_string()].into());
         full.rule = Some("r-1".into());
         full.detail = Some("expired".into());
         full.dry_run = Some(DryRunRecord {
@@ -457,6 +511,7 @@ mod tests {
         let mut empty = full.clone();
         empty.request_id = Some("".into());
         empty.method = "".into();
+        empty.scopes = Some(Vec::new().into());
         records.push(empty);
         let mut hostile = full;
         hostile.service = None;
@@ -464,6 +519,8 @@ mod tests {
         hostile.request_id = Some(odd.into());
         hostile.principal = Some(odd.into());
         hostile.actors = Some(vec![odd.into()]);
+        hostile.scopes = Some(vec![odd.to_string(), format!("{odd}…")].into());
+        hostile.scopes_truncated = true;
         hostile.path = odd.into();
         hostile.dry_run = Some(DryRunRecord {
             rule: odd.into(),
@@ -483,6 +540,7 @@ mod tests {
             let mut r = record(3);
             r.principal = Some(one.into());
             r.actors = Some(vec![]);
+            r.scopes = Some(vec![one.to_string()].into());
             records.push(r);
         }
         for r in &records {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::authn::jwt::{unix_now, TokenError, VerifiedToken};
 use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
-use crate::decision::{Allowed, Decision, Denied, DenyReason, WouldDeny};
+use crate::decision::{Allowed, CarriedScopes, Decision, Denied, DenyReason, WouldDeny};
 use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord, Timestamp};
 use crate::limits::Buckets;
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
@@ -71,6 +71,7 @@ impl Outcome {
                 kind: Some(crate::principal::PrincipalKind::Service),
                 actors: None,
                 api_key: None,
+                scopes: None,
                 rule: Arc::from("payments-read"),
                 dry_run: None,
                 limits: Vec::new(),
@@ -289,6 +290,7 @@ impl Engine {
             principal: Some(allowed.principal.clone()).filter(|p| !p.is_empty()),
             kind: allowed.kind,
             actors: allowed.actors.clone(),
+            scopes: allowed.scopes.clone(),
         }))
     }
 
@@ -367,6 +369,15 @@ fn actor_chain(actors: Option<&Delegation>) -> Option<Vec<Cow<'_, str>>> {
     })
 }
 
+/// A decision's carried scopes as the decision log writes them (borrowed: already
+/// bounded when the decision was made), and whether they were truncated.
+fn scopes_logged(scopes: Option<&CarriedScopes>) -> (Option<Cow<'_, [String]>>, bool) {
+    match scopes {
+        Some(s) => (Some(Cow::Borrowed(s.as_slice())), s.truncated()),
+        None => (None, false),
+    }
+}
+
 /// Applies dry-run: a `mode: dry-run` deny rule that matched (`would_deny`) is noted on
 /// an allow; in a dry-run policy every denial becomes an allow that says what
 /// enforcement would have done. The request goes through; the log and metrics tell.
@@ -390,6 +401,7 @@ fn dry_run(decision: Decision, would_deny: Option<Arc<str>>, policy_dry_run: boo
                 actors: denied.actors,
                 principal: denied.principal.unwrap_or_default(),
                 api_key: None,
+                scopes: denied.scopes,
                 rule: Arc::from("dry-run"),
                 dry_run: Some(WouldDeny { reason, rule }),
                 limits: Vec::new(),
@@ -408,6 +420,7 @@ pub(crate) fn wrong_audience(token: &VerifiedToken) -> Denied {
         principal: Some(token.subject.clone()),
         kind: Some(token.kind),
         actors: token.delegation.clone(),
+        scopes: Some(CarriedScopes::new(&token.scopes)),
     }
 }
 
@@ -418,6 +431,10 @@ pub(crate) fn wrong_audience(token: &VerifiedToken) -> Denied {
 pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Decision {
     let caller = principal.map(|p| p.id.clone());
     let actors = principal.and_then(|p| p.delegation.clone());
+    // Only a token or an API key carries scopes; an mTLS peer alone has none to log.
+    let scopes = principal
+        .filter(|p| p.has_token())
+        .map(|p| CarriedScopes::new(&p.scopes));
     let denied = |reason, rule| {
         Decision::Deny(Denied {
             reason,
@@ -425,6 +442,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             principal: caller.clone(),
             kind: principal.map(|p| p.kind),
             actors: actors.clone(),
+            scopes: scopes.clone(),
         })
     };
     match evaluation {
@@ -434,6 +452,7 @@ pub fn to_decision(evaluation: Evaluation, principal: Option<&Principal>) -> Dec
             kind: principal.map(|p| p.kind),
             actors,
             api_key: principal.and_then(|p| p.api_key.clone()),
+            scopes,
             rule,
             dry_run: None,
             limits: Vec::new(),
@@ -472,6 +491,8 @@ impl Engine {
             peer: req.source_principal.as_deref().map(Cow::from),
             actors: None,
             api_key: self.authn.api_keys().presented_id(req).map(Cow::from),
+            scopes: None,
+            scopes_truncated: false,
             method: action
                 .map_or(req.method.as_str(), |a| a.method.as_str())
                 .into(),
@@ -495,6 +516,7 @@ impl Engine {
                 record.principal = Some(a.principal.as_str().into());
                 record.kind = Some(a.kind_str().into());
                 record.actors = actor_chain(a.actors.as_deref());
+                (record.scopes, record.scopes_truncated) = scopes_logged(a.scopes.as_ref());
                 record.rule = Some(a.rule.as_ref().into());
                 record.status = 200;
                 if let Some(would) = &a.dry_run {
@@ -512,6 +534,7 @@ impl Engine {
             Some(Decision::Deny(d)) => {
                 record.principal = d.principal.as_deref().map(Cow::from);
                 record.actors = actor_chain(d.actors.as_deref());
+                (record.scopes, record.scopes_truncated) = scopes_logged(d.scopes.as_ref());
                 record.rule = d.rule.as_deref().map(Cow::from);
                 record.reason = Some(d.reason.as_str().into());
                 record.detail = d.reason.detail().map(Cow::from);
@@ -552,6 +575,7 @@ mod tests {
             principal: Some("partner:acme".into()),
             kind: None,
             actors: None,
+            scopes: None,
         })
     }
 
@@ -612,5 +636,41 @@ mod tests {
         assert_eq!(anonymous.http_status(), 401);
         let known = to_decision(Evaluation::NoMatch, Some(&caller));
         assert_eq!(known.http_status(), 403);
+    }
+
+    #[test]
+    fn decisions_carry_the_scopes_of_a_token_or_key_never_of_a_peer_alone() {
+        let peer: crate::principal::SpiffeId = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        let by_peer = Principal::from_peer(peer);
+        let mut by_token = by_peer.clone();
+        by_token.issuer = Some("https://sts".into());
+        by_token.scopes = vec!["ledger.read".into(), "ledger.write".into()];
+        let mut by_key = by_peer.clone();
+        by_key.api_key = Some(Arc::from("k1"));
+        let carried = |d: &Decision| match d {
+            Decision::Allow(a) => a.scopes.clone(),
+            Decision::Deny(d) => d.scopes.clone(),
+        };
+        let want = Some(CarriedScopes::new(&by_token.scopes));
+        let rule: Arc<str> = Arc::from("r");
+        for evaluation in [
+            Evaluation::Allow { rule: rule.clone() },
+            Evaluation::Deny { rule: rule.clone() },
+            Evaluation::NoMatch,
+            Evaluation::InsufficientScope {
+                rule: rule.clone(),
+                required: vec!["ledger.admin".into()],
+            },
+        ] {
+            let decision = to_decision(evaluation.clone(), Some(&by_token));
+            assert_eq!(carried(&decision), want, "{evaluation:?}");
+            // Dry-run lets the denial through and keeps what the caller carried.
+            assert_eq!(carried(&dry_run(decision, None, true)), want);
+            let decision = to_decision(evaluation.clone(), Some(&by_key));
+            assert_eq!(carried(&decision), Some(CarriedScopes::default()));
+            let decision = to_decision(evaluation.clone(), Some(&by_peer));
+            assert_eq!(carried(&decision), None, "{evaluation:?}");
+            assert_eq!(carried(&to_decision(evaluation, None)), None);
+        }
     }
 }

@@ -279,6 +279,8 @@ async fn decision_log_lines_field_by_field() {
     assert_eq!(a["reason"], serde_json::Value::Null);
     assert_eq!(a["cached"], false);
     assert!(a["latency_us"].as_u64().is_some());
+    assert_eq!(a["scopes"], json!(["ledger.read"]));
+    assert!(a.get("scopes_truncated").is_none(), "{a}");
 
     let b = &lines[1];
     assert_eq!(
@@ -289,6 +291,8 @@ async fn decision_log_lines_field_by_field() {
         (b["reason"].as_str(), b["detail"].as_str()),
         (Some("invalid_token"), Some("expired"))
     );
+    // A token that was refused carried nothing the log may vouch for.
+    assert_eq!(b["scopes"], serde_json::Value::Null);
     let c = &lines[2];
     assert_eq!(
         (c["reason"].as_str(), c["path"].as_str()),
@@ -302,6 +306,56 @@ async fn decision_log_lines_field_by_field() {
             "{secret:?} leaked into the decision log"
         );
     }
+}
+
+#[tokio::test]
+async fn decision_log_records_the_scopes_a_caller_carried_bounded() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    let s = TestServer::start(d.config("", "")).await;
+    // Denied for a missing scope: the log says what the token did carry.
+    let t = token(PAYMENTS, "ledger", "ledger.write audit.read");
+    let check = Check::new("ledger", "GET", "/transactions/42").bearer(&t);
+    assert_eq!(s.check(check).await.status, 403);
+    // An mTLS peer alone carries no scopes.
+    let check = Check::new("ledger", "GET", "/transactions/42").peer(RECONCILER);
+    assert_eq!(s.check(check).await.status, 200);
+    // Hundreds of scopes, one of them kilobytes long: bounded, and marked.
+    let long = "x".repeat(4_000);
+    let mut many: Vec<String> = vec!["ledger.read".into(), long];
+    many.extend((0..500).map(|n| format!("extra.{n}")));
+    let t = token(PAYMENTS, "ledger", &many.join(" "));
+    let check = Check::new("ledger", "GET", "/transactions/42").bearer(&t);
+    assert_eq!(s.check(check).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 3
+        })
+        .await,
+        "{:?}",
+        d.decisions()
+    );
+    let lines = d.decisions();
+    assert_eq!(lines[0]["reason"], "insufficient_scope");
+    assert_eq!(lines[0]["scopes"], json!(["ledger.write", "audit.read"]));
+    assert_eq!(lines[1]["scopes"], serde_json::Value::Null);
+    let bounded = &lines[2];
+    assert_eq!(bounded["scopes_truncated"], true);
+    let scopes: Vec<&str> = bounded["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(scopes.len(), hopwarden::decision::MAX_SCOPES);
+    assert_eq!(scopes[0], "ledger.read");
+    assert_eq!(
+        scopes[1],
+        format!("{}…", "x".repeat(hopwarden::decision::MAX_SCOPE_BYTES))
+    );
+    assert_eq!(scopes[2], "extra.0");
+    let text = std::fs::read_to_string(d.path().join("decisions.log")).unwrap();
+    let longest = text.lines().map(str::len).max().unwrap();
+    assert!(longest < 8_000, "a line of {longest} bytes");
 }
 
 #[tokio::test]

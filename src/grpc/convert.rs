@@ -466,6 +466,7 @@ mod tests {
                 principal: Some("partner:acme".into()),
                 kind: None,
                 actors: None,
+                scopes: None,
             })),
             service: Some("ledger".into()),
             hop: None,

@@ -312,6 +312,7 @@ mod tests {
         let outcome = Outcome {
             decision: std::sync::Arc::new(Decision::Allow(Allowed {
                 api_key: Some("k1".into()),
+                scopes: None,
                 actors,
                 ..a.clone()
             })),
