@@ -6,7 +6,7 @@ use crate::limits::{LimitHit, RateLimited};
 use crate::principal::actor::Delegation;
 use crate::principal::PrincipalKind;
 
-mod scopes;
+pub mod scopes;
 pub use scopes::{CarriedScopes, MAX_SCOPES, MAX_SCOPE_BYTES};
 
 /// The outcome of a check: what Envoy is told to do with the request.

@@ -3,7 +3,8 @@
 //! The allowed requests in the logs (a dry-run rollout's, say) are folded per service
 //! and caller into path templates ([`template`]: ids become `{id}`, nothing becomes a
 //! wildcard), and each caller gets one rule allowing exactly the methods and templates
-//! it was seen using ([`draft`]), with a suite of the same requests. The drafts are
+//! it was seen using ([`draft`]) and requiring the scopes all those requests carried
+//! (the decision log's `scopes`), with a suite of the same requests. The drafts are
 //! compiled and their suites run before the command says they are good.
 
 mod draft;
@@ -160,6 +161,21 @@ fn report(seen: &observed::Observed, drafts: &[draft::DraftPolicy], out: &Path) 
                 templates.len(),
                 r.principal
             );
+            if r.scopes.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "    scopes: none carried by every request: the rule requires none; add the ones it should"
+                );
+            } else {
+                let _ = writeln!(s, "    scopes required: {}", r.scopes.join(" "));
+            }
+            if r.scopes_truncated > 0 {
+                let _ = writeln!(
+                    s,
+                    "    scopes cut in the log for {} request(s) (scopes_truncated): the rule may lack scopes they carried",
+                    r.scopes_truncated
+                );
+            }
             for note in &r.not_generalised {
                 let _ = writeln!(s, "    not generalised: {note}");
             }
@@ -201,10 +217,6 @@ fn report(seen: &observed::Observed, drafts: &[draft::DraftPolicy], out: &Path) 
     for path in &seen.unusable_paths {
         let _ = writeln!(s, "  not drafted: {path}");
     }
-    let _ = writeln!(
-        s,
-        "the decision log records no scopes: add the scopes each rule should require before enforcing"
-    );
     let _ = writeln!(
         s,
         "checked: the drafts compile and pass their suites (hopwarden validate; hopwarden test {})",

@@ -20,6 +20,8 @@ const UUID: &str = "6f1c2b9e-3a4d-4e5f-8a9b-0c1d2e3f4a5b";
 #[derive(Clone, Copy)]
 enum Who {
     Token(&'static str),
+    /// A token carrying exactly these scopes (space-separated).
+    Scoped(&'static str, &'static str),
     Peer(&'static str),
     Anonymous,
 }
@@ -30,11 +32,23 @@ async fn request(server: &TestServer, r: &Request) -> Answer {
     let (who, service, hop, method, path) = r.clone();
     let mut check = Check::new(service, method, &path).hop(hop);
     match who {
-        Who::Token(sub) => check = check.bearer(&token(sub, service, "")),
+        Who::Token(sub) => check = check.bearer(&token(sub, service, scopes(sub, &path))),
+        Who::Scoped(sub, scope) => check = check.bearer(&token(sub, service, scope)),
         Who::Peer(spiffe) => check = check.peer(spiffe),
         Who::Anonymous => {}
     }
     server.check(check).await
+}
+
+/// The scopes each caller's tokens carry during the rollout: payments' differ by path
+/// (so the draft requires what they share, `ledger.read`); the partner's carry none.
+fn scopes(sub: &str, path: &str) -> &'static str {
+    match sub {
+        PAYMENTS if path.ends_with("/status") => "ledger.status ledger.read",
+        PAYMENTS => "ledger.read audit.read",
+        INVENTORY => "catalog.write catalog.read",
+        _ => "",
+    }
 }
 
 /// What the services are seen doing during the dry-run rollout.
@@ -167,6 +181,27 @@ fn nearby() -> Vec<(Request, bool)> {
                 "/products/00000000-0000-4000-8000-000000000000".into(),
             ),
             true,
+        ),
+        // The same caller and request without the scopes the draft requires: denied.
+        (
+            (
+                Scoped(PAYMENTS, "audit.read ledger.status"),
+                "ledger",
+                "mesh",
+                "GET",
+                "/transactions/41".into(),
+            ),
+            false,
+        ),
+        (
+            (
+                Scoped(INVENTORY, "catalog.read"),
+                "catalog",
+                "mesh",
+                "PUT",
+                "/products/981/stock".into(),
+            ),
+            false,
         ),
         // Another collection, method, hop or caller: denied.
         (
@@ -370,6 +405,20 @@ async fn a_draft_from_a_dry_run_allows_what_was_observed_and_nothing_near_it() {
         "{out}"
     );
     assert!(out.contains("not drafted: 1 anonymous request(s)"), "{out}");
+    // Each rule requires the scopes all its requests carried, and says when none.
+    assert!(
+        out.contains("caller spiffe://hopwarden.local/ns/payments/sa/payments\n    scopes required: ledger.read\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    scopes required: catalog.read catalog.write\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("caller partner:acme\n    scopes: none carried by every request"),
+        "{out}"
+    );
+    assert_eq!(out.matches("scopes: none carried").count(), 2, "{out}");
 
     // The draft validates with the server's own config, and passes its own suites.
     let config = std::fs::read_to_string(rollout.path().join("hopwarden.yaml"))
@@ -410,6 +459,9 @@ async fn a_draft_from_a_dry_run_allows_what_was_observed_and_nothing_near_it() {
     let text = std::fs::read_to_string(draft.join("ledger.yaml")).unwrap();
     assert!(text.contains("\"/transactions/{id}\""), "{text}");
     assert!(text.contains("\"/transactions/{id}/{id2}\""), "{text}");
+    assert!(text.contains("    scopes: [\"ledger.read\"]\n"), "{text}");
+    let suite = std::fs::read_to_string(draft.join("ledger_test.yaml")).unwrap();
+    assert!(suite.contains("reason: insufficient_scope"), "{suite}");
     assert!(!text.contains('*'), "{text}");
 
     // Enforced by a real server: every observed request allowed by its caller's rule,

@@ -29,6 +29,10 @@ pub(super) struct DraftRule {
     pub over_bound: u64,
     /// Paths that vary in a segment that is not an id, listed as observed.
     pub not_generalised: Vec<String>,
+    /// The scopes every covered request carried, sorted: what the rule requires.
+    pub scopes: Vec<String>,
+    /// Covered requests whose logged scopes were cut or dropped.
+    pub scopes_truncated: u64,
 }
 
 /// One service's drafted rules.
@@ -96,6 +100,8 @@ fn rule(service: &str, principal: &str, t: &Traffic, used: &mut BTreeSet<String>
         requests: t.requests - t.over_bound,
         over_bound: t.over_bound,
         not_generalised: not_generalised(t),
+        scopes: t.scopes.iter().flatten().cloned().collect(),
+        scopes_truncated: t.scopes_truncated,
     }
 }
 
@@ -172,8 +178,8 @@ pub(super) fn policy_yaml(p: &DraftPolicy, issuer: Option<&str>, period: &str) -
     let mut out = format!(
         "# Drafted by `hopwarden suggest` from {total} allowed request(s) in decision logs,\n\
          # {period}.\n\
-         # It allows what was observed and nothing else: review it, then add the scopes\n\
-         # each rule should require (the decision log does not record them).\n\
+         # It allows what was observed and nothing else, and each rule requires the scopes\n\
+         # every request it covers carried: review it before enforcing.\n\
          service: {}\nrules:\n",
         q(&p.service)
     );
@@ -205,6 +211,14 @@ pub(super) fn policy_yaml(p: &DraftPolicy, issuer: Option<&str>, period: &str) -
             let _ = writeln!(out, "      - methods: [{}]", methods.join(", "));
             let _ = writeln!(out, "        paths: {}", list(paths));
         }
+        if r.scopes.is_empty() {
+            let _ = writeln!(
+                out,
+                "    # No scope was carried by every request: add the ones this rule should require."
+            );
+        } else {
+            let _ = writeln!(out, "    scopes: {}", list(&r.scopes));
+        }
         if let Some(hop) = &r.hop {
             let _ = writeln!(out, "    when: {{hop: {hop}}}");
         }
@@ -215,13 +229,19 @@ pub(super) fn policy_yaml(p: &DraftPolicy, issuer: Option<&str>, period: &str) -
 
 impl DraftRule {
     /// Whether the caller was identified by its mTLS certificate alone (the log's
-    /// principal is then the peer's SPIFFE ID).
+    /// principal is then the peer's SPIFFE ID, and no scopes were carried: a token
+    /// whose subject is its peer's SPIFFE ID carries them).
     fn mtls_only(&self) -> bool {
-        self.peer.as_deref() == Some(self.principal.as_str())
+        self.peer.as_deref() == Some(self.principal.as_str()) && self.scopes.is_empty()
     }
 
     /// The suite's caller mapping.
     fn caller(&self, issuer: Option<&str>) -> String {
+        self.caller_with(issuer, &self.scopes)
+    }
+
+    /// The suite's caller mapping, carrying `scopes`.
+    fn caller_with(&self, issuer: Option<&str>, scopes: &[String]) -> String {
         if self.mtls_only() {
             return format!("{{peer: {}}}", q(&self.principal));
         }
@@ -233,6 +253,9 @@ impl DraftRule {
         }
         if let Some(peer) = &self.peer {
             let _ = write!(out, ", peer: {}", q(peer));
+        }
+        if !scopes.is_empty() {
+            let _ = write!(out, ", scopes: {}", list(scopes));
         }
         out.push('}');
         out
@@ -292,6 +315,20 @@ pub(super) fn suite_yaml(p: &DraftPolicy, issuer: Option<&str>) -> String {
         {
             let name = format!("{}: {other} {example} was not observed", r.id);
             case(name, &caller, hop, other, example, deny.clone());
+        }
+        if !r.scopes.is_empty() {
+            // The same caller carrying none of the scopes the rule requires.
+            let name = format!(
+                "{}: {first_method} {example} without scopes {} is denied",
+                r.id,
+                r.scopes.join(" ")
+            );
+            let expect = format!(
+                "{{decision: deny, rule: {}, status: 403, reason: insufficient_scope}}",
+                r.id
+            );
+            let without = r.caller_with(issuer, &[]);
+            case(name, &without, hop, first_method, example, expect);
         }
         if let Some(hop) = hop {
             let other = if hop == "mesh" { "gateway" } else { "mesh" };

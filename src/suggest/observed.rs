@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use super::template;
+use crate::decision::scopes::CUT;
 use crate::review::usage::field;
 
 /// Distinct (method, template) pairs kept per caller; more are counted, not kept.
@@ -29,6 +30,13 @@ pub(super) struct Traffic {
     pub actions: BTreeMap<(String, String), Action>,
     /// Requests whose (method, template) was not kept: over the per-caller bound.
     pub over_bound: u64,
+    /// The scopes every kept request carried (the intersection); `None` before the
+    /// first. A request logged with no scopes (an mTLS peer alone, a log from before
+    /// scopes were logged) empties it: the rule can then require none.
+    pub scopes: Option<BTreeSet<String>>,
+    /// Kept requests whose logged scopes were cut or dropped (`scopes_truncated`):
+    /// what was cut is unknown, so the intersection may lack a scope they carried.
+    pub scopes_truncated: u64,
 }
 
 /// One method on one path template.
@@ -151,6 +159,9 @@ impl Observed {
         }
         let key = (method, template);
         let full = traffic.actions.len() >= MAX_TEMPLATES_PER_CALLER;
+        if traffic.actions.contains_key(&key) || !full {
+            traffic.carried(entry);
+        }
         match traffic.actions.get_mut(&key) {
             Some(action) => action.requests += 1,
             None if full => traffic.over_bound += 1,
@@ -163,6 +174,27 @@ impl Observed {
                         example,
                     },
                 );
+            }
+        }
+    }
+}
+
+impl Traffic {
+    /// Narrows the scopes every request carried to those this one's line lists.
+    fn carried(&mut self, entry: &Map<String, Value>) {
+        let truncated = field(entry, "scopes_truncated").and_then(Value::as_bool) == Some(true);
+        if truncated {
+            self.scopes_truncated += 1;
+        }
+        let listed = field(entry, "scopes").and_then(Value::as_array);
+        let this = listed.into_iter().flatten().filter_map(Value::as_str);
+        // A scope the log cut is not the scope the token carried: never required.
+        let this = this.filter(|s| !(truncated && s.ends_with(CUT)));
+        match &mut self.scopes {
+            None => self.scopes = Some(this.map(str::to_string).collect()),
+            Some(all) => {
+                let this: BTreeSet<&str> = this.collect();
+                all.retain(|s| this.contains(s.as_str()));
             }
         }
     }

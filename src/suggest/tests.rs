@@ -121,3 +121,87 @@ fn templates_per_caller_are_bounded() {
         [format!("GET /names/*: segment 2 varies (n0, n1, n10, n100, n101, …) but is not an id: {MAX_TEMPLATES_PER_CALLER} paths listed as observed")]
     );
 }
+
+/// A line from `a:b` to ledger carrying `scopes` (`None`: logged as `null`).
+fn scoped(path: &str, scopes: Option<&[&str]>, truncated: bool) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&line("a:b", None, "mesh", "GET", path)).unwrap();
+    v["scopes"] = serde_json::json!(scopes);
+    if truncated {
+        v["scopes_truncated"] = true.into();
+    }
+    v.to_string()
+}
+
+#[test]
+fn rules_require_the_scopes_every_covered_request_carried() {
+    let cases: &[(&[(Option<&[&str]>, bool)], &[&str], u64)] = &[
+        // One request: all it carried.
+        (&[(Some(&["b", "a"]), false)], &["a", "b"], 0),
+        // The intersection, whatever the order.
+        (
+            &[
+                (Some(&["a", "b", "c"]), false),
+                (Some(&["c", "a"]), false),
+                (Some(&["a", "c", "d"]), false),
+            ],
+            &["a", "c"],
+            0,
+        ),
+        // Nothing in common, an empty list, or a request with no scopes logged
+        // (an mTLS peer alone, an older log): none required.
+        (&[(Some(&["a"]), false), (Some(&["b"]), false)], &[], 0),
+        (&[(Some(&["a"]), false), (Some(&[]), false)], &[], 0),
+        (&[(Some(&["a"]), false), (None, false)], &[], 0),
+        (&[(None, false), (Some(&["a"]), false)], &[], 0),
+        // A scope the log cut is never required; the rest still are, and the
+        // truncation is counted.
+        (
+            &[(Some(&["a", "bbbb…"]), true), (Some(&["a", "bbbb…"]), true)],
+            &["a"],
+            2,
+        ),
+        // Without the flag, a scope ending in `…` is a scope like any other.
+        (&[(Some(&["a", "b…"]), false)], &["a", "b…"], 0),
+    ];
+    for (lines, want, truncated) in cases {
+        let mut seen = Observed::default();
+        for (n, (scopes, cut)) in lines.iter().enumerate() {
+            seen.add(&scoped(&format!("/x/{n}"), *scopes, *cut), None);
+        }
+        let d = drafts(&seen);
+        let rule = &d[0].rules[0];
+        assert_eq!(rule.scopes, *want, "{lines:?}");
+        assert_eq!(rule.scopes_truncated, *truncated, "{lines:?}");
+        let policy = policy_yaml(&d[0], None, "p");
+        let suite = suite_yaml(&d[0], None);
+        if want.is_empty() {
+            assert!(!policy.contains("scopes:"), "{policy}");
+            assert!(policy.contains("No scope was carried by every request"));
+            assert!(!suite.contains("insufficient_scope"), "{suite}");
+        } else {
+            let listed: Vec<String> = want.iter().map(|s| format!("{s:?}")).collect();
+            let listed = format!("scopes: [{}]", listed.join(", "));
+            assert!(policy.contains(&format!("    {listed}\n")), "{policy}");
+            // The observed cases carry them; one case without them is denied.
+            assert!(suite.contains(&format!(", {listed}}}")), "{suite}");
+            assert!(suite.contains("reason: insufficient_scope"), "{suite}");
+        }
+    }
+}
+
+#[test]
+fn requests_over_the_template_bound_do_not_narrow_the_scopes() {
+    let mut seen = Observed::default();
+    for i in 0..MAX_TEMPLATES_PER_CALLER {
+        seen.add(
+            &scoped(&format!("/names/n{i}"), Some(&["a", "b"]), false),
+            None,
+        );
+    }
+    // Not covered by the rule (over the bound): its scopes are not the rule's business.
+    seen.add(&scoped("/names/over", Some(&["b"]), false), None);
+    let rule = &drafts(&seen)[0].rules[0];
+    assert_eq!(rule.over_bound, 1);
+    assert_eq!(rule.scopes, ["a", "b"]);
+}
