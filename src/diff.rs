@@ -9,6 +9,7 @@
 mod atoms;
 mod compare;
 mod git;
+mod limits;
 mod render;
 
 use std::collections::BTreeSet;
@@ -114,6 +115,25 @@ pub enum Kind {
     DenyWidened,
     /// A dry-run deny rule is now enforced.
     DenyEnforced,
+    /// A rate limit was removed: its requests are no longer limited.
+    LimitRemoved,
+    /// A rate limit's rate or burst was raised.
+    LimitRaised,
+    /// A rate limit now counts fewer requests (a narrower `from`, `to` or `when`).
+    LimitNarrowed,
+    /// A rate limit's budget changed hands (`per`): widens from `service` to
+    /// `principal`, narrows the other way.
+    LimitPer,
+    /// An allow rule's requests no longer count against a rate limit.
+    LimitDetached,
+    /// A new rate limit.
+    LimitAdded,
+    /// A rate limit's rate or burst was lowered.
+    LimitLowered,
+    /// A rate limit now counts more requests.
+    LimitWidened,
+    /// An allow rule's requests now count against a rate limit.
+    LimitAttached,
 }
 
 /// One change in access to one service.
@@ -135,6 +155,9 @@ pub struct Change {
     pub detail: Vec<String>,
     /// A grant to a wildcard caller, path or method pattern, or to any action.
     pub wildcard: bool,
+    /// The rate limit the change is about (after the change; before it, if removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 impl Change {
@@ -148,6 +171,7 @@ impl Change {
             requires: Vec::new(),
             detail: Vec::new(),
             wildcard: false,
+            limit: None,
         }
     }
 }
@@ -226,6 +250,7 @@ fn merge(found: Vec<Change>) -> Vec<Change> {
                 c.kind,
                 c.direction,
                 &c.rule,
+                &c.limit,
                 &c.caller,
                 &c.requires,
                 &c.detail,
@@ -234,6 +259,7 @@ fn merge(found: Vec<Change>) -> Vec<Change> {
                 change.kind,
                 change.direction,
                 &change.rule,
+                &change.limit,
                 &change.caller,
                 &change.requires,
                 &change.detail,

@@ -216,7 +216,10 @@ async fn keys_are_credentials_like_any_other() {
         .expect("an allow naming the key id");
     assert_eq!(allowed["principal"], PARTNER);
     // The key's scopes, as the key file grants them.
-    assert_eq!(allowed["scopes"], serde_json::json!(["media.transcripts.write"]));
+    assert_eq!(
+        allowed["scopes"],
+        serde_json::json!(["media.transcripts.write"])
+    );
     let details: Vec<&str> = decisions
         .iter()
         .filter_map(|r| r["detail"].as_str())

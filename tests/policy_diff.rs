@@ -73,6 +73,20 @@ fn pull_request() -> tempfile::TempDir {
         "scopes: [email.send.billing]",
         "scopes: [email.send.billing, email.send]",
     );
+    // Narrows: billing mail is rate limited.
+    let email = std::fs::read_to_string(new.join("email.yaml")).unwrap();
+    std::fs::write(
+        new.join("email.yaml"),
+        format!(
+            "{email}
+limits:
+  - id: billing-mail
+    from: {{principals: [\"spiffe://hopwarden.local/ns/billing/sa/billing\"]}}
+    rate: 100/m
+"
+        ),
+    )
+    .unwrap();
     dir
 }
 
@@ -101,7 +115,7 @@ fn text_and_json_reports() {
     );
     assert!(
         out.ends_with(
-            "\n4 change(s) in 3 of 5 service(s): 3 widening (1 to a wildcard), 1 narrowing\n"
+            "\n5 change(s) in 3 of 5 service(s): 3 widening (1 to a wildcard), 2 narrowing\n"
         ),
         "{out}"
     );
@@ -109,7 +123,7 @@ fn text_and_json_reports() {
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["widens"], 3);
-    assert_eq!(report["narrows"], 1);
+    assert_eq!(report["narrows"], 2);
     assert_eq!(report["wildcard_grants"], 1);
     let ledger = &report["services"][2];
     assert_eq!(ledger["service"], "ledger");
@@ -155,6 +169,32 @@ fn fail_on_broaden_exit_codes() {
     );
     // Without --fail-on, widening is not an error.
     assert_eq!(run(&["diff", "old", "new"], dir.path()).0, 0);
+    // A rate limit raised or removed broadens; lowered or added does not.
+    let limit = |rate: &str| {
+        format!("\nlimits:\n  - id: notifications\n    from: {{principals: [\"spiffe://hopwarden.local/ns/notifications/sa/notifications-worker\"]}}\n    rate: {rate}\n")
+    };
+    for (name, rate) in [
+        ("slow", Some("10/s")),
+        ("fast", Some("20/s")),
+        ("none", None),
+    ] {
+        copy_examples(dir.path(), name);
+        if let Some(rate) = rate {
+            let path = dir.path().join(name).join("email.yaml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text + &limit(rate)).unwrap();
+        }
+    }
+    for (a, b, want, says) in [
+        ("slow", "fast", 1, "rate limit raised"),
+        ("slow", "none", 1, "rate limit removed"),
+        ("fast", "slow", 0, "rate limit lowered"),
+        ("none", "slow", 0, "rate limit added"),
+    ] {
+        let (code, out, err) = args(a, b);
+        assert_eq!(code, want, "{a} -> {b}: {out}{err}");
+        assert!(out.contains(says), "{a} -> {b}: {out}");
+    }
     // A side that does not compile: exit 2, naming the problem, never a report.
     edit(
         &dir.path().join("new"),

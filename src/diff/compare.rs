@@ -48,6 +48,7 @@ pub(super) fn service(old: Option<&ServicePolicy>, new: Option<&ServicePolicy>) 
     let (before, after) = (Atoms::of(old.rules()), Atoms::of(new.rules()));
     allow(&before.allow, &after.allow, &after.deny, &mut out);
     deny(&before, &after, &mut out);
+    super::limits::service(old, new, &mut out);
     out
 }
 

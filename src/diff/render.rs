@@ -23,6 +23,18 @@ fn what(c: &Change) -> &'static str {
         Kind::DenyAdded => "now denied: deny rule added",
         Kind::DenyWidened => "more denied: deny rule widened",
         Kind::DenyEnforced => "now denied: dry-run deny rule enforced",
+        Kind::LimitRemoved => "rate limit removed",
+        Kind::LimitRaised => "rate limit raised",
+        Kind::LimitNarrowed => "rate limit counts fewer requests",
+        Kind::LimitPer if c.direction == Direction::Widens => {
+            "rate limit budget per caller instead of shared"
+        }
+        Kind::LimitPer => "rate limit budget shared instead of per caller",
+        Kind::LimitDetached => "requests no longer count against a rate limit",
+        Kind::LimitAdded => "rate limit added",
+        Kind::LimitLowered => "rate limit lowered",
+        Kind::LimitWidened => "rate limit counts more requests",
+        Kind::LimitAttached => "requests now count against a rate limit",
     }
 }
 
@@ -93,6 +105,9 @@ pub(super) fn text(report: &Report) -> String {
             if let Some(rule) = &c.rule {
                 let _ = writeln!(out, "           rule {rule}");
             }
+            if let Some(limit) = &c.limit {
+                let _ = writeln!(out, "           limit {limit}");
+            }
         }
     }
     let _ = writeln!(out, "\n{}", summary(report));
@@ -146,7 +161,11 @@ pub(super) fn markdown(report: &Report) -> String {
             let who = c.caller.as_deref().map(code).unwrap_or_default();
             let actions: Vec<String> = c.actions.iter().map(|a| code(a)).collect();
             let requires: Vec<String> = c.requires.iter().map(|r| cell(r)).collect();
-            let rule = c.rule.as_deref().map(code).unwrap_or_default();
+            let mut rule = c.rule.as_deref().map(code).unwrap_or_default();
+            if let Some(limit) = &c.limit {
+                let sep = if rule.is_empty() { "" } else { "<br>" };
+                let _ = write!(rule, "{sep}limit {}", code(limit));
+            }
             let _ = writeln!(
                 out,
                 "| {mark} | {change} | {who} | {} | {} | {rule} |",

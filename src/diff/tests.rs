@@ -257,3 +257,137 @@ fn markdown_escapes_cells() {
     assert!(md.contains("header x-env in [a\\|b]"), "{md}");
     assert!(md.contains("| ⚠️ **widens** | may now |"), "{md}");
 }
+
+/// `BASE` with limits: one a rule names, one that counts every allow it matches.
+fn limited() -> String {
+    BASE.replace(
+        "    scopes: [ledger.read]\n",
+        "    scopes: [ledger.read]\n    limits: [payments-reads]\n",
+    ) + r#"limits:
+  - id: payments-reads
+    from: { principals: ["spiffe://td/ns/payments/sa/payments"] }
+    to: [{ methods: [GET], paths: ["/transactions/**"] }]
+    rate: 100/s
+    burst: 200
+  - id: everyone
+    rate: 1000/m
+"#
+}
+
+/// `limited()` with `from` replaced by `to` (which must occur).
+fn edit_limited(from: &str, to: &str) -> String {
+    let base = limited();
+    assert!(base.contains(from), "{from}");
+    base.replacen(from, to, 1)
+}
+
+#[test]
+fn each_kind_of_limit_change() {
+    // A limit on GET counts HEAD too (as a deny rule matches).
+    const READS: &str =
+        "principal spiffe://td/ns/payments/sa/payments | GET /transactions/**, HEAD /transactions/**";
+    const ANY: &str = "any caller, anonymous included | any action";
+    let reads_terms = "100/s, burst 200, per principal";
+    #[rustfmt::skip]
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        ("a limit renamed (and the rule naming it)",
+         limited().replace("payments-reads", "payments-reading"),
+         vec![]),
+        ("a rate written another way",
+         edit_limited("rate: 100/s", "rate: 6000/m"),
+         vec![]),
+        ("the same rate another way, with the default burst (the rate's N)",
+         edit_limited("rate: 1000/m", "rate: 60000/h"),
+         vec![format!("widens limit_raised: {ANY} || burst: 1000 -> 60000")]),
+        ("a limit's description",
+         edit_limited("  - id: everyone\n", "  - id: everyone\n    description: a ceiling\n"),
+         vec![]),
+        ("a limit removed",
+         edit_limited("  - id: everyone\n    rate: 1000/m\n", ""),
+         vec![format!("widens limit_removed: {ANY} || was 1000/m, burst 1000, per principal")]),
+        ("a limit added",
+         format!("{}  - id: writes\n    to: [{{ methods: [POST] }}]\n    rate: 5/s\n    per: service\n", limited()),
+         vec!["narrows limit_added: any caller, anonymous included | POST (any path) || 5/s, burst 5, per service".into()]),
+        ("a rate raised",
+         edit_limited("rate: 100/s", "rate: 120/s"),
+         vec![format!("widens limit_raised: {READS} || rate: 100/s -> 120/s")]),
+        ("a rate raised by its period",
+         edit_limited("rate: 1000/m", "rate: 1000/s"),
+         vec![format!("widens limit_raised: {ANY} || rate: 1000/m -> 1000/s")]),
+        ("a rate lowered",
+         edit_limited("rate: 100/s", "rate: 5000/m"),
+         vec![format!("narrows limit_lowered: {READS} || rate: 100/s -> 5000/m")]),
+        ("a burst raised",
+         edit_limited("burst: 200", "burst: 300"),
+         vec![format!("widens limit_raised: {READS} || burst: 200 -> 300")]),
+        ("a burst lowered, the rate raised",
+         edit_limited("rate: 100/s\n    burst: 200", "rate: 200/s\n    burst: 100"),
+         vec![format!("widens limit_raised: {READS} || rate: 100/s -> 200/s"),
+              format!("narrows limit_lowered: {READS} || burst: 200 -> 100")]),
+        ("per principal to per service",
+         edit_limited("rate: 1000/m\n", "rate: 1000/m\n    per: service\n"),
+         vec![format!("narrows limit_per: {ANY} || per: principal -> service")]),
+        ("a limit counts fewer requests",
+         edit_limited("paths: [\"/transactions/**\"] }]\n    rate", "paths: [\"/transactions/{id}\"] }]\n    rate"),
+         vec![format!("widens limit_narrowed: principal spiffe://td/ns/payments/sa/payments | GET /transactions/{{id}}, HEAD /transactions/{{id}} || counts: principal spiffe://td/ns/payments/sa/payments GET /transactions/**, HEAD /transactions/** -> principal spiffe://td/ns/payments/sa/payments GET /transactions/{{id}}, HEAD /transactions/{{id}}")]),
+        ("a limit counts more requests",
+         edit_limited("to: [{ methods: [GET], paths: [\"/transactions/**\"] }]\n    rate", "rate"),
+         vec![format!("narrows limit_widened: principal spiffe://td/ns/payments/sa/payments | any action || counts: principal spiffe://td/ns/payments/sa/payments GET /transactions/**, HEAD /transactions/** -> principal spiffe://td/ns/payments/sa/payments any action")]),
+        ("a limit moved to other requests",
+         edit_limited("paths: [\"/transactions/**\"] }]\n    rate", "paths: [\"/refunds/**\"] }]\n    rate"),
+         vec!["widens limit_narrowed: principal spiffe://td/ns/payments/sa/payments | GET /refunds/**, HEAD /refunds/** || counts: principal spiffe://td/ns/payments/sa/payments GET /transactions/**, HEAD /transactions/** -> principal spiffe://td/ns/payments/sa/payments GET /refunds/**, HEAD /refunds/**".into(),
+              "narrows limit_widened: principal spiffe://td/ns/payments/sa/payments | GET /refunds/**, HEAD /refunds/** || counts: principal spiffe://td/ns/payments/sa/payments GET /transactions/**, HEAD /transactions/** -> principal spiffe://td/ns/payments/sa/payments GET /refunds/**, HEAD /refunds/**".into()]),
+        ("a rule's limits list drops the limit: every rule's allows count again",
+         edit_limited("    limits: [payments-reads]\n", ""),
+         vec![format!("narrows limit_attached: - |  || the requests rule reconciler-read allows now count against limit payments-reads ({reads_terms})")]),
+        ("another rule names the limit too",
+         edit_limited("    when: { hop: mesh }\n", "    when: { hop: mesh }\n    limits: [payments-reads]\n"),
+         vec![format!("narrows limit_attached: - |  || the requests rule reconciler-read allows now count against limit payments-reads ({reads_terms})")]),
+        ("a rule names a limit that counted every allow",
+         edit_limited("    limits: [payments-reads]\n", "    limits: [payments-reads, everyone]\n"),
+         vec!["widens limit_detached: - |  || the requests rule reconciler-read allows no longer count against limit everyone (1000/m, burst 1000, per principal)".into()]),
+    ];
+    let base = limited();
+    let mut wrong = Vec::new();
+    for (name, new, want) in &cases {
+        let got = lines(&base, new);
+        if &got != want {
+            wrong.push(format!("{name}:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn fail_on_broaden_counts_a_raised_or_removed_limit() {
+    let base = limited();
+    for (new, widens, narrows) in [
+        (edit_limited("rate: 100/s", "rate: 101/s"), 1, 0),
+        (
+            edit_limited("  - id: everyone\n    rate: 1000/m\n", ""),
+            1,
+            0,
+        ),
+        (edit_limited("rate: 100/s", "rate: 99/s"), 0, 1),
+        (base.clone(), 0, 0),
+    ] {
+        let report = diff(&set(&base), &set(&new), "old", "new");
+        assert_eq!((report.widens, report.narrows), (widens, narrows), "{new}");
+    }
+    // Rendered: the limit is named beside the rule.
+    let new = edit_limited("rate: 100/s", "rate: 120/s");
+    let report = diff(&set(&base), &set(&new), "old", "new");
+    let text = render::text(&report);
+    assert!(
+        text.contains("  widens   principal spiffe://td/ns/payments/sa/payments: GET /transactions/**, HEAD /transactions/**: rate limit raised\n           rate: 100/s -> 120/s\n           limit payments-reads\n"),
+        "{text}"
+    );
+    let md = render::markdown(&report);
+    assert!(
+        md.contains("| rate limit raised<br>rate: 100/s -> 120/s |"),
+        "{md}"
+    );
+    assert!(md.contains(" | limit `payments-reads` |\n"), "{md}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["services"][0]["changes"][0]["limit"], "payments-reads");
+}
