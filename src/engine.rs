@@ -151,6 +151,14 @@ impl Engine {
         self
     }
 
+    /// Exports the check spans still queued (`tracing.otlp`), bounded by a short
+    /// timeout; for a graceful shutdown, after the last check.
+    pub async fn flush_traces(&self) {
+        if let Some(tracer) = &self.traces {
+            tracer.flush().await;
+        }
+    }
+
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -120,7 +120,7 @@ impl ServerHandle {
         if let Some(admin) = &self.admin {
             admin.abort();
         }
-        match drained {
+        let stopped = match drained {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
@@ -130,7 +130,11 @@ impl ServerHandle {
                 tracing::warn!(timeout = ?self.drain_timeout, "drain timeout: remaining connections were closed");
                 Ok(())
             }
-        }
+        };
+        // No check is answered any more: the spans of the last ones go out now (for
+        // at most a couple of seconds, whether or not the collector answers).
+        self.engine.flush_traces().await;
+        stopped
     }
 }
 

@@ -388,6 +388,87 @@ async fn with_the_collector_down_checks_are_answered_and_drops_counted() {
     assert_eq!(s.check_rpc(check).await.expect("answered").status, 200);
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks with a sampled `traceparent`, answered 200.
+async fn sampled_checks(s: &TestServer, n: usize) {
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    for i in 0..n {
+        let check = Check::new("ledger", "GET", &format!("/transactions/{i}"))
+            .bearer(&t)
+            .header("traceparent", &format!("00-{TRACE}-{PARENT}-01"));
+        assert_eq!(s.check(check).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn spans_queued_at_shutdown_are_sent() {
+    let (addr, collector) = start_collector().await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    // An interval far longer than the test: only the shutdown's flush sends them.
+    let config = format!(
+        "tracing:\n  otlp:\n    endpoint: \"http://{addr}\"\n    interval: 1h\n    timeout: 5s\n"
+    );
+    let s = TestServer::start(d.config("", &config)).await;
+    sampled_checks(&s, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        collector.spans.lock().unwrap().len(),
+        0,
+        "exported before shutdown"
+    );
+    let engine = s.handle.engine.clone();
+    s.handle.shutdown().await.unwrap();
+    // Sent by the time shutdown returns: nothing to wait for.
+    let spans = collector.spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    for (_, span) in &spans {
+        assert_eq!(hex(&span.trace_id), TRACE);
+        assert_eq!(hex(&span.parent_span_id), PARENT);
+    }
+    let page = engine.metrics().encode();
+    assert_eq!(
+        sample(&page, "hopwarden_trace_spans_exported_total"),
+        3.0,
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_holds_shutdown_up_for_the_flush_timeout_at_most() {
+    // Accepts connections (the kernel does) but never reads or answers them.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    // An export may take 30 s; a shutdown still waits only the flush timeout.
+    let config = format!(
+        "tracing:\n  otlp:\n    endpoint: \"http://{addr}\"\n    interval: 1h\n    timeout: 30s\n"
+    );
+    let s = TestServer::start(d.config("", &config)).await;
+    sampled_checks(&s, 3).await;
+    let engine = s.handle.engine.clone();
+    let started = std::time::Instant::now();
+    s.handle.shutdown().await.unwrap();
+    let took = started.elapsed();
+    // The health grace (0.5 s), the drain, then the flush (2 s at most).
+    let bound = hopwarden::telemetry::otlp::FLUSH_TIMEOUT + Duration::from_secs(3);
+    assert!(took < bound, "shutdown took {took:?}");
+    assert!(
+        took >= hopwarden::telemetry::otlp::FLUSH_TIMEOUT,
+        "shutdown took {took:?}: the flush did not wait for the collector"
+    );
+    // Nothing reached a collector; the shutdown went on without it.
+    let page = engine.metrics().encode();
+    assert_eq!(
+        sample(&page, "hopwarden_trace_spans_exported_total"),
+        0.0,
+        "{page}"
+    );
+    drop(blackhole);
+}
+
 #[test]
 fn validate_lists_the_trace_headers_only_when_tracing_is_on() {
     let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);

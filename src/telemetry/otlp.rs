@@ -15,6 +15,9 @@
 //! decision log does with its lines. A full queue or a failed export drops spans and
 //! counts them
 //! (`hopwarden_trace_spans_dropped_total`); a check never waits for the collector.
+//! On a graceful shutdown [`CheckTracer::flush`] exports what is still queued, for at
+//! most [`FLUSH_TIMEOUT`], so the last checks' spans arrive and a collector that is
+//! down never holds the shutdown up.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,10 @@ use crate::decision::Decision;
 use crate::engine::{EngineError, Outcome};
 use crate::request::AuthzRequest;
 
+/// The longest a shutdown waits for the queued spans to be exported (less when
+/// `tracing.otlp.timeout` is shorter).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceExportError {
@@ -56,6 +63,11 @@ pub struct CheckTracer {
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
     queue: Arc<Queue>,
+    /// Asks the export task to export everything queued now; it answers on the
+    /// oneshot when done.
+    flushes: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    /// How long [`CheckTracer::flush`] waits.
+    flush_timeout: Duration,
 }
 
 /// Finished spans waiting for the exporter task.
@@ -95,9 +107,11 @@ impl CheckTracer {
             full_batch: tokio::sync::Notify::new(),
             metrics,
         });
+        let (flushes, flush_requests) = tokio::sync::mpsc::channel(1);
         tokio::spawn(export_loop(
             queue.clone(),
             exporter,
+            flush_requests,
             spec.interval,
             spec.timeout,
             spec.max_batch,
@@ -109,7 +123,32 @@ impl CheckTracer {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             queue,
+            flushes,
+            flush_timeout: FLUSH_TIMEOUT.min(spec.timeout),
         })
+    }
+
+    /// Exports the spans queued so far and waits for that, at most the flush timeout
+    /// ([`FLUSH_TIMEOUT`], or `tracing.otlp.timeout` if shorter); spans still queued
+    /// then are dropped and counted (`why="shutdown"`). For a graceful shutdown, once
+    /// no more checks are answered.
+    pub async fn flush(&self) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let flushed = tokio::time::timeout(self.flush_timeout, async {
+            self.flushes.send(done).await.is_ok() && finished.await.is_ok()
+        })
+        .await;
+        if flushed != Ok(true) {
+            let left = self.queue.take().len() as u64;
+            if left > 0 {
+                self.queue.metrics.trace_spans_dropped("shutdown", left);
+            }
+            tracing::warn!(
+                timeout = ?self.flush_timeout,
+                dropped = left,
+                "trace export did not finish before shutdown"
+            );
+        }
     }
 
     /// Begins the check's span when it is sampled; `None` (and no other work) when not.
@@ -250,11 +289,13 @@ impl Queue {
     }
 }
 
-/// Every `interval`, or as soon as a batch is full, exports what the checks queued, `max_batch` spans per request,
-/// each export bounded by `timeout`. Runs until the runtime stops.
+/// Every `interval`, as soon as a batch is full, or when a flush asks, exports what
+/// the checks queued, `max_batch` spans per request, each export bounded by `timeout`.
+/// Runs until the runtime stops.
 async fn export_loop(
     queue: Arc<Queue>,
     exporter: opentelemetry_otlp::SpanExporter,
+    mut flushes: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     interval: Duration,
     timeout: Duration,
     max_batch: usize,
@@ -263,44 +304,60 @@ async fn export_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = queue.full_batch.notified() => {}
+        let flush = tokio::select! {
+            _ = tick.tick() => None,
+            _ = queue.full_batch.notified() => None,
+            Some(done) = flushes.recv() => Some(done),
+        };
+        export_queued(&queue, &exporter, timeout, max_batch, &mut failing).await;
+        if let Some(done) = flush {
+            let _ = done.send(());
         }
-        let mut spans = queue.take();
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(max_batch));
-            let n = spans.len() as u64;
-            let result = tokio::time::timeout(timeout, exporter.export(spans)).await;
-            match result {
-                Ok(Ok(())) => {
-                    queue.metrics.trace_spans_exported(n);
-                    if failing {
-                        tracing::info!("trace export: the collector answers again");
-                        failing = false;
-                    }
-                }
-                Ok(Err(e)) => {
-                    queue.metrics.trace_spans_dropped("export_failed", n);
-                    if !failing {
-                        tracing::warn!(error = %e, dropped = n, "trace export failed: spans dropped until the collector answers");
-                        failing = true;
-                    }
-                }
-                Err(_) => {
-                    queue.metrics.trace_spans_dropped("export_failed", n);
-                    if !failing {
-                        tracing::warn!(
-                            ?timeout,
-                            dropped = n,
-                            "trace export timed out: spans dropped until the collector answers"
-                        );
-                        failing = true;
-                    }
+    }
+}
+
+/// Exports everything queued now; a failed or timed-out export drops its spans
+/// (counted) and is logged once until the collector answers again.
+async fn export_queued(
+    queue: &Queue,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    timeout: Duration,
+    max_batch: usize,
+    failing: &mut bool,
+) {
+    let mut spans = queue.take();
+    while !spans.is_empty() {
+        let rest = spans.split_off(spans.len().min(max_batch));
+        let n = spans.len() as u64;
+        let result = tokio::time::timeout(timeout, exporter.export(spans)).await;
+        match result {
+            Ok(Ok(())) => {
+                queue.metrics.trace_spans_exported(n);
+                if *failing {
+                    tracing::info!("trace export: the collector answers again");
+                    *failing = false;
                 }
             }
-            spans = rest;
+            Ok(Err(e)) => {
+                queue.metrics.trace_spans_dropped("export_failed", n);
+                if !*failing {
+                    tracing::warn!(error = %e, dropped = n, "trace export failed: spans dropped until the collector answers");
+                    *failing = true;
+                }
+            }
+            Err(_) => {
+                queue.metrics.trace_spans_dropped("export_failed", n);
+                if !*failing {
+                    tracing::warn!(
+                        ?timeout,
+                        dropped = n,
+                        "trace export timed out: spans dropped until the collector answers"
+                    );
+                    *failing = true;
+                }
+            }
         }
+        spans = rest;
     }
 }
 
