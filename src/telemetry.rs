@@ -118,7 +118,7 @@ pub struct ApiKeyLabels {
 /// Labels of `hopwarden_trace_spans_dropped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceDropLabels {
-    /// `queue_full` or `export_failed`.
+    /// `queue_full`, `export_failed` or `shutdown`.
     pub why: &'static str,
 }
 
