@@ -556,6 +556,7 @@ impl Config {
         for (needle, message) in spec.rate_limits.problems() {
             errors.push(invalid(&needle, message));
         }
+        spec.tracing.resolve(base);
         for (needle, message) in spec.tracing.problems() {
             errors.push(invalid(needle, message));
         }

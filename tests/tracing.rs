@@ -68,6 +68,11 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 
 /// Serves the OTLP trace service over HTTP/2 on 127.0.0.1:0.
 async fn start_collector() -> (SocketAddr, Collector) {
+    start_collector_with(None).await
+}
+
+/// The same, over TLS when `tls` is given.
+async fn start_collector_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Collector) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
@@ -78,16 +83,59 @@ async fn start_collector() -> (SocketAddr, Collector) {
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
+                let serve = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+                );
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = serve.serve_connection(io, service).await;
+                    }
+                    Some(tls) => {
+                        // A client that does not trust the certificate fails here.
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = serve.serve_connection(io, service).await;
+                    }
+                }
             });
         }
     });
     (addr, collector)
+}
+
+/// A CA minted now (its PEM) and a TLS acceptor whose certificate, for 127.0.0.1 and
+/// localhost, it signed.
+fn test_ca_and_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "tracing test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (ca_pem, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn tracing_config(endpoint: &str, extra: &str) -> String {
@@ -481,6 +529,75 @@ async fn a_collector_that_never_answers_holds_shutdown_up_for_the_flush_timeout_
         "{page}"
     );
     drop(blackhole);
+}
+
+#[tokio::test]
+async fn spans_go_over_grpc_with_tls_to_a_collector_signed_by_ca_file() {
+    let (ca_pem, acceptor) = test_ca_and_acceptor();
+    let (addr, collector) = start_collector_with(Some(acceptor)).await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    std::fs::write(d.path().join("collector-ca.pem"), &ca_pem).unwrap();
+    // Relative to the config file, like every other path in it.
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    let s = TestServer::start(d.config(
+        "",
+        &tracing_config(&endpoint, "    ca_file: collector-ca.pem\n"),
+    ))
+    .await;
+    sampled_checks(&s, 2).await;
+    let arrived = eventually(Duration::from_secs(10), || async {
+        collector.spans.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(arrived, "{}", metrics(&s).await);
+    for (_, span) in collector.spans.lock().unwrap().iter() {
+        assert_eq!(hex(&span.trace_id), TRACE);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_collector_whose_ca_is_not_trusted_gets_nothing() {
+    let (_, acceptor) = test_ca_and_acceptor();
+    let (addr, collector) = start_collector_with(Some(acceptor)).await;
+    // Another CA minted now: the collector's certificate does not chain to it.
+    let (other_ca, _) = test_ca_and_acceptor();
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    std::fs::write(d.path().join("other-ca.pem"), &other_ca).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    for extra in ["    ca_file: other-ca.pem\n", ""] {
+        // With a CA that did not sign it, and with the public roots.
+        let s = TestServer::start(d.config("", &tracing_config(&endpoint, extra))).await;
+        sampled_checks(&s, 2).await;
+        let failed = eventually(Duration::from_secs(10), || async {
+            sample(
+                &metrics(&s).await,
+                "hopwarden_trace_spans_dropped_total{why=\"export_failed\"}",
+            ) >= 2.0
+        })
+        .await;
+        assert!(failed, "{extra:?}: {}", metrics(&s).await);
+        assert!(collector.spans.lock().unwrap().is_empty(), "{extra:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_ca_file_that_is_not_a_certificate_stops_the_start() {
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    std::fs::write(d.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let config = d.config(
+        "",
+        &tracing_config("https://127.0.0.1:4317", "    ca_file: ca.pem\n"),
+    );
+    let err = hopwarden::server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("tracing.otlp.ca_file") && text.contains("ca.pem"),
+        "{text}"
+    );
+    assert!(text.contains("no PEM certificate"), "{text}");
 }
 
 #[test]

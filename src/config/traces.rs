@@ -2,6 +2,7 @@
 //! (docs/tracing.md). Off unless `tracing.otlp` is given.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,8 +21,12 @@ pub struct TracingSpec {
 #[serde(deny_unknown_fields)]
 pub struct OtlpSpec {
     /// The collector: `http://127.0.0.1:4317` for gRPC, or the full URL of the traces
-    /// resource for HTTP (`http://127.0.0.1:4318/v1/traces`).
+    /// resource for HTTP (`http://127.0.0.1:4318/v1/traces`); `https://` for TLS.
     pub endpoint: String,
+    /// With an `https://` endpoint: the PEM CA certificate(s) the collector's
+    /// certificate must chain to, instead of the public roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// `grpc` (default) or `http` (protobuf over HTTP).
     #[serde(default)]
     pub protocol: OtlpProtocol,
@@ -82,6 +87,13 @@ fn default_timeout() -> Duration {
 }
 
 impl TracingSpec {
+    /// Resolves `ca_file` against the config file's directory.
+    pub fn resolve(&mut self, base: &Path) {
+        if let Some(file) = self.otlp.as_mut().and_then(|o| o.ca_file.as_mut()) {
+            *file = base.join(&*file);
+        }
+    }
+
     /// What is wrong with the values: (a word to find in the file, the message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let Some(otlp) = &self.otlp else {
@@ -99,13 +111,13 @@ impl TracingSpec {
                 ),
             ));
         }
-        // The gRPC exporter is built without TLS (tonic's TLS features would add a
-        // second TLS stack); HTTP goes through reqwest's rustls.
-        if otlp.protocol == OtlpProtocol::Grpc && otlp.endpoint.starts_with("https://") {
+        // A CA for a plain-text endpoint would be silently unused: the spans would go
+        // out unencrypted while the config says otherwise.
+        if otlp.ca_file.is_some() && !otlp.endpoint.starts_with("https://") {
             out.push((
-                "endpoint",
+                "ca_file",
                 format!(
-                    "tracing.otlp.endpoint {:?}: https is not supported over grpc; use protocol: http, or a local collector",
+                    "tracing.otlp.ca_file needs an https:// endpoint, not {:?}",
                     otlp.endpoint
                 ),
             ));
@@ -168,7 +180,10 @@ mod tests {
                 "otlp: {endpoint: 'http://c:4317', interval: 1ms}",
                 "interval",
             ),
-            ("otlp: {endpoint: 'https://c:4317'}", "endpoint"),
+            (
+                "otlp: {endpoint: 'http://c:4317', ca_file: ca.pem}",
+                "ca_file",
+            ),
         ];
         for (yaml, key) in cases {
             let problems = otlp(yaml).problems();
@@ -176,6 +191,23 @@ mod tests {
             assert_eq!(problems[0].0, key, "{yaml}");
             assert!(problems[0].1.contains(key), "{yaml}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn https_with_or_without_a_ca_file() {
+        for yaml in [
+            "otlp: {endpoint: 'https://c:4317'}",
+            "otlp: {endpoint: 'https://c:4317', ca_file: ca.pem}",
+            "otlp: {endpoint: 'https://c/v1/traces', protocol: http, ca_file: ca.pem}",
+        ] {
+            assert!(otlp(yaml).problems().is_empty(), "{yaml}");
+        }
+        let mut spec = otlp("otlp: {endpoint: 'https://c:4317', ca_file: certs/ca.pem}");
+        spec.resolve(Path::new("/etc/hopwarden"));
+        assert_eq!(
+            spec.otlp.unwrap().ca_file.unwrap(),
+            Path::new("/etc/hopwarden/certs/ca.pem")
+        );
     }
 
     #[test]

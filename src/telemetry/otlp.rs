@@ -53,6 +53,9 @@ pub enum TraceExportError {
     /// The OTLP exporter refused its settings.
     #[error("tracing.otlp: {0}")]
     Build(String),
+    /// `tracing.otlp.ca_file` could not be read, or holds no PEM certificate.
+    #[error("tracing.otlp.ca_file {0}: {1}")]
+    CaFile(std::path::PathBuf, String),
 }
 
 /// Makes and queues the spans of checks.
@@ -361,6 +364,49 @@ async fn export_queued(
     }
 }
 
+/// The PEM text of `tracing.otlp.ca_file`, checked to hold a certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, TraceExportError> {
+    let fail = |why: String| TraceExportError::CaFile(path.to_path_buf(), why);
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    // Read here so a wrong file is a start-up error, not a failed export per batch.
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .ok()
+        .filter(|certs| !certs.is_empty())
+        .ok_or_else(|| fail("no PEM certificate in it".into()))?;
+    Ok(pem)
+}
+
+/// TLS for an `https://` gRPC endpoint: the collector's certificate chains to
+/// `ca_file` when given, else to the public (webpki) roots; its name is the endpoint's
+/// host. `None` for `http://`.
+fn grpc_tls(
+    spec: &OtlpSpec,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, TraceExportError> {
+    if !spec.endpoint.starts_with("https://") {
+        return Ok(None);
+    }
+    let tls = tonic::transport::ClientTlsConfig::new();
+    Ok(Some(match &spec.ca_file {
+        Some(path) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read_ca(path)?)),
+        None => tls.with_webpki_roots(),
+    }))
+}
+
+/// The HTTP client for an `https://` endpoint with `ca_file`: only that CA is trusted.
+fn http_client(spec: &OtlpSpec) -> Result<Option<reqwest::Client>, TraceExportError> {
+    let Some(path) = &spec.ca_file else {
+        return Ok(None);
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(&read_ca(path)?)
+        .map_err(|e| TraceExportError::CaFile(path.clone(), e.to_string()))?;
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .timeout(spec.timeout)
+        .build()
+        .map(Some)
+        .map_err(|e| TraceExportError::Build(e.to_string()))
+}
+
 fn build_exporter(spec: &OtlpSpec) -> Result<opentelemetry_otlp::SpanExporter, TraceExportError> {
     let built = match spec.protocol {
         OtlpProtocol::Grpc => {
@@ -373,20 +419,28 @@ fn build_exporter(spec: &OtlpSpec) -> Result<opentelemetry_otlp::SpanExporter, T
                     .map_err(|_| TraceExportError::Header(name.clone()))?;
                 metadata.insert(key, value);
             }
-            opentelemetry_otlp::SpanExporter::builder()
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(spec.endpoint.clone())
                 .with_timeout(spec.timeout)
-                .with_metadata(metadata)
-                .build()
+                .with_metadata(metadata);
+            if let Some(tls) = grpc_tls(spec)? {
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build()
         }
-        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(spec.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(spec.timeout)
-            .with_headers(spec.headers.clone().into_iter().collect())
-            .build(),
+        OtlpProtocol::Http => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(spec.endpoint.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(spec.timeout)
+                .with_headers(spec.headers.clone().into_iter().collect());
+            if let Some(client) = http_client(spec)? {
+                builder = builder.with_http_client(client);
+            }
+            builder.build()
+        }
     };
     built.map_err(|e| TraceExportError::Build(e.to_string()))
 }
