@@ -313,6 +313,13 @@ fn bytes_of(m: &ExportTraceServiceResponse) -> std::io::Cursor<Vec<u8>> {
 
 /// An OTLP/HTTP collector: `POST /v1/traces` with a protobuf body, on 127.0.0.1:0.
 async fn start_http_collector() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
+    start_http_collector_with(None).await
+}
+
+/// The same, over TLS when `tls` is given.
+async fn start_http_collector_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -352,12 +359,24 @@ async fn start_http_collector() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
                         Ok::<_, hyper::Error>(resp)
                     }
                 });
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(
+                let serve = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+                );
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = serve.serve_connection(io, service).await;
+                    }
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = serve.serve_connection(io, service).await;
+                    }
+                }
             });
         }
     });
@@ -553,6 +572,23 @@ async fn spans_go_over_grpc_with_tls_to_a_collector_signed_by_ca_file() {
     for (_, span) in collector.spans.lock().unwrap().iter() {
         assert_eq!(hex(&span.trace_id), TRACE);
     }
+}
+
+#[tokio::test]
+async fn spans_go_over_https_to_a_collector_signed_by_ca_file() {
+    let (ca_pem, acceptor) = test_ca_and_acceptor();
+    let (addr, spans) = start_http_collector_with(Some(acceptor)).await;
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    std::fs::write(d.path().join("collector-ca.pem"), &ca_pem).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}/v1/traces", addr.port());
+    let extra = "    protocol: http\n    ca_file: collector-ca.pem\n";
+    let s = TestServer::start(d.config("", &tracing_config(&endpoint, extra))).await;
+    sampled_checks(&s, 2).await;
+    let arrived = eventually(Duration::from_secs(10), || async {
+        spans.lock().unwrap().len() == 2
+    })
+    .await;
+    assert!(arrived, "{}", metrics(&s).await);
 }
 
 #[tokio::test]
