@@ -133,9 +133,12 @@ fn scoped(path: &str, scopes: Option<&[&str]>, truncated: bool) -> String {
     v.to_string()
 }
 
+/// Each line's (scopes logged, `scopes_truncated`).
+type Lines<'a> = &'a [(Option<&'a [&'a str]>, bool)];
+
 #[test]
 fn rules_require_the_scopes_every_covered_request_carried() {
-    let cases: &[(&[(Option<&[&str]>, bool)], &[&str], u64)] = &[
+    let cases: &[(Lines, &[&str], u64)] = &[
         // One request: all it carried.
         (&[(Some(&["b", "a"]), false)], &["a", "b"], 0),
         // The intersection, whatever the order.
