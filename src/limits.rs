@@ -238,6 +238,11 @@ impl Budget {
     }
 }
 
+/// What `hopwarden validate` prints with `rate_limits.headers_on_allow`: over Envoy's
+/// HTTP service the fields reach the client only if the filter lets them (over gRPC
+/// `response_headers_to_add` needs no setting).
+pub const ENVOY_HTTP_SERVICE_BUDGET_HEADERS: &str = "ext_authz http_service, for the budget on allowed requests (docs/rate-limits.md): authorization_response: { allowed_client_headers_on_success: { patterns: [{ exact: ratelimit-policy }, { exact: ratelimit }] } }";
+
 /// `"<id>";q=<count>;w=<seconds>` (draft-ietf-httpapi-ratelimit-headers).
 fn policy_field(limit: &str, rate: Rate) -> String {
     format!("\"{limit}\";q={};w={}", rate.count, rate.period.as_secs())

@@ -247,6 +247,38 @@ fn offline() -> tempfile::TempDir {
 }
 
 #[test]
+fn validate_prints_the_envoy_setting_the_budget_on_allowed_requests_needs() {
+    let dir = offline();
+    let setting = "allowed_client_headers_on_success: { patterns: [{ exact: ratelimit-policy }, { exact: ratelimit }] }";
+    for (config, printed) in [
+        ("policies: p\n", false),
+        (
+            "policies: p\nrate_limits: { headers_on_allow: false }\n",
+            false,
+        ),
+        (
+            "policies: p\nrate_limits: { headers_on_allow: true }\n",
+            true,
+        ),
+    ] {
+        std::fs::write(dir.path().join("hopwarden.yaml"), config).unwrap();
+        let (code, out, err) = run_bin(&["validate"], dir.path());
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.contains(setting), printed, "{config}: {out}");
+    }
+    // The example Envoy configs for the HTTP service already allow them.
+    for name in [
+        "gateway-http",
+        "ledger-sidecar-http",
+        "payments-sidecar-http",
+        "email-sidecar-http",
+    ] {
+        let text = std::fs::read_to_string(repo().join(format!("envoy/{name}.yaml"))).unwrap();
+        assert!(text.contains(setting), "envoy/{name}.yaml");
+    }
+}
+
+#[test]
 fn explain_shows_the_limits_a_request_counts_against() {
     let dir = offline();
     let explain = |extra: &[&str]| {
