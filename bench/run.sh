@@ -119,12 +119,14 @@ request = function()
 end
 EOF
 
-# The bench policies, plus ledger-limited for setup h: ledger's policy (same rule,
-# same audience) with a limit every request counts against and none ever meets.
+# The bench policies, plus ledger-limited for setup h: ledger's policy (the same rule,
+# its id suffixed since ids are unique across policies; the same audience) with a
+# limit every request counts against and none ever meets.
 rm -rf "$work/policies" && mkdir -p "$work/policies"
 cp "$root"/bench/policies/*.yaml "$work/policies/"
 {
-  sed 's/^service: ledger$/service: ledger-limited\naudiences: [ledger]/' "$root/bench/policies/ledger.yaml"
+  sed -e 's/^service: ledger$/service: ledger-limited\naudiences: [ledger]/' \
+      -e 's/^\(  - id: .*\)$/\1-limited/' "$root/bench/policies/ledger.yaml"
   printf 'limits:\n  - id: never-hit\n    description: Every request counts; none is ever refused.\n    rate: 1000000000/s\n'
 } > "$work/policies/ledger-limited.yaml"
 grep -q '^service: ledger-limited$' "$work/policies/ledger-limited.yaml" \

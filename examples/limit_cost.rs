@@ -238,7 +238,7 @@ fn main() {
     println!(
         "  one by one for 1 s each: Redis answering {n} checks, slowest {slowest:.1} us, {over} as slow as a round trip; \
          silent {sn} checks, slowest {s_slowest:.1} us, {s_over} as slow as a round trip \
-         (Redis round trip {rtt:.1} us, median of 200 PINGs; a slow outlier is the scheduler, see the silent run)"
+         (Redis round trip {rtt:.1} us, median of 200 PINGs; outliers as many with a store that never answers are the machine, not Redis)"
     );
     let added = redis_ns - none;
     println!(
