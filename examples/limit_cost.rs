@@ -66,7 +66,12 @@ fn ns_per_check(buckets: &Buckets, hits: &[LimitHit]) -> f64 {
 
 /// Each check timed on its own for `seconds`: (checks, slowest in us, checks slower
 /// than `slow`).
-fn one_by_one(buckets: &Buckets, hits: &[LimitHit], seconds: f64, slow: Duration) -> (u64, f64, u64) {
+fn one_by_one(
+    buckets: &Buckets,
+    hits: &[LimitHit],
+    seconds: f64,
+    slow: Duration,
+) -> (u64, f64, u64) {
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let (mut n, mut slowest, mut over) = (0u64, Duration::ZERO, 0u64);
     while Instant::now() < until {
@@ -170,7 +175,11 @@ fn main() {
             other => panic!("unknown argument {other:?}; usage: limit_cost [--redis URL]"),
         }
     }
-    let payments = || Caller::Named(Arc::from("spiffe://hopwarden.local/ns/payments/sa/payments"));
+    let payments = || {
+        Caller::Named(Arc::from(
+            "spiffe://hopwarden.local/ns/payments/sa/payments",
+        ))
+    };
     let one = [hit("payments-reads", payments())];
     // A caller's own limit, a limit per service and one for everyone else, all matching.
     let several = [
