@@ -19,6 +19,7 @@ SETUPS = {
     "e": "e: ext_authz gRPC -> no-op",
     "f": "f: ext_authz HTTP -> hopwarden",
     "g": "g: ext_authz HTTP -> no-op",
+    "h": "h: f + a never-hit limit",
 }
 # The setups the Envoy targets are for: hopwarden on each of Envoy's two protocols.
 HOPWARDEN = {"d": "gRPC", "f": "HTTP"}
@@ -154,6 +155,18 @@ def main():
         g = get(scenario, "g", "throughput")
         if f and g:
             info.append(f"{SCENARIOS[scenario]}: f throughput = {f / g:.2f}x g (the HTTP no-op server)")
+        h = get(scenario, "h", "throughput")
+        if f and h:
+            # Also within each repetition (f and h ran back to back).
+            by_rep = {r["rep"]: r["throughput"] for r in rows
+                      if r["kind"] == "envoy" and r["setup"] == "f" and r["scenario"] == scenario}
+            paired = median(r["throughput"] / by_rep[r["rep"]] for r in rows
+                            if r["kind"] == "envoy" and r["setup"] == "h" and r["scenario"] == scenario
+                            and by_rep.get(r["rep"]))
+            hf, ff = get(scenario, "h", "authz_cpu_us_per_req"), get(scenario, "f", "authz_cpu_us_per_req")
+            info.append(f"{SCENARIOS[scenario]}: h (f + a never-hit limit) throughput = {h / f:.3f}x f"
+                        + (f", paired by repetition {paired:.3f}x" if paired is not None else "")
+                        + (f"; hopwarden CPU {hf:.0f} vs {ff:.0f} us/req" if hf and ff else ""))
     floor_sat = by_label.get("floor-grpc-saturation", {}).get("server_cpu_us_per_check")
     rounds = max((r["rounds"] for r in alone), default=0)
     if hit and floor_sat:
@@ -240,7 +253,7 @@ def main():
     json.dump(data, open(os.path.join(out_dir, "results.json"), "w"), indent=2)
 
     md = ["# hopwarden benchmark results", "", "```", text, "```", ""]
-    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | authz server CPU µs/req (d, f: hopwarden; e: no-op) |")
+    md.append("| scenario | setup | req/s | p50 µs | p99 µs | × b throughput | × b, paired by round | × b p99 | Envoy CPU µs/req | authz server CPU µs/req (d, f, h: hopwarden; e, g: no-op) |")
     md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (scenario, setup), m in envoy.items():
         f = lambda v, fmt: (fmt % v) if v is not None else "–"
@@ -253,7 +266,7 @@ def main():
 
 def chart(envoy, envoy_version):
     """Grouped bars: throughput (left panel) and p99 (right panel) per scenario and setup."""
-    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896", "f": "#2ca02c", "g": "#98df8a"}
+    colors = {"a": "#9e9e9e", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#ff9896", "f": "#2ca02c", "g": "#98df8a", "h": "#9467bd"}
     width, height, pad = 960, 420, 60
     panel_w = (width - 3 * pad) / 2
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']
@@ -280,8 +293,8 @@ def chart(envoy, envoy_version):
                 out.append(f'<rect x="{x:.1f}" y="{y0 + plot_h - h:.1f}" width="{bar_w*0.9:.1f}" height="{h:.1f}" fill="{colors[setup]}"/>')
                 out.append(f'<text x="{x + bar_w*0.45:.1f}" y="{y0 + plot_h - h - 4:.1f}" text-anchor="middle" font-size="10">{m[key]:.0f}</text>')
     for i, (setup, name) in enumerate(SETUPS.items()):
-        # Two rows of three.
-        x, y = pad + (i % 3) * 300, height - 46 + (i // 3) * 20
+        # Two rows of four.
+        x, y = pad + (i % 4) * 225, height - 46 + (i // 4) * 20
         out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colors[setup]}"/>')
         out.append(f'<text x="{x + 18}" y="{y + 10}">{name}</text>')
     out.append("</svg>")

@@ -24,6 +24,9 @@
 #   g  ext_authz over Envoy's HTTP service -> a server that allows everything unread
 #      (`loadgen allow-all-http`, on hopwarden's HTTP transport): the floor for f as e
 #      is for d
+#   h  f with a rate limit that matches every request and is never hit (service
+#      ledger-limited: ledger's policy plus `never-hit: 1000000000/s`, on the same
+#      hopwarden), run beside f: the report prints h's throughput as a ratio of f's
 # Envoy's instructions per request (callgrind) for a, b, d, e and f: a figure the VM's
 # noise does not move.
 set -euo pipefail
@@ -56,8 +59,8 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
 read -r hw_port hw_http_port hw_admin_port noop_port noop_http_port \
-  port_a port_b port_c port_d port_e port_f port_g \
-  admin_a admin_b admin_c admin_d admin_e admin_f admin_g <<<"$(free_ports 19)"
+  port_a port_b port_c port_d port_e port_f port_g port_h \
+  admin_a admin_b admin_c admin_d admin_e admin_f admin_g admin_h <<<"$(free_ports 21)"
 shm=$(mktemp -d /dev/shm/hopwarden-bench.XXXXXX)
 mkdir -p "$work" "$results"
 # When the run started: the report's date, even when it is regenerated later.
@@ -116,9 +119,22 @@ request = function()
 end
 EOF
 
+# The bench policies, plus ledger-limited for setup h: ledger's policy (the same rule,
+# its id suffixed since ids are unique across policies; the same audience) with a
+# limit every request counts against and none ever meets.
+rm -rf "$work/policies" && mkdir -p "$work/policies"
+cp "$root"/bench/policies/*.yaml "$work/policies/"
+{
+  sed -e 's/^service: ledger$/service: ledger-limited\naudiences: [ledger]/' \
+      -e 's/^\(  - id: .*\)$/\1-limited/' "$root/bench/policies/ledger.yaml"
+  printf 'limits:\n  - id: never-hit\n    description: Every request counts; none is ever refused.\n    rate: 1000000000/s\n'
+} > "$work/policies/ledger-limited.yaml"
+grep -q '^service: ledger-limited$' "$work/policies/ledger-limited.yaml" \
+  || { echo "error: bench/policies/ledger.yaml no longer has 'service: ledger'" >&2; exit 1; }
+
 cat > "$work/hopwarden.yaml" <<EOF
 listen: 127.0.0.1:$hw_port
-policies: $root/bench/policies
+policies: $work/policies
 issuers:
   - issuer: https://sts.hopwarden.local
     jwks_file: $work/jwks.json
@@ -188,15 +204,21 @@ start_noop_http() {
   return 1
 }
 
-setups=(a b c d e f g)
-declare -A port=([a]=$port_a [b]=$port_b [c]=$port_c [d]=$port_d [e]=$port_e [f]=$port_f [g]=$port_g)
-declare -A admin=([a]=$admin_a [b]=$admin_b [c]=$admin_c [d]=$admin_d [e]=$admin_e [f]=$admin_f [g]=$admin_g)
-declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http [g]=g-noop-http)
+setups=(a b c d e f g h)
+declare -A port=([a]=$port_a [b]=$port_b [c]=$port_c [d]=$port_d [e]=$port_e [f]=$port_f [g]=$port_g [h]=$port_h)
+declare -A admin=([a]=$admin_a [b]=$admin_b [c]=$admin_c [d]=$admin_d [e]=$admin_e [f]=$admin_f [g]=$admin_g [h]=$admin_h)
+declare -A file=([a]=a-none [b]=b-native [c]=c-native-cache [d]=d-hopwarden [e]=e-noop [f]=f-hopwarden-http [g]=g-noop-http [h]=f-hopwarden-http)
 envoy_config() { # setup -> $work/envoy-SETUP.yaml
   local s=$1
+  # h is f's Envoy asking for service ledger-limited: the one difference is the limit.
+  local service=ledger
+  [ "$s" != h ] || service=ledger-limited
   sed -e "s/__PORT__/${port[$s]}/" -e "s/__ADMIN__/${admin[$s]}/" \
       -e "s#__JWKS__#$work/jwks.json#" -e "s/__HOPWARDEN__/$hw_port/" -e "s/__HOPWARDEN_HTTP__/$hw_http_port/" -e "s/__NOOP__/$noop_port/" -e "s/__NOOP_HTTP__/$noop_http_port/" \
+      -e "s#path_prefix: /gateway/ledger\$#path_prefix: /gateway/$service#" \
       "bench/envoy/${file[$s]}.yaml" > "$work/envoy-$s.yaml"
+  [ "$s" != h ] || grep -q 'path_prefix: /gateway/ledger-limited$' "$work/envoy-$s.yaml" \
+    || { echo "error: setup h: no 'path_prefix: /gateway/ledger' in bench/envoy/${file[$s]}.yaml" >&2; return 1; }
 }
 start_envoy() { # setup
   local s=$1
@@ -229,7 +251,7 @@ print(json.dumps({"kind": "envoy", "setup": setup, "scenario": scenario, "rep": 
   "throughput": rps, "p50_us": lat(50), "p99_us": lat(99),
   "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
   "envoy_cpu_us_per_req": per_req(envoy_ticks),
-  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e", "f", "g") else None}))
+  "authz_cpu_us_per_req": per_req(authz_ticks) if setup in ("d", "e", "f", "g", "h") else None}))
 EOF
 }
 
@@ -239,7 +261,7 @@ run_wrk() { # setup scenario rep
   local s=$1 scenario=$2 rep=$3 out="$work/wrk-$1-$2-$3.txt"
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
   local e0 h0
-  # The authorization server's CPU: hopwarden for d and f, the no-op servers for e and g.
+  # The authorization server's CPU: hopwarden for d, f and h, the no-op servers for e and g.
   local server=$hw_pid
   [ "$s" != e ] || server=$noop_pid
   [ "$s" != g ] || server=$noop_http_pid
@@ -266,13 +288,23 @@ for s in "${setups[@]}"; do
   [ "$ok" = 200 ] || { echo "error: setup $s (Envoy on 127.0.0.1:${port[$s]}) refused a valid token" >&2; exit 1; }
   [ "$s" = a ] || [ "$s" = e ] || [ "$s" = g ] || [ "$no" != 200 ] || { echo "error: setup $s allowed no token" >&2; exit 1; }
 done
+# h's requests count against its limit (f's do not): hopwarden explain says so.
+for s in f h; do
+  service=$([ "$s" = h ] && echo ledger-limited || echo ledger)
+  counted=$("$hopwarden" explain --config "$work/hopwarden.yaml" --service "$service" --hop gateway \
+    --method GET --path /transactions/42 --token "$token" 2>&1 | grep -c 'never-hit' || true)
+  want=$([ "$s" = h ] && echo yes || echo no)
+  got=$([ "$counted" -gt 0 ] && echo yes || echo no)
+  echo "  $s: counts against the never-hit limit: $got"
+  [ "$got" = "$want" ] || { echo "error: setup $s: hopwarden explain says never-hit: $got, want $want" >&2; exit 1; }
+done
 [ -z "$SETUP_ONLY" ] || { echo "== SETUP_ONLY: every setup answers as it should; stopping"; exit 0; }
 for scenario in reused rotating; do
   for rep in $(seq 1 "$REPS"); do
     for s in "${setups[@]}"; do
       if [ "$scenario" = rotating ]; then
         # Fresh caches for every run, so each token is new to everyone.
-        [ "$s" != d ] && [ "$s" != f ] || start_hopwarden
+        [ "$s" != d ] && [ "$s" != f ] && [ "$s" != h ] || start_hopwarden
         [ "$s" != c ] || start_envoy c
       else
         # Warm up (caches, connections) outside the measurement.

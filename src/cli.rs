@@ -181,6 +181,9 @@ pub fn validate(path: &Path) -> ExitCode {
             "ext_authz http_service, for the mTLS peer (docs/envoy.md): disallowed_headers: {{ patterns: [{{ exact: {name} }}] }} and authorization_request: {{ headers_to_add: [{{ key: {name}, value: \"%DOWNSTREAM_PEER_URI_SAN%\" }}] }}"
         );
     }
+    if config.spec.rate_limits.headers_on_allow {
+        println!("{}", crate::limits::ENVOY_HTTP_SERVICE_BUDGET_HEADERS);
+    }
     ExitCode::SUCCESS
 }
 

@@ -103,6 +103,10 @@ pub struct RateLimitsSpec {
     /// The Redis server, with `store: redis`.
     #[serde(default)]
     pub redis: Option<crate::limits::redis::RedisSpec>,
+    /// Tell clients on allowed requests what their tightest limit has left (the
+    /// `ratelimit-policy` and `ratelimit` fields, as on a 429). Off by default.
+    #[serde(default)]
+    pub headers_on_allow: bool,
 }
 
 /// `rate_limits.store`.
@@ -140,6 +144,7 @@ impl Default for RateLimitsSpec {
             max_buckets: default_max_buckets(),
             store: RateLimitStore::Local,
             redis: None,
+            headers_on_allow: false,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::authn::{Authenticator, Credential};
 use crate::cache::{decision_key, DecisionCache};
 use crate::decision::{Allowed, CarriedScopes, Decision, Denied, DenyReason, WouldDeny};
 use crate::decision_log::{DecisionLog, DecisionRecord, DryRunRecord, Timestamp};
-use crate::limits::Buckets;
+use crate::limits::{Buckets, Budget};
 use crate::policy::{EvalInput, Evaluation, PolicySet, ServicePolicy};
 use crate::principal::actor::Delegation;
 use crate::principal::Principal;
@@ -58,6 +58,9 @@ pub struct Outcome {
     pub action: Option<Action>,
     /// Whether the decision came from the cache.
     pub cached: bool,
+    /// What this allowed request left of its tightest rate limit, with
+    /// `rate_limits.headers_on_allow` (per request: never part of a cached decision).
+    pub budget: Option<Budget>,
 }
 
 impl Outcome {
@@ -81,6 +84,7 @@ impl Outcome {
             hop: None,
             action: None,
             cached: true,
+            budget: None,
         }
     }
 
@@ -92,6 +96,7 @@ impl Outcome {
             hop: None,
             action: None,
             cached: false,
+            budget: None,
         }
     }
 }
@@ -105,6 +110,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     log: DecisionLog,
     buckets: Arc<Buckets>,
+    budget_headers: bool,
     traces: Option<crate::telemetry::otlp::CheckTracer>,
 }
 
@@ -128,6 +134,7 @@ impl Engine {
             metrics,
             log,
             buckets: Arc::new(Buckets::default()),
+            budget_headers: false,
             traces: None,
         }
     }
@@ -142,6 +149,13 @@ impl Engine {
     /// Decides with `buckets` (e.g. a table a shared store syncs, `limits/redis.rs`).
     pub fn with_buckets(mut self, buckets: Arc<Buckets>) -> Self {
         self.buckets = buckets;
+        self
+    }
+
+    /// Reports what an allowed request left of its tightest rate limit in
+    /// [`Outcome::budget`] (`rate_limits.headers_on_allow`).
+    pub fn with_budget_headers(mut self, on: bool) -> Self {
+        self.budget_headers = on;
         self
     }
 
@@ -256,7 +270,7 @@ impl Engine {
         let hit = self.decisions.get(&key, now);
         self.metrics.cache("decision", hit.is_some());
         if let Some(decision) = hit {
-            outcome.decision = self.spend(decision, policy);
+            (outcome.decision, outcome.budget) = self.spend(decision, policy);
             outcome.cached = true;
             outcome.action = Some(action);
             return Ok(outcome);
@@ -265,23 +279,34 @@ impl Engine {
         let decision = Arc::new(decision);
         // The allow is cached, never the 429 its limits may turn it into.
         self.decisions.insert(key, decision.clone(), deadline, now);
-        outcome.decision = self.spend(decision, policy);
+        (outcome.decision, outcome.budget) = self.spend(decision, policy);
         outcome.action = Some(action);
         Ok(outcome)
     }
 
     /// The limits stage: an allow spends one request from each of its limits'
     /// buckets, or becomes a 429 when one is empty (and then spends nothing). In a
-    /// dry-run policy the 429 is only recorded: the request goes through.
-    fn spend(&self, decision: Arc<Decision>, policy: &ServicePolicy) -> Arc<Decision> {
+    /// dry-run policy the 429 is only recorded: the request goes through. With
+    /// budget headers on, an allow also says what its tightest limit has left.
+    fn spend(
+        &self,
+        decision: Arc<Decision>,
+        policy: &ServicePolicy,
+    ) -> (Arc<Decision>, Option<Budget>) {
         let Decision::Allow(allowed) = &*decision else {
-            return decision;
+            return (decision, None);
         };
         if allowed.limits.is_empty() {
-            return decision;
+            return (decision, None);
         }
-        let Err(limited) = self.buckets.spend_all(&allowed.limits, self.buckets.now()) else {
-            return decision;
+        let limited = match self.buckets.spend_all(&allowed.limits, self.buckets.now()) {
+            Ok(tightest) => {
+                let budget = tightest
+                    .filter(|_| self.budget_headers)
+                    .and_then(|t| Budget::of(&allowed.limits, t));
+                return (decision, budget);
+            }
+            Err(limited) => limited,
         };
         self.metrics.rate_limited(policy.service(), &limited.limit);
         if policy.is_dry_run() {
@@ -290,16 +315,17 @@ impl Engine {
                 reason: DenyReason::RateLimited(limited),
                 rule: None,
             });
-            return Arc::new(Decision::Allow(allowed));
+            return (Arc::new(Decision::Allow(allowed)), None);
         }
-        Arc::new(Decision::Deny(Denied {
+        let denied = Arc::new(Decision::Deny(Denied {
             reason: DenyReason::RateLimited(limited),
             rule: Some(allowed.rule.clone()),
             principal: Some(allowed.principal.clone()).filter(|p| !p.is_empty()),
             kind: allowed.kind,
             actors: allowed.actors.clone(),
             scopes: allowed.scopes.clone(),
-        }))
+        }));
+        (denied, None)
     }
 
     /// Authenticates and applies the service's rules; returns the decision and the

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub mod bucket;
 pub mod redis;
 
-pub use bucket::{Buckets, Spent};
+pub use bucket::{Buckets, Spent, Tightest};
 
 /// A sustained rate: `count` requests per `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,18 +186,66 @@ impl RateLimited {
     /// The `ratelimit-policy` field (draft-ietf-httpapi-ratelimit-headers):
     /// `"<id>";q=<count>;w=<seconds>`.
     pub fn policy_field(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.limit,
-            self.rate.count,
-            self.rate.period.as_secs()
-        )
+        policy_field(&self.limit, self.rate)
     }
 
     /// The `ratelimit` field: `"<id>";r=0;t=<seconds until a request fits>`.
     pub fn field(&self) -> String {
         format!("\"{}\";r=0;t={}", self.limit, self.retry_after)
     }
+}
+
+/// What an allowed request left of its tightest limit: the `ratelimit-policy` and
+/// `ratelimit` fields on an allowed answer, with `rate_limits.headers_on_allow`.
+///
+/// One limit, the one with the fewest requests left, because that is how many more
+/// requests fit right now whatever the others say (draft-ietf-httpapi-ratelimit-headers
+/// lets a server name any of its policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// The limit's id.
+    pub limit: Arc<str>,
+    /// The limit's rate, for `ratelimit-policy`.
+    pub rate: Rate,
+    /// Requests that would still fit at once.
+    pub remaining: u64,
+    /// Whole seconds until the bucket is full again (rounded up, at least 1).
+    pub reset: u64,
+}
+
+impl Budget {
+    /// The budget `tightest` names among `hits` (what [`Buckets::spend_all`] spent).
+    pub fn of(hits: &[LimitHit], tightest: Tightest) -> Option<Budget> {
+        let hit = hits.get(tightest.hit)?;
+        Some(Budget {
+            limit: hit.limit.clone(),
+            rate: hit.rate,
+            remaining: tightest.remaining,
+            reset: bucket::whole_seconds(tightest.full_in),
+        })
+    }
+
+    /// The response fields: `ratelimit-policy` as on a 429, and `ratelimit`:
+    /// `"<id>";r=<remaining>;t=<seconds until full>`.
+    pub fn headers(&self) -> [(&'static str, String); 2] {
+        [
+            ("ratelimit-policy", policy_field(&self.limit, self.rate)),
+            (
+                "ratelimit",
+                format!("\"{}\";r={};t={}", self.limit, self.remaining, self.reset),
+            ),
+        ]
+    }
+}
+
+/// What `hopwarden validate` prints with `rate_limits.headers_on_allow`: over Envoy's
+/// HTTP service the fields reach the client only if the filter lets them (over gRPC
+/// `response_headers_to_add` needs no setting).
+pub const ENVOY_HTTP_SERVICE_BUDGET_HEADERS: &str = "ext_authz http_service, for the budget on allowed requests (docs/rate-limits.md): authorization_response: { allowed_client_headers_on_success: { patterns: [{ exact: ratelimit-policy }, { exact: ratelimit }] } }";
+
+/// `"<id>";q=<count>;w=<seconds>` (draft-ietf-httpapi-ratelimit-headers).
+fn policy_field(limit: &str, rate: Rate) -> String {
+    format!("\"{limit}\";q={};w={}", rate.count, rate.period.as_secs())
 }
 
 #[cfg(test)]
@@ -268,5 +316,45 @@ mod tests {
         };
         assert_eq!(limited.policy_field(), "\"payments-reads\";q=200;w=1");
         assert_eq!(limited.field(), "\"payments-reads\";r=0;t=3");
+    }
+
+    #[test]
+    fn budget_fields_on_an_allow() {
+        let hits = [
+            LimitHit {
+                service: "ledger".into(),
+                limit: "payments-reads".into(),
+                caller: Caller::Service,
+                rate: Rate::parse("200/s").unwrap(),
+                burst: 400,
+            },
+            LimitHit {
+                service: "ledger".into(),
+                limit: "payments-hourly".into(),
+                caller: Caller::Others,
+                rate: Rate::parse("5000/h").unwrap(),
+                burst: 1,
+            },
+        ];
+        let tightest = |hit, remaining, full_in| Tightest {
+            hit,
+            remaining,
+            full_in,
+        };
+        let rendered = |t| Budget::of(&hits, t).map(|b| b.headers());
+        // (tightest, ratelimit-policy, ratelimit)
+        #[rustfmt::skip]
+        let table: &[(Tightest, &str, &str)] = &[
+            (tightest(0, 399, 5_000_000), "\"payments-reads\";q=200;w=1", "\"payments-reads\";r=399;t=1"),
+            (tightest(1, 0, 720_000_000_000), "\"payments-hourly\";q=5000;w=3600", "\"payments-hourly\";r=0;t=720"),
+            // Rounded up: 1.5 s until full is t=2, never 1.
+            (tightest(0, 7, 1_500_000_000), "\"payments-reads\";q=200;w=1", "\"payments-reads\";r=7;t=2"),
+        ];
+        for (t, policy, field) in table {
+            let [p, f] = rendered(*t).unwrap();
+            assert_eq!(p, ("ratelimit-policy", policy.to_string()), "{t:?}");
+            assert_eq!(f, ("ratelimit", field.to_string()), "{t:?}");
+        }
+        assert_eq!(rendered(tightest(2, 0, 1)), None, "no such hit");
     }
 }

@@ -194,7 +194,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         metrics.clone(),
         log,
     )
-    .with_buckets(buckets.clone());
+    .with_buckets(buckets.clone())
+    .with_budget_headers(limits.headers_on_allow);
     if let Some(otlp) = &config.spec.tracing.otlp {
         let tracer = CheckTracer::start(otlp, metrics.clone()).map_err(StartError::Tracing)?;
         engine = engine.with_tracing(tracer);

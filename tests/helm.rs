@@ -464,6 +464,9 @@ fn istio_profile() {
         "- name: hopwarden-http-gateway",
         "includeRequestHeadersInCheck: [\"authorization\",\"content-type\",\"x-request-id\",\"x-hopwarden-*\"]",
         "headersToUpstreamOnAllow: [\"x-hopwarden-*\"]",
+        // A 429's fields reach the client (a set list passes only what it names).
+        "headersToDownstreamOnDeny: [\"content-type\", \"www-authenticate\", \"retry-after\", \"ratelimit-policy\", \"ratelimit\"]",
+        "headersToDownstreamOnAllow: [\"ratelimit-policy\", \"ratelimit\"]",
         "failOpen: false",
         "statusOnError: \"503\"",
     ] {

@@ -247,6 +247,38 @@ fn offline() -> tempfile::TempDir {
 }
 
 #[test]
+fn validate_prints_the_envoy_setting_the_budget_on_allowed_requests_needs() {
+    let dir = offline();
+    let setting = "allowed_client_headers_on_success: { patterns: [{ exact: ratelimit-policy }, { exact: ratelimit }] }";
+    for (config, printed) in [
+        ("policies: p\n", false),
+        (
+            "policies: p\nrate_limits: { headers_on_allow: false }\n",
+            false,
+        ),
+        (
+            "policies: p\nrate_limits: { headers_on_allow: true }\n",
+            true,
+        ),
+    ] {
+        std::fs::write(dir.path().join("hopwarden.yaml"), config).unwrap();
+        let (code, out, err) = run_bin(&["validate"], dir.path());
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.contains(setting), printed, "{config}: {out}");
+    }
+    // The example Envoy configs for the HTTP service already allow them.
+    for name in [
+        "gateway-http",
+        "ledger-sidecar-http",
+        "payments-sidecar-http",
+        "email-sidecar-http",
+    ] {
+        let text = std::fs::read_to_string(repo().join(format!("envoy/{name}.yaml"))).unwrap();
+        assert!(text.contains(setting), "envoy/{name}.yaml");
+    }
+}
+
+#[test]
 fn explain_shows_the_limits_a_request_counts_against() {
     let dir = offline();
     let explain = |extra: &[&str]| {
@@ -388,6 +420,150 @@ async fn a_dry_run_policy_lets_the_request_through_and_says_it_would_be_limited(
         "{over:?}"
     );
     assert_eq!(rate_limited_total(&s, "payments-reads"), 1);
+}
+
+/// An auditor's reads, allowed by a rule that no limit counts.
+const AUDITOR: &str = "spiffe://hopwarden.local/ns/audit/sa/auditor";
+
+/// LIMITED (payments 3 a minute) plus an allow rule for the auditor, whom no limit
+/// names; `rate_limits.headers_on_allow` as given.
+async fn server_with_budget_headers(on: bool, extra: &str) -> (Deployment, TestServer) {
+    let text = policy("3/m").replacen(
+        "limits:\n",
+        &format!(
+            "  - id: auditor-reads\n    from: {{ principals: [\"{AUDITOR}\"] }}\n    \
+             to: [{{ methods: [GET], paths: [\"/transactions/**\"] }}]\nlimits:\n"
+        ),
+        1,
+    );
+    let d = Deployment::new(&[("ledger.yaml", &text)]);
+    let extra = format!("rate_limits: {{ headers_on_allow: {on} }}\n{extra}");
+    let s = TestServer::start(d.config("", &extra)).await;
+    (d, s)
+}
+
+/// The fields Envoy would add to the client's response on an allow (gRPC
+/// `response_headers_to_add`), and the HTTP status Envoy would answer with.
+async fn to_client(s: &TestServer, check: Check) -> (u16, Vec<(String, String)>) {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    let r = s
+        .client
+        .clone()
+        .check(check.build())
+        .await
+        .unwrap()
+        .into_inner();
+    match r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => (
+            200,
+            ok.response_headers_to_add
+                .into_iter()
+                .filter_map(|h| h.header)
+                .map(|h| (h.key, h.value))
+                .collect(),
+        ),
+        Some(HttpResponse::DeniedResponse(d)) => (d.status.map_or(0, |s| s.code as u16), vec![]),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `"payments-reads";q=3;w=60` and `"payments-reads";r=<r>;t=<t>`, as fields.
+fn payments_budget(r: u64, t: u64) -> Vec<(String, String)> {
+    vec![
+        (
+            "ratelimit-policy".to_string(),
+            "\"payments-reads\";q=3;w=60".to_string(),
+        ),
+        (
+            "ratelimit".to_string(),
+            format!("\"payments-reads\";r={r};t={t}"),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn with_headers_on_allow_each_allowed_request_tells_the_client_what_is_left() {
+    let (_d, s) = server_with_budget_headers(true, "").await;
+    let t = token(PAYMENTS, "ledger", "ledger.read");
+    // 3 a minute, burst 3: one comes back every 20 s. The first is evaluated, the next
+    // two are decision cache hits, and each says what it left, fresh.
+    for (left, full_in) in [(2, 20), (1, 40), (0, 60)] {
+        let (status, fields) = to_client(&s, read().bearer(&t)).await;
+        assert_eq!(status, 200);
+        assert_eq!(fields, payments_budget(left, full_in));
+    }
+    // Over it: the 429 says so as before.
+    assert_429(&s.check(read().bearer(&t)).await, "payments-reads", 3);
+    // A request no limit counts gets nothing, nor does a denial.
+    let auditor = token(AUDITOR, "ledger", "");
+    for _ in 0..2 {
+        assert_eq!(to_client(&s, read().bearer(&auditor)).await, (200, vec![]));
+    }
+    let refund = Check::new("ledger", "GET", "/refunds/1").bearer(&t);
+    assert_eq!(to_client(&s, refund).await, (403, vec![]));
+}
+
+#[tokio::test]
+async fn without_headers_on_allow_allowed_requests_carry_no_budget() {
+    for on in [None, Some(false)] {
+        let (_d, s) = match on {
+            // No rate_limits block at all: the default.
+            None => server("").await,
+            Some(on) => server_with_budget_headers(on, "").await,
+        };
+        let t = token(PAYMENTS, "ledger", "ledger.read");
+        for _ in 0..3 {
+            assert_eq!(to_client(&s, read().bearer(&t)).await, (200, vec![]));
+        }
+        assert_429(&s.check(read().bearer(&t)).await, "payments-reads", 3);
+    }
+}
+
+#[tokio::test]
+async fn the_http_service_tells_the_client_what_is_left_too() {
+    for on in [true, false] {
+        let (_d, s) = server_with_budget_headers(on, "http_listen: 127.0.0.1:0\n").await;
+        let addr = s.handle.http_addr.expect("http_listen is bound");
+        let http = reqwest::Client::new();
+        let get = |token: String| {
+            http.get(format!("http://{addr}/mesh/ledger/transactions/42"))
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+        };
+        let fields = |r: &reqwest::Response| -> Vec<(String, String)> {
+            ["ratelimit-policy", "ratelimit"]
+                .into_iter()
+                .filter_map(|k| {
+                    let v = r.headers().get(k)?.to_str().unwrap().to_string();
+                    Some((k.to_string(), v))
+                })
+                .collect()
+        };
+        let t = token(PAYMENTS, "ledger", "ledger.read");
+        for (left, full_in) in [(2, 20), (1, 40), (0, 60)] {
+            let r = get(t.clone()).await.unwrap();
+            assert_eq!(r.status(), 200, "{on}");
+            let want = if on {
+                payments_budget(left, full_in)
+            } else {
+                vec![]
+            };
+            assert_eq!(fields(&r), want, "headers_on_allow: {on}");
+        }
+        let over = get(t.clone()).await.unwrap();
+        assert_eq!(over.status(), 429);
+        // The 429's own fields, whether or not the option is on.
+        let limited = fields(&over);
+        assert_eq!(limited[0], payments_budget(0, 0)[0], "{limited:?}");
+        assert!(
+            limited[1].1.starts_with("\"payments-reads\";r=0;t="),
+            "{limited:?}"
+        );
+        let r = get(token(AUDITOR, "ledger", "")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(fields(&r), vec![], "no limit counted this one");
+        s.handle.shutdown().await.unwrap();
+    }
 }
 
 /// What the limits stage adds to a cached check: one spend from a caller's bucket

@@ -20,14 +20,24 @@ limits:
     rate: 3/m
 "#;
 
-/// The repository as the stack reads it, with LIMIT added to ledger's policy.
-fn repo_with_limit(dir: &tempfile::TempDir) -> PathBuf {
+/// The repository as the stack reads it, with LIMIT added to ledger's policy and,
+/// with `budget_headers`, `rate_limits.headers_on_allow` in hopwarden.yaml.
+fn repo_with_limit(dir: &tempfile::TempDir, budget_headers: bool) -> PathBuf {
     let real = repo();
     let copy = dir.path().join("repo");
     std::fs::create_dir_all(copy.join("policies")).unwrap();
-    for name in ["envoy", "dev", "scripts", "hopwarden.yaml"] {
+    for name in ["envoy", "dev", "scripts"] {
         std::os::unix::fs::symlink(real.join(name), copy.join(name)).unwrap();
     }
+    let mut config = std::fs::read_to_string(real.join("hopwarden.yaml")).unwrap();
+    if budget_headers {
+        assert!(
+            !config.contains("\nrate_limits:"),
+            "hopwarden.yaml has rate_limits"
+        );
+        config.push_str("\nrate_limits:\n  headers_on_allow: true\n");
+    }
+    std::fs::write(copy.join("hopwarden.yaml"), config).unwrap();
     for entry in std::fs::read_dir(real.join("policies")).unwrap() {
         let path = entry.unwrap().path();
         if !path.is_file() {
@@ -50,7 +60,7 @@ fn repo_with_limit(dir: &tempfile::TempDir) -> PathBuf {
 async fn over_its_limit_a_client_gets_429_with_ratelimit_fields_through_envoy() {
     let dir = tempfile::tempdir().unwrap();
     let spec = StackSpec {
-        repo: repo_with_limit(&dir),
+        repo: repo_with_limit(&dir, false),
         dir: dir.path().to_path_buf(),
         certs: dir.path().join("certs"),
         hopwarden: PathBuf::from(env!("CARGO_BIN_EXE_hopwarden")),
@@ -119,4 +129,84 @@ async fn over_its_limit_a_client_gets_429_with_ratelimit_fields_through_envoy() 
     })
     .await;
     assert!(logged, "{}", stack.log("hopwarden"));
+}
+
+#[tokio::test]
+async fn with_headers_on_allow_the_client_sees_what_is_left_on_each_200_through_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StackSpec {
+        repo: repo_with_limit(&dir, true),
+        dir: dir.path().to_path_buf(),
+        certs: dir.path().join("certs"),
+        hopwarden: PathBuf::from(env!("CARGO_BIN_EXE_hopwarden")),
+        demo: common::stack::demo_service_binary(),
+        envoy: envoy_binary(&repo()).unwrap_or_else(|e| panic!("{e}")),
+        fixed_ports: false,
+    };
+    let stack = Stack::start(&spec).unwrap_or_else(|e| panic!("stack did not start: {e}"));
+    let http = reqwest::Client::new();
+    let grpc_gateway = stack.ports.gateway;
+    let get = |port: u16, token: String| {
+        let host = if port == grpc_gateway {
+            "ledger.localhost"
+        } else {
+            "ledger.internal"
+        };
+        let req = http
+            .get(format!("http://127.0.0.1:{port}/transactions/42"))
+            .header("host", host)
+            .header("authorization", format!("Bearer {token}"));
+        async move { req.send().await.unwrap() }
+    };
+    let field = |r: &reqwest::Response, k: &str| {
+        r.headers().get(k).map(|v| v.to_str().unwrap().to_string())
+    };
+    let payments = dev_token(PAYMENTS, "ledger", "ledger.read");
+    // 3 a minute, burst 3: one comes back every 20 s. Through the gRPC gateway
+    // (response_headers_to_add) and the HTTP-service gateway
+    // (allowed_client_headers_on_success) alike, each 200 says what is left.
+    for (port, left, full_in) in [
+        (stack.ports.gateway, 2, 20),
+        (stack.ports.gateway_http, 1, 40),
+        (stack.ports.gateway, 0, 60),
+    ] {
+        let r = get(port, payments.clone()).await;
+        assert_eq!(r.status(), 200, "{port}: {:?}", r.headers());
+        assert_eq!(
+            field(&r, "ratelimit-policy").as_deref(),
+            Some(r#""payments-reads";q=3;w=60"#),
+            "{port}"
+        );
+        assert_eq!(
+            field(&r, "ratelimit"),
+            Some(format!(r#""payments-reads";r={left};t={full_in}"#)),
+            "{port}"
+        );
+        // The demo service answered: the fields are Envoy's addition, not the app's.
+        let body = r.text().await.unwrap();
+        assert!(body.contains("ledger"), "{port}: {body}");
+    }
+    for port in [stack.ports.gateway, stack.ports.gateway_http] {
+        let r = get(port, payments.clone()).await;
+        assert_eq!(r.status(), 429, "{port}");
+        assert!(field(&r, "retry-after").is_some(), "{port}");
+    }
+    // A request no limit counts (email's policy has none) gets no fields.
+    let worker = "spiffe://hopwarden.local/ns/notifications/sa/notifications-worker";
+    let send = dev_token(worker, "email", "email.send");
+    for (port, host) in [
+        (stack.ports.gateway, "email.localhost"),
+        (stack.ports.gateway_http, "email.internal"),
+    ] {
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/send/generic"))
+            .header("host", host)
+            .header("authorization", format!("Bearer {send}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{port}");
+        assert_eq!(field(&r, "ratelimit"), None, "{port}");
+        assert_eq!(field(&r, "ratelimit-policy"), None, "{port}");
+    }
 }

@@ -46,12 +46,13 @@ impl CheckService {
 }
 
 /// An allow's answer depends on the request only through client-sent `x-hopwarden-*`
-/// headers (removed in the answer). Without them it is the same for every request the
+/// headers (removed in the answer) and the rate limit budget it left (with
+/// `rate_limits.headers_on_allow`). Without them it is the same for every request the
 /// decision answers, cache hits included: encoded once. (The service that dynamic
 /// metadata names is the policy's, which is part of the decision's cache key.)
 fn answer(outcome: &Outcome, req: &AuthzRequest, options: ResponseOptions) -> Answer {
     match &*outcome.decision {
-        Decision::Allow(allowed) if !carries_own_headers(req) => {
+        Decision::Allow(allowed) if !carries_own_headers(req) && outcome.budget.is_none() => {
             Answer::Encoded(allowed.answer.get_or_init(|| {
                 to_check_response(outcome, req, options)
                     .encode_to_vec()
@@ -181,5 +182,43 @@ mod tests {
             answer(&outcome, &request(&[]), options),
             Answer::Message(_)
         ));
+    }
+
+    #[test]
+    fn an_allow_with_a_budget_is_answered_for_itself_and_leaves_the_kept_answer_alone() {
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        let outcome = allowed();
+        let Answer::Encoded(kept) = answer(&outcome, &request(&[]), options) else {
+            panic!("pre-encoded");
+        };
+        // The same cached decision, on a request that spent from a limit.
+        let with_budget = Outcome {
+            budget: Some(crate::limits::Budget {
+                limit: "payments-reads".into(),
+                rate: crate::limits::Rate::parse("200/s").unwrap(),
+                remaining: 3,
+                reset: 1,
+            }),
+            ..outcome.clone()
+        };
+        let Answer::Message(m) = answer(&with_budget, &request(&[]), options) else {
+            panic!("a budget is per request: never the kept bytes");
+        };
+        let Some(HttpResponse::OkResponse(ok)) = &m.http_response else {
+            panic!("{m:?}");
+        };
+        assert_eq!(ok.response_headers_to_add.len(), 2, "{ok:?}");
+        // The kept answer never learned the budget.
+        let Answer::Encoded(again) = answer(&outcome, &request(&[]), options) else {
+            panic!("still pre-encoded");
+        };
+        assert!(Arc::ptr_eq(&kept, &again));
+        let decoded = Answer::Encoded(again).into_message().unwrap();
+        let Some(HttpResponse::OkResponse(ok)) = &decoded.http_response else {
+            panic!("{decoded:?}");
+        };
+        assert!(ok.response_headers_to_add.is_empty(), "{ok:?}");
     }
 }

@@ -153,6 +153,8 @@ pub fn to_check_response(
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers,
                     headers_to_remove,
+                    // To the client, on the upstream's answer (Envoy 1.21+).
+                    response_headers_to_add: budget_headers(outcome),
                     ..Default::default()
                 })),
             }
@@ -185,6 +187,18 @@ pub fn to_check_response(
             }
         }
     }
+}
+
+/// The RateLimit fields of what an allowed request left of its limits, when the
+/// engine reported it (`rate_limits.headers_on_allow`).
+fn budget_headers(outcome: &Outcome) -> Vec<HeaderValueOption> {
+    outcome.budget.as_ref().map_or_else(Vec::new, |budget| {
+        budget
+            .headers()
+            .iter()
+            .map(|(name, value)| overwrite(name, value))
+            .collect()
+    })
 }
 
 fn rpc_status(code: tonic::Code) -> rpc::Status {
@@ -472,6 +486,7 @@ mod tests {
             hop: None,
             action: None,
             cached: false,
+            budget: None,
         };
         let options = ResponseOptions {
             dynamic_metadata: true,
@@ -511,5 +526,51 @@ mod tests {
             assert_eq!(field(&meta, key).as_deref(), Some(value), "{key}");
         }
         assert_eq!(field(&meta, "rule"), None);
+    }
+
+    #[test]
+    fn an_allow_tells_the_client_its_budget_only_when_the_engine_reported_one() {
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        let req = AuthzRequest::default();
+        let mut outcome = Outcome::allowed_for_tests("spiffe://x/payments");
+        let plain = to_check_response(&outcome, &req, options);
+        assert!(ok(&plain).response_headers_to_add.is_empty(), "{plain:?}");
+        outcome.budget = Some(crate::limits::Budget {
+            limit: "payments-reads".into(),
+            rate: crate::limits::Rate::parse("200/s").unwrap(),
+            remaining: 7,
+            reset: 1,
+        });
+        let response = to_check_response(&outcome, &req, options);
+        let ok = ok(&response);
+        let to_client: Vec<(String, String, i32)> = ok
+            .response_headers_to_add
+            .iter()
+            .map(|h| {
+                let v = h.header.as_ref().unwrap();
+                (v.key.clone(), v.value.clone(), h.append_action)
+            })
+            .collect();
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        assert_eq!(
+            to_client,
+            [
+                (
+                    "ratelimit-policy".to_string(),
+                    "\"payments-reads\";q=200;w=1".to_string(),
+                    overwrite
+                ),
+                (
+                    "ratelimit".to_string(),
+                    "\"payments-reads\";r=7;t=1".to_string(),
+                    overwrite
+                ),
+            ]
+        );
+        // For the client only: the upstream request gets no such header.
+        assert_eq!(set(ok, "ratelimit"), None);
+        assert_eq!(set(ok, "ratelimit-policy"), None);
     }
 }

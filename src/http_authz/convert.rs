@@ -167,6 +167,15 @@ pub fn to_response(outcome: &Outcome, req: &AuthzRequest) -> Response<Full<Bytes
                     .headers_mut()
                     .insert(HeaderName::from_static(name), value);
             }
+            // The budget left, for the client (Envoy's
+            // `allowed_client_headers_on_success`); ids and numbers are valid values.
+            for (name, value) in outcome.budget.iter().flat_map(|b| b.headers()) {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static(name), value);
+                }
+            }
             if !forged.is_empty() {
                 // Header names hyper accepted are valid in a header value.
                 if let Ok(value) = HeaderValue::from_str(&forged.join(",")) {
@@ -389,5 +398,29 @@ mod tests {
         ] {
             assert_eq!(split_prefix(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_allow_carries_its_budget_only_when_the_engine_reported_one() {
+        let req = to_authz_request(&parts("/gateway/ledger/t", &[])).unwrap();
+        let mut outcome = allowed("spiffe://x/payments");
+        let plain = to_response(&outcome, &req);
+        assert_eq!(header(&plain, "ratelimit"), None);
+        assert_eq!(header(&plain, "ratelimit-policy"), None);
+        outcome.budget = Some(crate::limits::Budget {
+            limit: "payments-reads".into(),
+            rate: crate::limits::Rate::parse("200/s").unwrap(),
+            remaining: 7,
+            reset: 1,
+        });
+        let r = to_response(&outcome, &req);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            header(&r, "ratelimit-policy"),
+            Some("\"payments-reads\";q=200;w=1")
+        );
+        assert_eq!(header(&r, "ratelimit"), Some("\"payments-reads\";r=7;t=1"));
+        // The identity headers are still there.
+        assert_eq!(header(&r, RULE_HEADER), Some("payments-read"));
     }
 }

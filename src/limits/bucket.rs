@@ -46,6 +46,8 @@ pub enum Spent {
     Allowed {
         /// Requests that would still fit at once.
         remaining: u64,
+        /// Nanoseconds until the bucket is full again.
+        full_in: u64,
     },
     /// The bucket is empty; one request fits again after this many nanoseconds.
     Refused {
@@ -76,6 +78,7 @@ impl Gcra {
         let room = tolerance.saturating_add(interval).saturating_sub(used);
         Spent::Allowed {
             remaining: room / interval,
+            full_in: used,
         }
     }
 
@@ -146,6 +149,18 @@ pub struct Pending {
     pub count: u64,
 }
 
+/// What an allowed request left in the bucket with the fewest requests left: the
+/// numbers behind the RateLimit fields on allowed answers (`limits::Budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tightest {
+    /// Which of the hits (the first on a tie).
+    pub hit: usize,
+    /// Requests that would still fit at once.
+    pub remaining: u64,
+    /// Nanoseconds until that bucket is full again.
+    pub full_in: u64,
+}
+
 /// Every bucket of the process, bounded.
 pub struct Buckets {
     shards: Vec<Mutex<Shard>>,
@@ -180,14 +195,26 @@ impl Buckets {
 
     /// Spends one request from every hit's bucket at `now`, or none: when one is
     /// empty the request is refused and the buckets already spent are refunded, so a
-    /// refused request costs nothing.
-    pub fn spend_all(&self, hits: &[LimitHit], now: u64) -> Result<(), RateLimited> {
+    /// refused request costs nothing. An allowed request learns what its tightest
+    /// bucket has left (`None` with no hits).
+    pub fn spend_all(&self, hits: &[LimitHit], now: u64) -> Result<Option<Tightest>, RateLimited> {
         let mut spent: Vec<(usize, Gcra)> = Vec::new();
+        let mut tightest: Option<Tightest> = None;
         for (i, hit) in hits.iter().enumerate() {
             match self.spend(hit, now) {
-                // The last one never needs a refund: one limit allocates nothing.
-                (Spent::Allowed { .. }, before) if i + 1 < hits.len() => spent.push((i, before)),
-                (Spent::Allowed { .. }, _) => {}
+                (Spent::Allowed { remaining, full_in }, before) => {
+                    // The last one never needs a refund: one limit allocates nothing.
+                    if i + 1 < hits.len() {
+                        spent.push((i, before));
+                    }
+                    if tightest.is_none_or(|t| remaining < t.remaining) {
+                        tightest = Some(Tightest {
+                            hit: i,
+                            remaining,
+                            full_in,
+                        });
+                    }
+                }
                 (Spent::Refused { wait_nanos }, _) => {
                     for (j, before) in spent {
                         self.restore(&hits[j], before);
@@ -200,7 +227,7 @@ impl Buckets {
                 }
             }
         }
-        Ok(())
+        Ok(tightest)
     }
 
     /// Spends one request from `hit`'s bucket; also returns the state before.
@@ -371,16 +398,16 @@ mod tests {
         // (time, expected)
         #[rustfmt::skip]
         let steps: &[(u64, Spent)] = &[
-            (0, Spent::Allowed { remaining: 2 }),
-            (0, Spent::Allowed { remaining: 1 }),
-            (0, Spent::Allowed { remaining: 0 }),
+            (0, Spent::Allowed { remaining: 2, full_in: S / 2 }),
+            (0, Spent::Allowed { remaining: 1, full_in: S }),
+            (0, Spent::Allowed { remaining: 0, full_in: 3 * S / 2 }),
             // Burst spent: the next fits once one interval has come back.
             (0, Spent::Refused { wait_nanos: S / 2 }),
             (S / 4, Spent::Refused { wait_nanos: S / 4 }),
-            (S / 2, Spent::Allowed { remaining: 0 }),
+            (S / 2, Spent::Allowed { remaining: 0, full_in: 3 * S / 2 }),
             (S / 2, Spent::Refused { wait_nanos: S / 2 }),
             // Refill: 2 s later the bucket is full again (burst, not more).
-            (3 * S, Spent::Allowed { remaining: 2 }),
+            (3 * S, Spent::Allowed { remaining: 2, full_in: S / 2 }),
         ];
         for (i, (now, want)) in steps.iter().enumerate() {
             assert_eq!(b.spend(*now, interval, 3), *want, "step {i}");
@@ -392,13 +419,25 @@ mod tests {
     #[test]
     fn a_refusal_spends_nothing_and_burst_one_is_the_rate() {
         let mut b = Gcra::new(0);
-        assert_eq!(b.spend(0, S, 1), Spent::Allowed { remaining: 0 });
+        assert_eq!(
+            b.spend(0, S, 1),
+            Spent::Allowed {
+                remaining: 0,
+                full_in: S
+            }
+        );
         let before = b;
         for t in [0, S / 10, S / 2, S - 1] {
             assert_eq!(b.spend(t, S, 1), Spent::Refused { wait_nanos: S - t });
             assert_eq!(b, before, "a refusal must not move the bucket");
         }
-        assert_eq!(b.spend(S, S, 1), Spent::Allowed { remaining: 0 });
+        assert_eq!(
+            b.spend(S, S, 1),
+            Spent::Allowed {
+                remaining: 0,
+                full_in: S
+            }
+        );
     }
 
     #[test]
@@ -445,6 +484,52 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_reports_its_tightest_bucket() {
+        let t = Buckets::new(100);
+        assert_eq!(t.spend_all(&[], 0), Ok(None));
+        // roomy: 10/s, burst 5; tight: 1/m, burst 2.
+        let roomy = hit("roomy", named("a"), "10/s", 5);
+        let tight = hit("tight", named("a"), "1/m", 2);
+        let both = [roomy.clone(), tight.clone()];
+        let first = t.spend_all(&both, 0).unwrap().unwrap();
+        // roomy has 4 left, tight 1: tight is the one (index 1), full again in 1 minute.
+        assert_eq!(
+            first,
+            Tightest {
+                hit: 1,
+                remaining: 1,
+                full_in: 60 * S
+            }
+        );
+        // Alone, roomy reports itself: 3 left, full again in 2 intervals.
+        let alone = t
+            .spend_all(std::slice::from_ref(&roomy), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            alone,
+            Tightest {
+                hit: 0,
+                remaining: 3,
+                full_in: 2 * S / 10
+            }
+        );
+        // Listed first and spent out, tight is still the one (roomy, spent twice more
+        // here, has 1 left).
+        let last = t
+            .spend_all(&[tight.clone(), roomy.clone(), roomy.clone()], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((last.hit, last.remaining), (0, 0));
+        assert_eq!(last.full_in, 120 * S);
+        // A tie goes to the first listed.
+        let x = hit("x", named("b"), "1/s", 1);
+        let y = hit("y", named("b"), "1/s", 1);
+        let tie = t.spend_all(&[x, y], 0).unwrap().unwrap();
+        assert_eq!((tie.hit, tie.remaining), (0, 0));
+    }
+
+    #[test]
     fn the_table_is_bounded_and_evicts_idle_buckets() {
         // One bucket per shard.
         let t = Buckets::new(SHARDS);
@@ -470,7 +555,13 @@ mod tests {
         assert!(t.len() <= 2 * SHARDS, "{}", t.len());
         let fresh = hit("reads", named("fresh"), "1/s", 1);
         let (spent, _) = t.spend(&fresh, 10 * S);
-        assert_eq!(spent, Spent::Allowed { remaining: 0 });
+        assert_eq!(
+            spent,
+            Spent::Allowed {
+                remaining: 0,
+                full_in: S
+            }
+        );
         assert!(t.len() <= 2 * SHARDS, "{}", t.len());
     }
 
