@@ -198,13 +198,19 @@ pub(super) fn compile_sources(
     let mut service_files: HashMap<String, PathBuf> = HashMap::new();
     let mut rule_ids: HashMap<String, PathBuf> = HashMap::new();
     for (file, text) in sources {
-        let spec: PolicySpec = match yaml::from_str(text, file) {
-            Ok(spec) => spec,
-            Err(err) => {
-                errors.push(err.into());
-                continue;
-            }
-        };
+        let spec: PolicySpec =
+            match yaml::from_str_listed::<PolicySpec, RuleSpec>(text, file, "rules") {
+                Ok((mut spec, rules)) => {
+                    if let Some(rules) = rules {
+                        spec.rules = rules;
+                    }
+                    spec
+                }
+                Err(err) => {
+                    errors.push(err.into());
+                    continue;
+                }
+            };
         let mut cx = FileContext::new(file, text, &spec.rules, &spec.limits);
         let policy = cx.policy(spec, &mut rule_ids);
         if let Some(first) = service_files.get(&policy.service) {
