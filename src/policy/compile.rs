@@ -83,8 +83,10 @@ pub struct Rule {
     pub(super) mode: Mode,
     pub(super) from: FromClause,
     /// `None`: any action; otherwise any clause must match.
-    pub(super) to: Option<Box<[ActionClause]>>,
-    pub(super) scopes: Box<[String]>,
+    /// Shared by every rule of the file with the same `to` (see [`Shared`]).
+    pub(super) to: Option<Arc<[ActionClause]>>,
+    /// Shared by every rule of the file with the same scopes.
+    pub(super) scopes: Arc<[String]>,
     pub(super) when: When,
     /// Indices into the policy's limits that this allow rule names.
     pub(super) limits: Box<[usize]>,
@@ -198,7 +200,7 @@ pub(super) fn compile_sources(
     // Every file's service name, even from files with errors, so a clash is
     // reported in the same run as the other problems.
     let mut service_files: HashMap<String, PathBuf> = HashMap::new();
-    let mut rule_ids: HashMap<String, PathBuf> = HashMap::new();
+    let mut rule_ids: HashMap<Arc<str>, Arc<Path>> = HashMap::new();
     for (file, text) in sources {
         let spec: PolicySpec =
             match yaml::from_str_listed::<PolicySpec, RuleSpec>(text, file, "rules") {
@@ -246,6 +248,17 @@ struct FileContext<'a> {
     /// Byte range of each rule, from its `id:` to the next rule's, where found.
     regions: Vec<(usize, usize)>,
     errors: Vec<PolicyError>,
+    shared: Shared,
+}
+
+/// What many rules of a file write alike, compiled once and shared: a shared
+/// platform API's thousands of per-caller rules differ in the caller alone.
+#[derive(Default)]
+struct Shared {
+    /// Compiled `to` lists by what was written (and whether for a deny rule); only
+    /// lists that compiled without an error, so each bad one is still reported.
+    to: HashMap<String, Arc<[ActionClause]>>,
+    scopes: HashMap<Vec<String>, Arc<[String]>>,
 }
 
 impl<'a> FileContext<'a> {
@@ -285,6 +298,7 @@ impl<'a> FileContext<'a> {
             text,
             regions,
             errors: Vec::new(),
+            shared: Shared::default(),
         }
     }
 
@@ -328,8 +342,9 @@ impl<'a> FileContext<'a> {
     fn policy(
         &mut self,
         spec: PolicySpec,
-        rule_ids: &mut HashMap<String, PathBuf>,
+        rule_ids: &mut HashMap<Arc<str>, Arc<Path>>,
     ) -> ServicePolicy {
+        let file: Arc<Path> = Arc::from(self.file);
         if !is_name(&spec.service, |b| {
             b.is_ascii_lowercase() || b.is_ascii_digit()
         }) {
@@ -372,7 +387,7 @@ impl<'a> FileContext<'a> {
             if let Some(names) = rule.limits.take() {
                 named_limits.push((index, rule.id.clone(), rule.effect, names));
             }
-            let rule = self.rule(index, rule, rule_ids);
+            let rule = self.rule(index, rule, rule_ids, &file);
             match rule.effect {
                 Effect::Deny => deny.push(rule),
                 Effect::Allow => {
@@ -416,10 +431,12 @@ impl<'a> FileContext<'a> {
         &mut self,
         index: usize,
         spec: RuleSpec,
-        rule_ids: &mut HashMap<String, PathBuf>,
+        rule_ids: &mut HashMap<Arc<str>, Arc<Path>>,
+        file: &Arc<Path>,
     ) -> Rule {
         let at_id = Some(self.region(index).0);
-        let id = spec.id;
+        // One string for the rule, the set's id check and the index's answers.
+        let id: Arc<str> = spec.id.into();
         if !is_name(&id, |b| b.is_ascii_alphanumeric()) {
             let message = format!(
                 "invalid rule id {id:?}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -433,12 +450,14 @@ impl<'a> FileContext<'a> {
             );
             self.error(at_id, message);
         } else {
-            rule_ids.insert(id.clone(), self.file.to_path_buf());
+            rule_ids.insert(id.clone(), file.clone());
         }
         let deny = spec.effect == Effect::Deny;
         let from = self.from(index, &id, spec.from, deny);
         let anonymous = matches!(from, FromClause::Anonymous);
-        let to = spec.to.map(|clauses| self.to(index, &id, clauses, deny));
+        let to = spec
+            .to
+            .map(|clauses| self.shared_to(index, &id, clauses, deny));
         if spec.mode == Mode::DryRun && spec.effect == Effect::Allow {
             let at = self.key_in(index, "mode");
             let message = format!(
@@ -474,16 +493,45 @@ impl<'a> FileContext<'a> {
             None => When::default(),
         };
         Rule {
-            id: id.into(),
+            id,
             description: spec.description.map(Into::into),
             effect: spec.effect,
             mode: spec.mode,
             from,
-            to: to.map(Into::into),
-            scopes: scopes.into(),
+            to,
+            scopes: self.shared_scopes(scopes),
             when,
             limits: Box::default(),
         }
+    }
+
+    /// [`FileContext::to`], once for all the rules that write the same `to`.
+    fn shared_to(
+        &mut self,
+        index: usize,
+        id: &str,
+        clauses: Vec<ClauseSpec>,
+        deny: bool,
+    ) -> Arc<[ActionClause]> {
+        let key = format!("{deny} {clauses:?}");
+        if let Some(to) = self.shared.to.get(&key) {
+            return to.clone();
+        }
+        let errors = self.errors.len();
+        let to: Arc<[ActionClause]> = self.to(index, id, clauses, deny).into();
+        if self.errors.len() == errors {
+            self.shared.to.insert(key, to.clone());
+        }
+        to
+    }
+
+    fn shared_scopes(&mut self, scopes: Vec<String>) -> Arc<[String]> {
+        if let Some(shared) = self.shared.scopes.get(&scopes) {
+            return shared.clone();
+        }
+        let shared: Arc<[String]> = scopes.as_slice().into();
+        self.shared.scopes.insert(scopes, shared.clone());
+        shared
     }
 
     /// Reports `field: []`, which would match nothing: for a deny rule a silent hole.

@@ -226,7 +226,7 @@ impl FileContext<'_> {
                     mode: Mode::Enforce,
                     from,
                     to: to.map(Into::into),
-                    scopes: Box::default(),
+                    scopes: Arc::from(Vec::new()),
                     when,
                     limits: Box::default(),
                 },
