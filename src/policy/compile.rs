@@ -83,7 +83,7 @@ pub struct Rule {
     pub(super) mode: Mode,
     pub(super) from: FromClause,
     /// `None`: any action; otherwise any clause must match.
-    /// Shared by every rule of the file with the same `to` (see [`Shared`]).
+    /// Shared by every rule of the file with the same `to` (see `compile/shared.rs`).
     pub(super) to: Option<Arc<[ActionClause]>>,
     /// Shared by every rule of the file with the same scopes.
     pub(super) scopes: Arc<[String]>,
@@ -248,17 +248,7 @@ struct FileContext<'a> {
     /// Byte range of each rule, from its `id:` to the next rule's, where found.
     regions: Vec<(usize, usize)>,
     errors: Vec<PolicyError>,
-    shared: Shared,
-}
-
-/// What many rules of a file write alike, compiled once and shared: a shared
-/// platform API's thousands of per-caller rules differ in the caller alone.
-#[derive(Default)]
-struct Shared {
-    /// Compiled `to` lists by what was written (and whether for a deny rule); only
-    /// lists that compiled without an error, so each bad one is still reported.
-    to: HashMap<String, Arc<[ActionClause]>>,
-    scopes: HashMap<Vec<String>, Arc<[String]>>,
+    shared: shared::Shared,
 }
 
 impl<'a> FileContext<'a> {
@@ -298,7 +288,7 @@ impl<'a> FileContext<'a> {
             text,
             regions,
             errors: Vec::new(),
-            shared: Shared::default(),
+            shared: shared::Shared::default(),
         }
     }
 
@@ -503,35 +493,6 @@ impl<'a> FileContext<'a> {
             when,
             limits: Box::default(),
         }
-    }
-
-    /// [`FileContext::to`], once for all the rules that write the same `to`.
-    fn shared_to(
-        &mut self,
-        index: usize,
-        id: &str,
-        clauses: Vec<ClauseSpec>,
-        deny: bool,
-    ) -> Arc<[ActionClause]> {
-        let key = format!("{deny} {clauses:?}");
-        if let Some(to) = self.shared.to.get(&key) {
-            return to.clone();
-        }
-        let errors = self.errors.len();
-        let to: Arc<[ActionClause]> = self.to(index, id, clauses, deny).into();
-        if self.errors.len() == errors {
-            self.shared.to.insert(key, to.clone());
-        }
-        to
-    }
-
-    fn shared_scopes(&mut self, scopes: Vec<String>) -> Arc<[String]> {
-        if let Some(shared) = self.shared.scopes.get(&scopes) {
-            return shared.clone();
-        }
-        let shared: Arc<[String]> = scopes.as_slice().into();
-        self.shared.scopes.insert(scopes, shared.clone());
-        shared
     }
 
     /// Reports `field: []`, which would match nothing: for a deny rule a silent hole.
@@ -753,6 +714,7 @@ fn top_level_key(text: &str, key: &str) -> Option<usize> {
 
 pub mod delegated;
 mod limits;
+mod shared;
 
 pub use limits::Limit;
 
