@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeOwned, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod list;
+
 /// A place in a file: `file:line:column`, 1-based.
 ///
 /// `line == 0` means the whole file (an unreadable file, a clash between two
@@ -83,6 +85,58 @@ pub fn from_str<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, YamlE
 }
 
 const MAPPING: &str = "a mapping";
+
+/// Items parsed together by [`from_str_listed`]: enough to spread a parser's own
+/// cost, few enough that their events stay small.
+const BATCH: usize = 64;
+
+/// Deserialises `text` as [`from_str`] does, but a long top-level block list
+/// `key:` item by item: the items are returned apart (`Some`), each as it was
+/// written, and `T` is read with `key: []`. `None`: the document was read whole
+/// (its shape is not the plain one, or something in it is wrong), so `T` holds the
+/// list itself and every error is the one [`from_str`] gives.
+///
+/// `serde_yaml` holds every event of a document before deserialising any of it;
+/// item by item, memory stays bounded by the largest item (see [`list`]).
+pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned>(
+    text: &str,
+    file: &Path,
+    key: &str,
+) -> Result<(T, Option<Vec<I>>), YamlError> {
+    let whole = || from_str(text, file).map(|t| (t, None));
+    let Some(split) = list::split(text, key) else {
+        return whole();
+    };
+    // The text cannot tell that `key:` is a key of the top-level mapping (it could
+    // sit inside a quoted scalar that spans lines): the parsed header must say so.
+    let top: serde_yaml::Mapping = match serde_yaml::from_str(&split.header) {
+        Ok(top) => top,
+        Err(_) => return whole(),
+    };
+    let empty = serde_yaml::Value::Sequence(Vec::new());
+    if top.get(key) != Some(&empty) {
+        return whole();
+    }
+    let Ok(header) = from_str::<T>(&split.header, file) else {
+        return whole();
+    };
+    let mut items = Vec::with_capacity(split.items.len());
+    // A few items at a time: a parser costs some allocations of its own.
+    for batch in split.items.chunks(BATCH) {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            continue;
+        };
+        let chunk = &text[first.start..last.end];
+        // One parse into a small tree (whose mappings refuse a duplicate key, as
+        // the walk in `from_str` does), then the items from it.
+        let tree = serde_yaml::from_str::<serde_yaml::Value>(chunk);
+        match tree.and_then(serde_yaml::from_value::<Vec<I>>) {
+            Ok(some) if some.len() == batch.len() => items.extend(some),
+            _ => return whole(),
+        }
+    }
+    Ok((header, Some(items)))
+}
 
 /// Visits a whole document without keeping it; answers what kind of value it is.
 #[derive(Clone, Copy)]
@@ -320,6 +374,64 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(err(text), *want, "{text:?}");
+        }
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Listed {
+        name: String,
+        #[serde(default)]
+        items: Vec<BTreeMap<String, String>>,
+    }
+
+    /// `from_str_listed`, its items put back, as text to compare with `from_str`.
+    fn listed(text: &str) -> (String, bool) {
+        let path = Path::new("f.yaml");
+        match from_str_listed::<Listed, BTreeMap<String, String>>(text, path, "items") {
+            Ok((mut doc, items)) => {
+                let split = items.is_some();
+                if let Some(items) = items {
+                    doc.items = items;
+                }
+                (format!("{doc:?}"), split)
+            }
+            Err(e) => (e.to_string(), false),
+        }
+    }
+
+    #[test]
+    fn listed_reads_what_from_str_reads() {
+        // (text, whether it is read item by item)
+        let many: String = (0..200).map(|i| format!("- {{a: '{i}'}}\n")).collect();
+        let many = format!("name: n\nitems:\n{many}");
+        let cases: &[(&str, bool)] = &[
+            ("name: n\nitems:\n- a: x\n  b: y\n- a: z\n", true),
+            ("items:\n  - a: x\n\n  # c\n  - {a: z}\nname: n\n", true),
+            (&many, true),
+            ("name: n\nitems: [{a: x}]\n", false),
+            ("name: n\nitems:\n", false),
+            // Errors, where whole reading says where they are.
+            ("name: n\nitems:\n- a: x\n  a: y\n", false),
+            ("name: n\nitems:\n- a: x\n- nope\n", false),
+            ("name: n\nitems:\n- a: [x\n", false),
+            ("name: n\nitems:\n- a: *x\n", false),
+            ("name: n\nname: m\nitems:\n- a: x\n", false),
+            ("name: n\nitems:\n- a: x\nother: 1\n", false),
+            ("items:\n- a: x\n", false),
+            // What the text alone cannot tell: `items:` inside a quoted scalar.
+            ("name: \"n\nitems:\n- a: x\n  b: y\"\n", false),
+            ("name: \"n\nitems:\n- a: x\nother: y\"\n", false),
+            ("name: n\nitems:\n- a: 'x\n- a: y'\n", false),
+            // Anchors are read whole: an alias after the list could name one in it.
+            ("name: &a n\nitems:\n- a: *a\n", false),
+        ];
+        for (text, split) in cases {
+            let whole = match from_str::<Listed>(text, Path::new("f.yaml")) {
+                Ok(doc) => format!("{doc:?}"),
+                Err(e) => e.to_string(),
+            };
+            assert_eq!(listed(text), (whole, *split), "{text:?}");
         }
     }
 

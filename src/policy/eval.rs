@@ -216,7 +216,7 @@ impl ServicePolicy {
             if p.has_token() {
                 let evaluation = Evaluation::InsufficientScope {
                     rule: rule.id.clone(),
-                    required: rule.scopes.clone(),
+                    required: rule.scopes.to_vec(),
                 };
                 return verdict(evaluation, would_deny);
             }

@@ -15,6 +15,7 @@
 //! is the plain scan's; the property test in `index/tests.rs` holds it to that.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::compile::{Callers, FromClause, Rule};
 use crate::principal::{Principal, PrincipalKind};
@@ -52,13 +53,13 @@ impl PolicyIndex {
 #[derive(Debug, Default)]
 pub(super) struct RuleIndex {
     /// Rules whose `from.principals` are all exact ids, under each id.
-    by_principal: HashMap<Box<str>, Vec<Position>>,
+    by_principal: HashMap<Arc<str>, Positions>,
     /// Rules whose `from.peers` are all exact SPIFFE IDs, under each id.
-    by_peer: HashMap<Box<str>, Vec<Position>>,
+    by_peer: HashMap<Arc<str>, Positions>,
     /// Rules keyed by neither id but naming `from.kinds`, under each kind.
     by_kind: HashMap<PrincipalKind, Vec<Position>>,
     /// Rules keyed by none of the above but naming `from.issuers`, under each issuer.
-    by_issuer: HashMap<Box<str>, Vec<Position>>,
+    by_issuer: HashMap<Arc<str>, Positions>,
     /// Authenticated-only rules with no key (wildcard ids, no named field).
     authenticated: Vec<Position>,
     /// `anonymous: true` rules: read only for callers with no credential.
@@ -94,13 +95,15 @@ impl RuleIndex {
 
     /// Files an authenticated rule under the most selective key it certainly has.
     fn file(&mut self, callers: &Callers, at: Position) {
+        // Keys share the patterns' own strings: one copy of each id, however many
+        // places hold it.
         if let Some(ids) = exact_ids(callers.principals.as_deref()) {
             for id in ids {
-                push_once(self.by_principal.entry(id.into()).or_default(), at);
+                self.by_principal.entry(id).or_default().push_once(at);
             }
         } else if let Some(ids) = exact_ids(callers.peers.as_deref()) {
             for id in ids {
-                push_once(self.by_peer.entry(id.into()).or_default(), at);
+                self.by_peer.entry(id).or_default().push_once(at);
             }
         } else if let Some(kinds) = callers.kinds.as_deref().filter(|k| !k.is_empty()) {
             for kind in kinds {
@@ -108,10 +111,10 @@ impl RuleIndex {
             }
         } else if let Some(issuers) = callers.issuers.as_deref().filter(|i| !i.is_empty()) {
             for issuer in issuers {
-                push_once(
-                    self.by_issuer.entry(issuer.as_str().into()).or_default(),
-                    at,
-                );
+                self.by_issuer
+                    .entry(issuer.as_str().into())
+                    .or_default()
+                    .push_once(at);
             }
         } else {
             self.authenticated.push(at);
@@ -146,15 +149,47 @@ impl RuleIndex {
 }
 
 /// The list filed under `key`, or none.
-fn get<'a>(map: &'a HashMap<Box<str>, Vec<Position>>, key: &str) -> &'a [Position] {
-    map.get(key).map_or(&[], Vec::as_slice)
+fn get<'a>(map: &'a HashMap<Arc<str>, Positions>, key: &str) -> &'a [Position] {
+    map.get(key).map_or(&[], Positions::as_slice)
+}
+
+/// The positions filed under one key. Most keys of a large estate name one rule
+/// (one caller, one rule): that one is held inline, without a list of its own.
+#[derive(Debug)]
+enum Positions {
+    One(Position),
+    Many(Vec<Position>),
+}
+
+impl Default for Positions {
+    fn default() -> Self {
+        Positions::Many(Vec::new())
+    }
+}
+
+impl Positions {
+    fn as_slice(&self) -> &[Position] {
+        match self {
+            Positions::One(at) => std::slice::from_ref(at),
+            Positions::Many(list) => list,
+        }
+    }
+
+    fn push_once(&mut self, at: Position) {
+        match self {
+            Positions::Many(list) if list.is_empty() => *self = Positions::One(at),
+            Positions::Many(list) => push_once(list, at),
+            Positions::One(first) if *first != at => *self = Positions::Many(vec![*first, at]),
+            Positions::One(_) => {}
+        }
+    }
 }
 
 /// The ids of a named list whose entries are all exact (no wildcard); `None` when the
 /// field is not named, empty, or has a wildcard (the rule is then filed elsewhere).
-fn exact_ids(list: Option<&[super::IdPattern]>) -> Option<Vec<&str>> {
+fn exact_ids(list: Option<&[super::IdPattern]>) -> Option<Vec<Arc<str>>> {
     let list = list.filter(|l| !l.is_empty())?;
-    list.iter().map(super::IdPattern::exact).collect()
+    list.iter().map(super::IdPattern::exact_shared).collect()
 }
 
 fn push_once(list: &mut Vec<Position>, at: Position) {

@@ -4,6 +4,7 @@
 //! slices, so the request path never parses a pattern and never allocates.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::principal::SpiffeId;
 
@@ -302,7 +303,9 @@ impl fmt::Display for GrpcPattern {
 /// no SPIFFE ID, so a deny rule written with it would silently deny less than meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdPattern {
-    raw: Box<str>,
+    /// Shared with the index and the rate limiter's named callers (see
+    /// [`IdPattern::exact_shared`]).
+    raw: Arc<str>,
     kind: IdKind,
 }
 
@@ -404,6 +407,11 @@ impl IdPattern {
     /// The id itself, when the pattern has no wildcard.
     pub fn exact(&self) -> Option<&str> {
         matches!(self.kind, IdKind::Exact).then_some(&*self.raw)
+    }
+
+    /// [`IdPattern::exact`], as the pattern's own shared string.
+    pub fn exact_shared(&self) -> Option<Arc<str>> {
+        matches!(self.kind, IdKind::Exact).then(|| self.raw.clone())
     }
 
     /// Whether `id` matches.

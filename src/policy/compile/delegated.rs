@@ -31,7 +31,7 @@ pub enum Delegated {
     AnyParty,
     /// Delegated tokens only: the fields match the outermost actor, `acting_for`
     /// the subject. `acting_for`, or `delegated: true` (acting for anyone).
-    ActingFor(ActingFor),
+    ActingFor(Box<ActingFor>),
 }
 
 /// `from.acting_for` compiled: conditions on the token's subject; `None` = not named.
@@ -141,8 +141,8 @@ impl FileContext<'_> {
                 self.error(at, message);
                 Delegated::Direct
             }
-            (Some(spec), _) => Delegated::ActingFor(self.acting_for(index, id, spec)),
-            (None, Some(true)) => Delegated::ActingFor(ActingFor::default()),
+            (Some(spec), _) => Delegated::ActingFor(Box::new(self.acting_for(index, id, spec))),
+            (None, Some(true)) => Delegated::ActingFor(Box::default()),
             (None, Some(false)) => Delegated::Direct,
             (None, None) if deny_like => Delegated::AnyParty,
             (None, None) => Delegated::Direct,

@@ -135,8 +135,8 @@ pub(super) fn named_callers<'a>(rules: impl Iterator<Item = &'a Rule>) -> HashSe
         if let FromClause::Authenticated(callers) = &rule.from {
             let ids = [&callers.principals, &callers.peers];
             for pattern in ids.into_iter().flatten().flatten() {
-                if let Some(id) = pattern.exact() {
-                    names.insert(Arc::from(id));
+                if let Some(id) = pattern.exact_shared() {
+                    names.insert(id);
                 }
             }
         }
@@ -225,10 +225,10 @@ impl FileContext<'_> {
                     effect: Effect::Deny,
                     mode: Mode::Enforce,
                     from,
-                    to,
-                    scopes: Vec::new(),
+                    to: to.map(Into::into),
+                    scopes: Arc::from(Vec::new()),
                     when,
-                    limits: Vec::new(),
+                    limits: Box::default(),
                 },
                 rate,
                 burst,

@@ -171,3 +171,30 @@ fn odd_input_is_an_error_not_a_panic() {
         assert!(errs.iter().all(|e| e.starts_with("a.yaml")), "{errs:?}");
     }
 }
+
+#[test]
+fn rules_alike_share_their_compiled_parts_and_each_reports_its_errors() {
+    // The same bad `to` in two rules: both are reported, each in its own rule.
+    let bad = "service: t\nrules:\n  - id: a\n    to: [{methods: [FETCH]}]\n  - id: b\n    to: [{methods: [FETCH]}]\n";
+    assert_eq!(
+        errors(&[("a.yaml", bad)]),
+        [
+            "a.yaml:4:21: rule \"a\": unknown method \"FETCH\"",
+            "a.yaml:6:21: rule \"b\": unknown method \"FETCH\"",
+        ]
+    );
+    // The same `to` in allow and deny rules compiles apart (a deny on GET covers
+    // HEAD too); two allow rules alike share one compiled list.
+    let text = "service: t\nrules:\n  - id: d\n    effect: deny\n    to: [{methods: [GET], paths: [/a]}]\n  - id: a1\n    to: [{methods: [GET], paths: [/a]}]\n    scopes: [s]\n  - id: a2\n    to: [{methods: [GET], paths: [/a]}]\n    scopes: [s]\n";
+    let set = PolicySet::from_sources(&[(PathBuf::from("a.yaml"), text.to_string())]).unwrap();
+    let policy = set.get("t").unwrap();
+    let methods = |r: &crate::policy::Rule| r.to().unwrap()[0].methods.as_deref().unwrap().to_vec();
+    assert_eq!(methods(&policy.deny[0]), ["GET", "HEAD"]);
+    assert_eq!(methods(&policy.allow[0]), ["GET"]);
+    let (a1, a2) = (&policy.allow[0], &policy.allow[1]);
+    assert!(std::sync::Arc::ptr_eq(
+        a1.to.as_ref().unwrap(),
+        a2.to.as_ref().unwrap()
+    ));
+    assert!(std::sync::Arc::ptr_eq(&a1.scopes, &a2.scopes));
+}
