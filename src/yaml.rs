@@ -6,6 +6,7 @@
 //! (a duplicate rule id, a bad pattern) are pointed at with [`locate`].
 
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::de::{DeserializeOwned, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
@@ -98,7 +99,7 @@ const BATCH: usize = 64;
 ///
 /// `serde_yaml` holds every event of a document before deserialising any of it;
 /// item by item, memory stays bounded by the largest item (see [`list`]).
-pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned>(
+pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned + Send>(
     text: &str,
     file: &Path,
     key: &str,
@@ -120,22 +121,59 @@ pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned>(
     let Ok(header) = from_str::<T>(&split.header, file) else {
         return whole();
     };
+    // A few items at a time (a parser costs some allocations of its own), and a
+    // long list in contiguous parts on every core: parsing is most of a load.
+    let batches: Vec<&[Range<usize>]> = split.items.chunks(BATCH).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(batches.len() / PARALLEL_MIN_BATCHES)
+        .max(1);
+    let parts: Vec<Option<Vec<I>>> = if threads == 1 {
+        vec![parse_batches(text, &batches)]
+    } else {
+        let per_thread = batches.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let running: Vec<_> = batches
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || parse_batches::<I>(text, part)))
+                .collect();
+            // A part that panicked is read again whole, like one that failed.
+            running
+                .into_iter()
+                .map(|part| part.join().ok().flatten())
+                .collect()
+        })
+    };
     let mut items = Vec::with_capacity(split.items.len());
-    // A few items at a time: a parser costs some allocations of its own.
-    for batch in split.items.chunks(BATCH) {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            continue;
+    for part in parts {
+        let Some(part) = part else {
+            return whole();
         };
+        items.extend(part);
+    }
+    Ok((header, Some(items)))
+}
+
+/// Lists of fewer batches than this are parsed on the calling thread: a thread
+/// would cost more than it saves.
+const PARALLEL_MIN_BATCHES: usize = 16;
+
+/// The items of consecutive batches, in order; `None` when one does not parse as
+/// exactly its items (the caller then reads the whole document for its error).
+fn parse_batches<I: DeserializeOwned>(text: &str, batches: &[&[Range<usize>]]) -> Option<Vec<I>> {
+    let mut items = Vec::with_capacity(batches.iter().map(|b| b.len()).sum());
+    for batch in batches {
+        let (first, last) = (batch.first()?, batch.last()?);
         let chunk = &text[first.start..last.end];
         // One parse into a small tree (whose mappings refuse a duplicate key, as
         // the walk in `from_str` does), then the items from it.
         let tree = serde_yaml::from_str::<serde_yaml::Value>(chunk);
         match tree.and_then(serde_yaml::from_value::<Vec<I>>) {
             Ok(some) if some.len() == batch.len() => items.extend(some),
-            _ => return whole(),
+            _ => return None,
         }
     }
-    Ok((header, Some(items)))
+    Some(items)
 }
 
 /// Visits a whole document without keeping it; answers what kind of value it is.
@@ -405,10 +443,17 @@ mod tests {
         // (text, whether it is read item by item)
         let many: String = (0..200).map(|i| format!("- {{a: '{i}'}}\n")).collect();
         let many = format!("name: n\nitems:\n{many}");
+        // Long enough to be parsed in parts on several threads (when there are
+        // several cores); the bad one fails in its last part.
+        let long: String = (0..2100).map(|i| format!("- {{a: '{i}'}}\n")).collect();
+        let bad_late = format!("name: n\nitems:\n{long}- a: x\n  a: y\n");
+        let long = format!("name: n\nitems:\n{long}");
         let cases: &[(&str, bool)] = &[
             ("name: n\nitems:\n- a: x\n  b: y\n- a: z\n", true),
             ("items:\n  - a: x\n\n  # c\n  - {a: z}\nname: n\n", true),
             (&many, true),
+            (&long, true),
+            (&bad_late, false),
             ("name: n\nitems: [{a: x}]\n", false),
             ("name: n\nitems:\n", false),
             // Errors, where whole reading says where they are.
