@@ -186,4 +186,42 @@ mod tests {
         assert!(changed(&keys, before).await, "the poll reloaded nothing");
         task.abort();
     }
+
+    /// What `reload_now` logs, at info and above.
+    async fn reload_logs(keys: &Arc<ApiKeys>) -> String {
+        use tracing::instrument::WithSubscriber;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        reload_now(keys, &Metrics::new())
+            .with_subscriber(subscriber)
+            .await;
+        let logged = buffer.0.lock().unwrap().clone();
+        String::from_utf8(logged).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_logs_the_keys_only_when_they_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_behind_their_file(dir.path());
+        let changed = reload_logs(&keys).await;
+        assert!(changed.contains("api keys reloaded"), "{changed}");
+        let unchanged = reload_logs(&keys).await;
+        assert!(!unchanged.contains("api keys reloaded"), "{unchanged}");
+    }
 }
