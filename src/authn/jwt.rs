@@ -686,4 +686,16 @@ mod tests {
     fn self_test_passes_with_aws_lc() {
         assert_eq!(self_test(), Ok(()));
     }
+
+    #[test]
+    fn the_clocks_read_the_time_since_the_epoch() {
+        let before = unix_now();
+        let secs = now_secs();
+        let after = unix_now();
+        assert!(before.as_secs() > 1_700_000_000, "{before:?}");
+        assert!(
+            (before.as_secs()..=after.as_secs()).contains(&secs),
+            "{secs}"
+        );
+    }
 }
