@@ -675,10 +675,10 @@ mod tests {
             verifier.verify(&big, now).await.err(),
             Some(TokenError::Malformed("too long"))
         );
-        // Just under the limit: verified.
-        let padding = (MAX_TOKEN_BYTES - 200) * 3 / 4;
+        // Just under the limit (16 KiB, as documented): verified.
+        let padding = (16 * 1024 - 200) * 3 / 4;
         let fits = sign(padding);
-        assert!(fits.len() <= MAX_TOKEN_BYTES, "{}", fits.len());
+        assert!(fits.len() <= 16 * 1024, "{}", fits.len());
         assert_eq!(verifier.verify(&fits, now).await.unwrap().subject, "svc");
     }
 
@@ -697,5 +697,32 @@ mod tests {
             (before.as_secs()..=after.as_secs()).contains(&secs),
             "{secs}"
         );
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_stable_name_for_the_log() {
+        let names = [
+            (TokenError::Malformed("bad JSON"), "malformed"),
+            (TokenError::CriticalHeader, "crit_header"),
+            (TokenError::WrongType, "wrong_type"),
+            (TokenError::UnknownIssuer, "unknown_issuer"),
+            (TokenError::AlgorithmNotAllowed, "algorithm_not_allowed"),
+            (TokenError::UnknownKey, "unknown_key"),
+            (TokenError::BadSignature, "bad_signature"),
+            (TokenError::MissingExp, "missing_exp"),
+            (TokenError::Expired, "expired"),
+            (TokenError::NotYetValid, "not_yet_valid"),
+            (TokenError::IssuedInFuture, "issued_in_future"),
+            (TokenError::LifetimeTooLong, "lifetime_too_long"),
+            (TokenError::MissingPrincipal, "missing_principal"),
+            (TokenError::KeysUnavailable, "keys_unavailable"),
+            (
+                TokenError::Delegation(DelegationError::ActorNotPermitted),
+                "actor_not_in_may_act",
+            ),
+        ];
+        for (e, name) in names {
+            assert_eq!(e.as_str(), name, "{e}");
+        }
     }
 }
