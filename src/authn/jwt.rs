@@ -680,6 +680,22 @@ mod tests {
         let fits = sign(padding);
         assert!(fits.len() <= 16 * 1024, "{}", fits.len());
         assert_eq!(verifier.verify(&fits, now).await.unwrap().subject, "svc");
+        // Exactly at the limit: verified; one byte over it: refused.
+        let sized = |len: usize| {
+            (0..300)
+                .map(|more| sign(padding + more))
+                .find(|t| t.len() == len)
+                .unwrap_or_else(|| panic!("no token of {len} bytes"))
+        };
+        let at = sized(MAX_TOKEN_BYTES);
+        assert_eq!(verifier.verify(&at, now).await.unwrap().subject, "svc");
+        assert_eq!(
+            verifier
+                .verify(&sized(MAX_TOKEN_BYTES + 1), now)
+                .await
+                .err(),
+            Some(TokenError::Malformed("too long"))
+        );
     }
 
     #[test]
