@@ -741,4 +741,49 @@ mod tests {
             assert_eq!(e.as_str(), name, "{e}");
         }
     }
+
+    /// A verifier trusting issuer `i` with an HS256 secret, and a signer for it.
+    async fn hs256_verifier(dir: &std::path::Path) -> (JwtVerifier, impl Fn(&Value) -> String) {
+        let secret = [9u8; 32];
+        std::fs::write(dir.join("secret"), secret).unwrap();
+        let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n";
+        let config = crate::config::Config::from_str(text, &dir.join("c.yaml")).unwrap();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let stores =
+            super::super::jwks::key_stores(&config.issuers, &reqwest::Client::new(), &metrics);
+        for (_, keys) in &stores {
+            keys.refresh().await.unwrap();
+        }
+        let sign = move |claims: &Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                claims,
+                &jsonwebtoken::EncodingKey::from_secret(&secret),
+            )
+            .unwrap()
+        };
+        (JwtVerifier::new(stores), sign)
+    }
+
+    #[tokio::test]
+    async fn a_principal_claim_that_is_empty_or_has_a_control_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, sign) = hs256_verifier(dir.path()).await;
+        let now = unix_now();
+        let exp = now.as_secs() + 60;
+        for (sub, want) in [
+            (json!("svc"), Ok("svc")),
+            (json!(""), Err(TokenError::MissingPrincipal)),
+            (json!("a\u{7}b"), Err(TokenError::MissingPrincipal)),
+            (json!(7), Err(TokenError::MissingPrincipal)),
+        ] {
+            let token = sign(&json!({"iss": "i", "sub": sub, "exp": exp}));
+            let got = verifier.verify(&token, now).await;
+            assert_eq!(
+                got.as_ref().map(|t| t.subject.as_str()),
+                want.as_ref().copied(),
+                "{sub}"
+            );
+        }
+    }
 }
