@@ -786,4 +786,18 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn audiences_are_a_string_or_an_array_of_strings() {
+        let cases: &[(Option<Value>, &[&str])] = &[
+            (Some(json!("ledger")), &["ledger"]),
+            (Some(json!(["ledger", "email", 7])), &["ledger", "email"]),
+            (Some(json!(["ledger"])), &["ledger"]),
+            (Some(json!(7)), &[]),
+            (None, &[]),
+        ];
+        for (aud, want) in cases {
+            assert_eq!(string_or_array(aud.as_ref()), *want, "{aud:?}");
+        }
+    }
 }
