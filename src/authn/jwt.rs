@@ -800,4 +800,15 @@ mod tests {
             assert_eq!(string_or_array(aud.as_ref()), *want, "{aud:?}");
         }
     }
+
+    #[tokio::test]
+    async fn every_issuer_s_key_store_is_listed_for_refresh_and_readiness() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, _) = hs256_verifier(dir.path()).await;
+        let listed: Vec<(&str, &str)> = verifier
+            .key_stores()
+            .map(|(name, _, issuer)| (name, issuer.spec.issuer.as_str()))
+            .collect();
+        assert_eq!(listed, [("i", "i")]);
+    }
 }
