@@ -193,4 +193,86 @@ mod tests {
             assert_eq!(bearer_token(&header).is_ok(), want, "byte {b:#04x}");
         }
     }
+
+    /// An authenticator with no issuers that accepts the keys of one key file holding
+    /// `key` (for `partner`), and its metrics.
+    fn with_key(
+        dir: &std::path::Path,
+        key: &crate::apikey::NewKey,
+    ) -> (Authenticator, Arc<Metrics>) {
+        let file = dir.join("keys.yaml");
+        let entry = format!(
+            "keys:\n  - id: {}\n    digest: {}\n    principal: partner\n",
+            key.id,
+            key.digest()
+        );
+        std::fs::write(&file, entry).unwrap();
+        let spec = apikey::ApiKeySourceSpec { file, header: None };
+        let keys = Arc::new(apikey::ApiKeys::load(&[spec]).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let authn = Authenticator::new(
+            JwtVerifier::new(Vec::new()),
+            TokenCache::new(0, std::time::Duration::ZERO),
+            metrics.clone(),
+        )
+        .with_api_keys(keys);
+        (authn, metrics)
+    }
+
+    fn request(authorization: Option<&str>, peer: Option<&str>) -> AuthzRequest {
+        let mut req = AuthzRequest::default();
+        if let Some(a) = authorization {
+            req.headers.insert("authorization".into(), a.into());
+        }
+        req.source_principal = peer.map(String::from);
+        req
+    }
+
+    #[test]
+    fn an_api_key_is_its_entry_with_the_peer_beside_it_and_every_check_is_counted() {
+        use crate::apikey::{KeyError, NewKey};
+        let dir = tempfile::tempdir().unwrap();
+        let key = NewKey::generate().unwrap();
+        let (authn, metrics) = with_key(dir.path(), &key);
+        assert!(authn.api_keys().is_configured());
+        let now = std::time::Duration::from_secs(1);
+        let peer = "spiffe://hopwarden.local/ns/a/sa/b";
+        let good = format!("ApiKey {}", key.reveal());
+
+        let got = authn.api_key(&request(Some(&good), Some(peer)), now);
+        let Some(Ok(Credential::ApiKey(entry, Some(p)))) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(
+            (entry.id.as_str(), entry.principal.as_str()),
+            (key.id.as_str(), "partner")
+        );
+        assert_eq!(p.as_str(), peer);
+
+        let other = NewKey::with_id(key.id.clone()).unwrap();
+        let bad = format!("ApiKey {}", other.reveal());
+        let got = authn.api_key(&request(Some(&bad), None), now);
+        assert!(matches!(got, Some(Err(KeyError::BadSecret))), "{got:?}");
+        assert!(authn
+            .api_key(&request(Some("Bearer a.b.c"), None), now)
+            .is_none());
+        assert!(authn.api_key(&request(None, Some(peer)), now).is_none());
+
+        let text = metrics.encode();
+        let counted = |labels: &str| {
+            text.lines().any(|l| {
+                l.starts_with("hopwarden_api_key_checks_total{")
+                    && l.contains(labels)
+                    && l.ends_with(" 1")
+            })
+        };
+        assert!(
+            counted(&format!("key_id=\"{}\",result=\"ok\"", key.id)),
+            "{text}"
+        );
+        assert!(
+            counted("key_id=\"invalid\",result=\"api_key_bad_secret\""),
+            "{text}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::stack::{envoy_binary, hopwarden_healthy, Stack, StackSpec};
+use common::stack::{envoy_binary, hopwarden_healthy, repo_with_rule, Stack, StackSpec};
 use common::{dev_token, repo, PAYMENTS};
 use serde_json::{json, Value};
 
@@ -27,22 +27,7 @@ const PUBLIC_STATUS_RULE: &str = r#"
 /// The repository as the stack reads it, with PUBLIC_STATUS_RULE in media's policy:
 /// everything else is a link to the real files.
 fn repo_with_public_status(dir: &tempfile::TempDir) -> PathBuf {
-    let real = repo();
-    let copy = dir.path().join("repo");
-    std::fs::create_dir_all(copy.join("policies")).unwrap();
-    for name in ["envoy", "dev", "scripts", "hopwarden.yaml"] {
-        std::os::unix::fs::symlink(real.join(name), copy.join(name)).unwrap();
-    }
-    for entry in std::fs::read_dir(real.join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        if path.file_name().unwrap() == "media.yaml" {
-            assert!(text.contains("\nrules:\n"), "media.yaml has no rules list");
-            text = text.replacen("\nrules:\n", &format!("\nrules:{PUBLIC_STATUS_RULE}"), 1);
-        }
-        std::fs::write(copy.join("policies").join(path.file_name().unwrap()), text).unwrap();
-    }
-    copy
+    repo_with_rule(dir.path(), "media.yaml", PUBLIC_STATUS_RULE)
 }
 
 /// hopwarden's decision log lines so far (it writes them to stdout with its own logs).

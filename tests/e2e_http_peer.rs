@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::stack::{
-    demo_service_binary, envoy_binary, free_port, render, start_envoy_at, Proc, Stack, StackSpec,
-    APPS,
+    demo_service_binary, envoy_binary, free_port, render, repo_with_rule, start_envoy_at, Proc,
+    Stack, StackSpec, APPS,
 };
 use common::{repo, PAYMENTS, RECONCILER};
 use serde_json::Value;
@@ -35,22 +35,7 @@ const PEER_HEADER: &str = "x-peer-uri-san";
 
 /// The repository as the stack reads it, with PEER_STATUS_RULE in ledger's policy.
 fn repo_with_peer_rule(dir: &Path) -> PathBuf {
-    let real = repo();
-    let copy = dir.join("repo");
-    std::fs::create_dir_all(copy.join("policies")).unwrap();
-    for name in ["envoy", "dev", "scripts", "hopwarden.yaml"] {
-        std::os::unix::fs::symlink(real.join(name), copy.join(name)).unwrap();
-    }
-    for entry in std::fs::read_dir(real.join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        if path.file_name().unwrap() == "ledger.yaml" {
-            assert!(text.contains("\nrules:\n"), "ledger.yaml has no rules list");
-            text = text.replacen("\nrules:\n", &format!("\nrules:{PEER_STATUS_RULE}"), 1);
-        }
-        std::fs::write(copy.join("policies").join(path.file_name().unwrap()), text).unwrap();
-    }
-    copy
+    repo_with_rule(dir, "ledger.yaml", PEER_STATUS_RULE)
 }
 
 /// The three HTTP-service sidecars, on ports of their own, pointed at the stack's

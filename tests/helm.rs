@@ -10,33 +10,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
 const CHART: &str = "deploy/helm/hopwarden";
 
-/// The Python with the tools, installed once per test binary.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new(common::repo().join("scripts/install-k8s-tools.sh"))
-            .output()
-            .expect("run scripts/install-k8s-tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-k8s-tools.sh failed (the chart tests need its tools):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
 /// Runs scripts/k8s_check.py: success, stdout + stderr.
 fn k8s_check(args: &[&str]) -> (bool, String) {
-    let out = Command::new(python())
+    let out = Command::new(common::installed("install-k8s-tools.sh"))
         .arg(common::repo().join("scripts/k8s_check.py"))
         .args(args)
         .current_dir(common::repo())

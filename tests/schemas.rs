@@ -10,31 +10,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 const KINDS: [&str; 3] = ["policy", "suite", "config"];
-
-/// The Python with check-jsonschema, installed once per test binary.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new(common::repo().join("scripts/install-schema-tools.sh"))
-            .output()
-            .expect("run scripts/install-schema-tools.sh");
-        assert!(
-            out.status.success(),
-            "scripts/install-schema-tools.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
 
 /// Validates `files` against schemas/KIND.schema.json: success, the validator's output.
 fn validate(kind: &str, files: &[PathBuf]) -> (bool, String) {
     assert!(!files.is_empty(), "no {kind} files to validate");
     let schema = common::repo().join(format!("schemas/{kind}.schema.json"));
-    let out = Command::new(python())
+    let out = Command::new(common::installed("install-schema-tools.sh"))
         .args(["-m", "check_jsonschema", "--schemafile"])
         .arg(&schema)
         .args(files)

@@ -361,4 +361,62 @@ mod tests {
             assert_eq!(spec(h).problem().is_none(), ok, "{h}");
         }
     }
+
+    #[test]
+    fn a_reload_that_replaces_a_key_by_another_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NewKey::generate().unwrap();
+        let keys = keys(dir.path(), None, &key, "");
+        let g = keys.generation();
+        // As many entries as before, none the same: the old key is revoked.
+        let other = NewKey::generate().unwrap();
+        let text = format!(
+            "keys:\n  - id: {}\n    digest: {}\n    principal: partner\n",
+            other.id,
+            other.digest()
+        );
+        std::fs::write(dir.path().join("keys.yaml"), text).unwrap();
+        assert_eq!(keys.reload()[0].1.as_ref().ok(), Some(&1));
+        assert!(keys.generation() > g);
+        let found = |k: &str| {
+            keys.verify(
+                Found {
+                    key: k,
+                    header: None,
+                },
+                Duration::from_secs(1),
+            )
+        };
+        assert_eq!(found(&key.reveal()).unwrap_err(), KeyError::UnknownId);
+        assert!(found(&other.reveal()).is_ok());
+    }
+
+    #[test]
+    fn what_the_server_and_the_decision_cache_read_of_the_key_files() {
+        assert!(!ApiKeys::default().is_configured());
+        let dir = tempfile::tempdir().unwrap();
+        let spec = |name: &str, header: Option<&str>| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, "keys: []\n").unwrap();
+            ApiKeySourceSpec {
+                file,
+                header: header.map(String::from),
+            }
+        };
+        let specs = [
+            spec("a.yaml", Some("x-partner-key")),
+            spec("b.yaml", None),
+            spec("c.yaml", Some("x-api-key")),
+            spec("d.yaml", Some("x-partner-key")),
+        ];
+        let keys = ApiKeys::load(&specs).unwrap();
+        assert!(keys.is_configured());
+        let files: Vec<&PathBuf> = keys.files().collect();
+        assert_eq!(files, specs.iter().map(|s| &s.file).collect::<Vec<_>>());
+        // Each header once, sorted.
+        assert_eq!(keys.headers(), ["x-api-key", "x-partner-key"]);
+        let inputs = keys.cache_inputs();
+        assert_eq!(inputs.generation, keys.generation());
+        assert_eq!(inputs.headers, keys.headers());
+    }
 }

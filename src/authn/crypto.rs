@@ -244,4 +244,23 @@ mod tests {
         };
         refused_as_jsonwebtoken_does(&DecodingKey::from_secret(bytes));
     }
+
+    /// Key confusion the other way: an HMAC secret whose bytes are an EC public point
+    /// is never taken for that EC key, for ES256 or ES384.
+    #[test]
+    fn a_secret_with_the_bytes_of_an_ec_key_is_not_that_key() {
+        for (alg, signing) in [
+            (Algorithm::ES256, &aws::ECDSA_P256_SHA256_FIXED_SIGNING),
+            (Algorithm::ES384, &aws::ECDSA_P384_SHA384_FIXED_SIGNING),
+        ] {
+            let keys = ec(signing);
+            let good = sign(alg, &keys.signing, b"a.b");
+            let point = keys.public[0].try_get_as_bytes().unwrap().to_vec();
+            let secret = DecodingKey::from_secret(&point);
+            assert!(!is_parsed(alg, &secret), "{alg:?}");
+            let ours = check(&good, b"a.b", &secret, alg).ok();
+            assert_eq!(ours, reference(&good, b"a.b", &secret, alg), "{alg:?}");
+            assert_ne!(ours, Some(true), "{alg:?}");
+        }
+    }
 }

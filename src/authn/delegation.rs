@@ -279,4 +279,19 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn each_refusal_has_its_own_stable_name_for_the_log() {
+        let names = [
+            (DelegationError::NotAnObject(2), "act_not_an_object"),
+            (DelegationError::NoSubject(1), "act_without_sub"),
+            (DelegationError::BadIssuer(1), "act_bad_iss"),
+            (DelegationError::TooDeep { max: 3 }, "delegation_too_deep"),
+            (DelegationError::MalformedMayAct, "may_act_malformed"),
+            (DelegationError::ActorNotPermitted, "actor_not_in_may_act"),
+        ];
+        for (e, name) in names {
+            assert_eq!(e.as_str(), name, "{e}");
+        }
+    }
 }

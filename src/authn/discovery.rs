@@ -201,4 +201,21 @@ mod tests {
         let url = Url::parse("https://user:pw@sts.example:8443/keys?sig=abc#f").unwrap();
         assert_eq!(redacted(&url), "https://sts.example:8443/keys");
     }
+
+    #[test]
+    fn a_user_alone_or_a_password_alone_is_refused_and_errors_show_the_url_redacted() {
+        for url in [
+            "https://user@sts.example/x",
+            "https://:s3cret@sts.example/x",
+        ] {
+            let e = check_url("issuer", url).unwrap_err();
+            assert!(e.contains("no user or password"), "{url}: {e}");
+            assert!(e.contains("\"https://sts.example/x\""), "{url}: {e}");
+        }
+        assert_eq!(
+            redacted_str("https://u:s3cret@sts.example/x?k=v"),
+            "https://sts.example/x"
+        );
+        assert_eq!(redacted_str("not a url"), "<unparsable URL>");
+    }
 }

@@ -622,4 +622,18 @@ mod tests {
         assert!(keys.refresh().await.is_err());
         assert_eq!(keys.removals(), 3);
     }
+
+    #[tokio::test]
+    async fn keys_are_loaded_once_a_refresh_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), [9u8; 32]).unwrap();
+        let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n";
+        let config = crate::config::Config::from_str(text, &dir.path().join("c.yaml")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let stores = key_stores(&config.issuers, &reqwest::Client::new(), &metrics);
+        let keys = &stores[0].1;
+        assert!(!keys.is_loaded(), "loaded before any refresh");
+        keys.refresh().await.unwrap();
+        assert!(keys.is_loaded());
+    }
 }

@@ -675,15 +675,140 @@ mod tests {
             verifier.verify(&big, now).await.err(),
             Some(TokenError::Malformed("too long"))
         );
-        // Just under the limit: verified.
-        let padding = (MAX_TOKEN_BYTES - 200) * 3 / 4;
+        // Just under the limit (16 KiB, as documented): verified.
+        let padding = (16 * 1024 - 200) * 3 / 4;
         let fits = sign(padding);
-        assert!(fits.len() <= MAX_TOKEN_BYTES, "{}", fits.len());
+        assert!(fits.len() <= 16 * 1024, "{}", fits.len());
         assert_eq!(verifier.verify(&fits, now).await.unwrap().subject, "svc");
+        // Exactly at the limit: verified; one byte over it: refused.
+        let sized = |len: usize| {
+            (0..300)
+                .map(|more| sign(padding + more))
+                .find(|t| t.len() == len)
+                .unwrap_or_else(|| panic!("no token of {len} bytes"))
+        };
+        let at = sized(MAX_TOKEN_BYTES);
+        assert_eq!(verifier.verify(&at, now).await.unwrap().subject, "svc");
+        assert_eq!(
+            verifier
+                .verify(&sized(MAX_TOKEN_BYTES + 1), now)
+                .await
+                .err(),
+            Some(TokenError::Malformed("too long"))
+        );
     }
 
     #[test]
     fn self_test_passes_with_aws_lc() {
         assert_eq!(self_test(), Ok(()));
+    }
+
+    #[test]
+    fn the_clocks_read_the_time_since_the_epoch() {
+        let before = unix_now();
+        let secs = now_secs();
+        let after = unix_now();
+        assert!(before.as_secs() > 1_700_000_000, "{before:?}");
+        assert!(
+            (before.as_secs()..=after.as_secs()).contains(&secs),
+            "{secs}"
+        );
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_stable_name_for_the_log() {
+        let names = [
+            (TokenError::Malformed("bad JSON"), "malformed"),
+            (TokenError::CriticalHeader, "crit_header"),
+            (TokenError::WrongType, "wrong_type"),
+            (TokenError::UnknownIssuer, "unknown_issuer"),
+            (TokenError::AlgorithmNotAllowed, "algorithm_not_allowed"),
+            (TokenError::UnknownKey, "unknown_key"),
+            (TokenError::BadSignature, "bad_signature"),
+            (TokenError::MissingExp, "missing_exp"),
+            (TokenError::Expired, "expired"),
+            (TokenError::NotYetValid, "not_yet_valid"),
+            (TokenError::IssuedInFuture, "issued_in_future"),
+            (TokenError::LifetimeTooLong, "lifetime_too_long"),
+            (TokenError::MissingPrincipal, "missing_principal"),
+            (TokenError::KeysUnavailable, "keys_unavailable"),
+            (
+                TokenError::Delegation(DelegationError::ActorNotPermitted),
+                "actor_not_in_may_act",
+            ),
+        ];
+        for (e, name) in names {
+            assert_eq!(e.as_str(), name, "{e}");
+        }
+    }
+
+    /// A verifier trusting issuer `i` with an HS256 secret, and a signer for it.
+    async fn hs256_verifier(dir: &std::path::Path) -> (JwtVerifier, impl Fn(&Value) -> String) {
+        let secret = [9u8; 32];
+        std::fs::write(dir.join("secret"), secret).unwrap();
+        let text = "issuers:\n  - issuer: i\n    secret_file: secret\n    algorithms: [HS256]\n";
+        let config = crate::config::Config::from_str(text, &dir.join("c.yaml")).unwrap();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let stores =
+            super::super::jwks::key_stores(&config.issuers, &reqwest::Client::new(), &metrics);
+        for (_, keys) in &stores {
+            keys.refresh().await.unwrap();
+        }
+        let sign = move |claims: &Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                claims,
+                &jsonwebtoken::EncodingKey::from_secret(&secret),
+            )
+            .unwrap()
+        };
+        (JwtVerifier::new(stores), sign)
+    }
+
+    #[tokio::test]
+    async fn a_principal_claim_that_is_empty_or_has_a_control_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, sign) = hs256_verifier(dir.path()).await;
+        let now = unix_now();
+        let exp = now.as_secs() + 60;
+        for (sub, want) in [
+            (json!("svc"), Ok("svc")),
+            (json!(""), Err(TokenError::MissingPrincipal)),
+            (json!("a\u{7}b"), Err(TokenError::MissingPrincipal)),
+            (json!(7), Err(TokenError::MissingPrincipal)),
+        ] {
+            let token = sign(&json!({"iss": "i", "sub": sub, "exp": exp}));
+            let got = verifier.verify(&token, now).await;
+            assert_eq!(
+                got.as_ref().map(|t| t.subject.as_str()),
+                want.as_ref().copied(),
+                "{sub}"
+            );
+        }
+    }
+
+    #[test]
+    fn audiences_are_a_string_or_an_array_of_strings() {
+        let cases: &[(Option<Value>, &[&str])] = &[
+            (Some(json!("ledger")), &["ledger"]),
+            (Some(json!(["ledger", "email", 7])), &["ledger", "email"]),
+            (Some(json!(["ledger"])), &["ledger"]),
+            (Some(json!(7)), &[]),
+            (None, &[]),
+        ];
+        for (aud, want) in cases {
+            assert_eq!(string_or_array(aud.as_ref()), *want, "{aud:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_issuer_s_key_store_is_listed_for_refresh_and_readiness() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, _) = hs256_verifier(dir.path()).await;
+        let listed: Vec<(&str, &str)> = verifier
+            .key_stores()
+            .map(|(name, _, issuer)| (name, issuer.spec.issuer.as_str()))
+            .collect();
+        assert_eq!(listed, [("i", "i")]);
     }
 }

@@ -98,6 +98,37 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `scripts/SCRIPT` (one of the idempotent install scripts, which prints the path
+/// of what it installed on its last line) once per test binary, and returns that path.
+/// A failed install fails the calling test: the tools are installed, never skipped.
+pub fn installed(script: &str) -> PathBuf {
+    static DONE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    // Held while the script runs, so that parallel tests install once, one at a time.
+    let mut done = DONE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = done.get(script) {
+        return path.clone();
+    }
+    let out = std::process::Command::new(repo().join("scripts").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed (the tests need what it installs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        path.exists(),
+        "scripts/{script} printed {path:?}, which does not exist"
+    );
+    done.insert(script.to_string(), path.clone());
+    path
+}
+
 /// Runs the `hopwarden` binary in `cwd`: exit code, stdout, stderr. A
 /// `HOPWARDEN_CONFIG` from the caller's shell is removed so it cannot change results.
 pub fn run_bin(args: &[&str], cwd: &Path) -> (i32, String, String) {

@@ -546,6 +546,35 @@ pub fn demo_service_binary() -> PathBuf {
     demo
 }
 
+/// The repository as a stack reads it, in `dir/repo`: links to the real envoy/, dev/,
+/// scripts/ and hopwarden.yaml, and a copy of policies/ in which `rule` (YAML list
+/// items, indented as under `rules:`) is added to `policy`'s rules. The end-to-end tests
+/// use it for a rule none of the examples has; the committed files stay untouched.
+pub fn repo_with_rule(dir: &Path, policy: &str, rule: &str) -> PathBuf {
+    let real = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let copy = dir.join("repo");
+    std::fs::create_dir_all(copy.join("policies")).unwrap();
+    for name in ["envoy", "dev", "scripts", "hopwarden.yaml"] {
+        std::os::unix::fs::symlink(real.join(name), copy.join(name)).unwrap();
+    }
+    let mut found = false;
+    for entry in std::fs::read_dir(real.join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if path.file_name().unwrap() == policy {
+            assert!(text.contains("\nrules:\n"), "{policy} has no rules list");
+            text = text.replacen("\nrules:\n", &format!("\nrules:{rule}"), 1);
+            found = true;
+        }
+        std::fs::write(copy.join("policies").join(path.file_name().unwrap()), text).unwrap();
+    }
+    assert!(found, "policies/{policy} is missing");
+    copy
+}
+
 /// The Envoy binary: `$HOPWARDEN_ENVOY`, else the one scripts/install-envoy.sh put
 /// in `.venv`. There is no skipping: without Envoy the end-to-end tests fail.
 pub fn envoy_binary(repo: &Path) -> Result<PathBuf, String> {

@@ -126,3 +126,102 @@ pub async fn reload_now(keys: &Arc<ApiKeys>, metrics: &Metrics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apikey::NewKey;
+    use crate::authn::apikey::ApiKeySourceSpec;
+
+    /// Keys loaded from a file holding one key, and the file, which then holds none:
+    /// a change that only a reload can show (the watch starts after it was made).
+    fn keys_behind_their_file(dir: &std::path::Path) -> Arc<ApiKeys> {
+        let key = NewKey::generate().unwrap();
+        let file = dir.join("keys.yaml");
+        let entry = format!(
+            "keys:\n  - id: {}\n    digest: {}\n    principal: partner\n",
+            key.id,
+            key.digest()
+        );
+        std::fs::write(&file, entry).unwrap();
+        let keys = ApiKeys::load(&[ApiKeySourceSpec {
+            file: file.clone(),
+            header: None,
+        }])
+        .unwrap();
+        std::fs::write(&file, "keys: []\n").unwrap();
+        Arc::new(keys)
+    }
+
+    /// Waits up to 10 s for the keys' generation to move past `before`.
+    async fn changed(keys: &ApiKeys, before: u64) -> bool {
+        for _ in 0..200 {
+            if keys.generation() != before {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_trigger_reloads_the_files_without_a_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_behind_their_file(dir.path());
+        let before = keys.generation();
+        let (trigger, task) = spawn(keys.clone(), Arc::new(Metrics::new()), Duration::ZERO);
+        trigger.reload();
+        assert!(changed(&keys, before).await, "the trigger reloaded nothing");
+        assert!(!task.is_finished(), "the reload task ended");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn the_poll_reloads_the_files_without_a_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_behind_their_file(dir.path());
+        let before = keys.generation();
+        let poll = Duration::from_millis(50);
+        let (_trigger, task) = spawn(keys.clone(), Arc::new(Metrics::new()), poll);
+        assert!(changed(&keys, before).await, "the poll reloaded nothing");
+        task.abort();
+    }
+
+    /// What `reload_now` logs, at info and above.
+    async fn reload_logs(keys: &Arc<ApiKeys>) -> String {
+        use tracing::instrument::WithSubscriber;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        reload_now(keys, &Metrics::new())
+            .with_subscriber(subscriber)
+            .await;
+        let logged = buffer.0.lock().unwrap().clone();
+        String::from_utf8(logged).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_logs_the_keys_only_when_they_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_behind_their_file(dir.path());
+        let changed = reload_logs(&keys).await;
+        assert!(changed.contains("api keys reloaded"), "{changed}");
+        let unchanged = reload_logs(&keys).await;
+        assert!(!unchanged.contains("api keys reloaded"), "{unchanged}");
+    }
+}
