@@ -141,6 +141,11 @@ pub struct RuleAccess {
     pub used: Option<u64>,
     /// What a reviewer should look at.
     pub flags: Vec<Flag>,
+    /// An allow rule's rate limits: `id rate` of each limit that may count its
+    /// allows (named by the rule, or naming no rule, and matching some of its
+    /// requests as far as patterns tell).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
 }
 
 /// A finding about one rule.
@@ -213,6 +218,7 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
                         exercised,
                         used,
                         flags,
+                        limits: rule_limits(policy, rule),
                     }
                 })
                 .collect();
@@ -254,6 +260,24 @@ pub fn review(policies: &PolicySet, dir: &Path, usage: Option<Usage>) -> Review 
         usage,
         keys: Vec::new(),
     }
+}
+
+/// The limits that may count an allow rule's allows: those it names, and those no
+/// rule names, whose `from` / `to` / `when` could match some request it allows.
+fn rule_limits(policy: &ServicePolicy, rule: &Rule) -> Vec<String> {
+    if rule.effect() != Effect::Allow {
+        return Vec::new();
+    }
+    policy
+        .limits()
+        .iter()
+        .enumerate()
+        .filter(|(i, limit)| {
+            (!limit.attached() || policy.rules_naming(*i).contains(&rule.id()))
+                && limit.selector().may_overlap(rule)
+        })
+        .map(|(_, limit)| format!("{} {}", limit.id(), limit.rate()))
+        .collect()
 }
 
 /// The key files to review: `--keys`, else the config's when DIR is not given.

@@ -714,6 +714,7 @@ fn top_level_key(text: &str, key: &str) -> Option<usize> {
 
 pub mod delegated;
 mod limits;
+mod overlap;
 mod shared;
 
 pub use limits::Limit;

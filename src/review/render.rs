@@ -41,6 +41,11 @@ fn with_used(review: &Review) -> bool {
     review.usage.is_some()
 }
 
+/// The LIMITS column only when some policy has limits.
+fn with_limits(review: &Review) -> bool {
+    review.services.iter().any(|s| !s.limits.is_empty())
+}
+
 /// Each row of the matrix; a rule spans as many lines as it has callers or actions.
 fn rows(review: &Review) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
@@ -61,6 +66,9 @@ fn rows(review: &Review) -> Vec<Vec<String>> {
                     cell(or_dash(&rule.conditions, ", ")),
                     cell(yes_no(rule.exercised)),
                 ];
+                if with_limits(review) {
+                    row.push(cell(or_dash(&rule.limits, ", ")));
+                }
                 if with_used(review) {
                     row.push(cell(rule.used.unwrap_or(0).to_string()));
                 }
@@ -73,6 +81,9 @@ fn rows(review: &Review) -> Vec<Vec<String>> {
 
 fn headings(review: &Review) -> Vec<String> {
     let mut h: Vec<String> = HEADINGS.iter().map(|s| s.to_string()).collect();
+    if with_limits(review) {
+        h.push("LIMITS".into());
+    }
     if with_used(review) {
         h.push("USED".into());
     }
@@ -246,6 +257,9 @@ pub fn markdown(review: &Review) -> String {
                 md_cell(&r.conditions),
                 yes_no(r.exercised),
             ];
+            if with_limits(review) {
+                cells.push(md_cell(&r.limits));
+            }
             if let Some(n) = r.used {
                 cells.push(n.to_string());
             }

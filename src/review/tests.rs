@@ -113,3 +113,47 @@ fn usage_lines() {
     assert_eq!(u.count("t", "r2", "allow"), 0);
     assert_eq!(u.period(), "2024-06-01T00:00:00Z .. 2024-06-03T00:00:00Z");
 }
+
+#[test]
+fn each_allow_rule_lists_the_limits_that_may_count_it() {
+    let set = set("service: t
+rules:
+  - {id: d, effect: deny, to: [{paths: ['/admin/**']}]}
+  - {id: reads, from: {principals: [a]}, to: [{methods: [GET], paths: ['/r/{id}']}], scopes: [s]}
+  - {id: writes, from: {principals: [a]}, to: [{methods: [POST], paths: [/w]}], scopes: [s], limits: [imports]}
+  - {id: other, from: {principals: [b]}, to: [{methods: [GET], paths: ['/r/{id}']}], scopes: [s]}
+limits:
+  - {id: a-reads, from: {principals: [a]}, to: [{methods: [GET]}], rate: 10/s}
+  - {id: everyone, rate: 100/s}
+  - {id: imports, rate: 1/m, per: service}
+");
+    let review = review(&set, Path::new("/nonexistent"), None);
+    let limits: Vec<(String, Vec<String>)> = review.services[0]
+        .rules
+        .iter()
+        .map(|r| (r.id.clone(), r.limits.clone()))
+        .collect();
+    let want = [
+        ("d", vec![]),
+        ("reads", vec!["a-reads 10/s", "everyone 100/s"]),
+        ("writes", vec!["everyone 100/s", "imports 1/m"]),
+        ("other", vec!["everyone 100/s"]),
+    ];
+    let want: Vec<(String, Vec<String>)> = want
+        .iter()
+        .map(|(id, l)| (id.to_string(), l.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(limits, want);
+    let text = render::text(&review);
+    assert!(text.lines().next().unwrap().ends_with("LIMITS"), "{text}");
+    assert!(text.contains("a-reads 10/s, everyone 100/s"), "{text}");
+    assert!(render::markdown(&review).contains("`imports 1/m`"));
+
+    // No column when no policy has limits.
+    let plain = review_of("service: t\nrules:\n  - {id: r, from: {principals: [a]}, scopes: [s]}\n");
+    assert!(!render::text(&plain).contains("LIMITS"));
+}
+
+fn review_of(yaml: &str) -> Review {
+    review(&set(yaml), Path::new("/nonexistent"), None)
+}
