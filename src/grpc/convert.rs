@@ -335,6 +335,49 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_by_a_key_for_an_actor_sets_both_and_removes_neither() {
+        use crate::decision::Allowed;
+        use crate::principal::actor::{Actor, Delegation};
+        let base = Outcome::allowed_for_tests("spiffe://x/payments");
+        let Decision::Allow(a) = &*base.decision else {
+            unreachable!("allowed_for_tests allows")
+        };
+        let actors = Delegation::new(vec![Actor {
+            sub: "spiffe://x/bff".into(),
+            iss: None,
+        }])
+        .map(std::sync::Arc::new);
+        let outcome = Outcome {
+            decision: std::sync::Arc::new(Decision::Allow(Allowed {
+                api_key: Some("k1".into()),
+                actors,
+                ..a.clone()
+            })),
+            ..base
+        };
+        let options = ResponseOptions {
+            dynamic_metadata: false,
+        };
+        // Whether or not the client sent its own copies: ours overwrite them, and
+        // nothing we set is also removed (Envoy removes after it sets).
+        let forged = AuthzRequest {
+            headers: [
+                (ACTOR_HEADER.to_string(), "evil".to_string()),
+                (API_KEY_HEADER.to_string(), "evil".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        for req in [AuthzRequest::default(), forged] {
+            let response = to_check_response(&outcome, &req, options);
+            let ok = ok(&response);
+            assert_eq!(set(ok, API_KEY_HEADER).as_deref(), Some("k1"));
+            assert_eq!(set(ok, ACTOR_HEADER).as_deref(), Some("spiffe://x/bff"));
+            assert!(ok.headers_to_remove.is_empty(), "{ok:?}");
+        }
+    }
+
+    #[test]
     fn raw_header_map_joins_repeats() {
         let header = |k: &str, v: &str| HeaderValue {
             key: k.into(),

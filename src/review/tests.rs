@@ -150,7 +150,8 @@ limits:
     assert!(render::markdown(&review).contains("`imports 1/m`"));
 
     // No column when no policy has limits.
-    let plain = review_of("service: t\nrules:\n  - {id: r, from: {principals: [a]}, scopes: [s]}\n");
+    let plain =
+        review_of("service: t\nrules:\n  - {id: r, from: {principals: [a]}, scopes: [s]}\n");
     assert!(!render::text(&plain).contains("LIMITS"));
 }
 
