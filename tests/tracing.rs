@@ -84,25 +84,7 @@ async fn start_collector_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (Socket
             };
             let service = hyper_util::service::TowerToHyperService::new(service.clone());
             let tls = tls.clone();
-            tokio::spawn(async move {
-                let serve = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                match tls {
-                    None => {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = serve.serve_connection(io, service).await;
-                    }
-                    Some(tls) => {
-                        // A client that does not trust the certificate fails here.
-                        let Ok(stream) = tls.accept(stream).await else {
-                            return;
-                        };
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = serve.serve_connection(io, service).await;
-                    }
-                }
-            });
+            tokio::spawn(serve_one(stream, tls, service));
         }
     });
     (addr, collector)
@@ -110,6 +92,40 @@ async fn start_collector_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (Socket
 
 /// A CA minted now (its PEM) and a TLS acceptor whose certificate, for 127.0.0.1 and
 /// localhost, it signed.
+/// Serves one accepted collector connection, over TLS when `tls` is given (a client
+/// that does not trust the certificate fails the handshake here).
+async fn serve_one<S, B>(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let serve = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    match tls {
+        None => {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = serve.serve_connection(io, service).await;
+        }
+        Some(tls) => {
+            let Ok(stream) = tls.accept(stream).await else {
+                return;
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = serve.serve_connection(io, service).await;
+        }
+    }
+}
+
 fn test_ca_and_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     let mut ca = CertificateParams::default();
@@ -360,24 +376,7 @@ async fn start_http_collector_with(
                     }
                 });
             let tls = tls.clone();
-            tokio::spawn(async move {
-                let serve = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                match tls {
-                    None => {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = serve.serve_connection(io, service).await;
-                    }
-                    Some(tls) => {
-                        let Ok(stream) = tls.accept(stream).await else {
-                            return;
-                        };
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = serve.serve_connection(io, service).await;
-                    }
-                }
-            });
+            tokio::spawn(serve_one(stream, tls, service));
         }
     });
     (addr, spans)
