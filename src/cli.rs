@@ -184,6 +184,9 @@ pub fn validate(path: &Path) -> ExitCode {
     if config.spec.rate_limits.headers_on_allow {
         println!("{}", crate::limits::ENVOY_HTTP_SERVICE_BUDGET_HEADERS);
     }
+    // The process exits now: the OS takes the set back at once, where dropping it
+    // frees 100,000 rules one allocation at a time (a tenth of a large load).
+    std::mem::forget(policies);
     ExitCode::SUCCESS
 }
 

@@ -5,6 +5,7 @@
 //! line and column a person needs to fix it; errors found after deserialising
 //! (a duplicate rule id, a bad pattern) are pointed at with [`locate`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -92,18 +93,32 @@ const MAPPING: &str = "a mapping";
 const BATCH: usize = 64;
 
 /// Deserialises `text` as [`from_str`] does, but a long top-level block list
-/// `key:` item by item: the items are returned apart (`Some`), each as it was
-/// written, and `T` is read with `key: []`. `None`: the document was read whole
-/// (its shape is not the plain one, or something in it is wrong), so `T` holds the
-/// list itself and every error is the one [`from_str`] gives.
+/// `key:` item by item: `T` is read with `key: []`, and the items, a batch of
+/// consecutive ones at a time, are each given to `then` with the index of the
+/// batch's first item, on the thread that parsed them (a long list is parsed in
+/// parts on every core); the answers come back in the list's order (`Some`).
+/// `None`: the document was read whole (its shape is not the plain one, or
+/// something in it is wrong), so `T` holds the list itself and every error is the
+/// one [`from_str`] gives.
 ///
 /// `serde_yaml` holds every event of a document before deserialising any of it;
-/// item by item, memory stays bounded by the largest item (see [`list`]).
-pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned + Send>(
+/// item by item, memory stays bounded by the largest item (see [`list`]), and
+/// `then` can turn each batch into what is kept before the next is parsed.
+///
+/// The items are deserialised straight into `I`, without [`from_str`]'s walk for
+/// repeated keys: `I` must refuse them itself. Derived structs do (serde's
+/// "duplicate field"); every map inside `I` must be read with [`unique_keys`].
+pub fn from_str_listed<T, I, R>(
     text: &str,
     file: &Path,
     key: &str,
-) -> Result<(T, Option<Vec<I>>), YamlError> {
+    then: impl Fn(usize, Vec<I>) -> R + Sync,
+) -> Result<(T, Option<Vec<R>>), YamlError>
+where
+    T: DeserializeOwned,
+    I: DeserializeOwned,
+    R: Send,
+{
     let whole = || from_str(text, file).map(|t| (t, None));
     let Some(split) = list::split(text, key) else {
         return whole();
@@ -128,15 +143,18 @@ pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned + Send>(
         .map_or(1, |n| n.get())
         .min(batches.len() / PARALLEL_MIN_BATCHES)
         .max(1);
-    let parts: Vec<Option<Vec<I>>> = if threads == 1 {
-        vec![parse_batches(text, &batches)]
+    let per_thread = batches.len().div_ceil(threads);
+    let parts = batches.chunks(per_thread).enumerate().map(|(n, part)| {
+        // Every batch before this part is full.
+        (n * per_thread * BATCH, part)
+    });
+    let then = &then;
+    let read = move |(first, part)| parse_batches(text, first, part, then);
+    let answers: Vec<Option<Vec<R>>> = if threads == 1 {
+        parts.map(read).collect()
     } else {
-        let per_thread = batches.len().div_ceil(threads);
         std::thread::scope(|scope| {
-            let running: Vec<_> = batches
-                .chunks(per_thread)
-                .map(|part| scope.spawn(move || parse_batches::<I>(text, part)))
-                .collect();
+            let running: Vec<_> = parts.map(|part| scope.spawn(move || read(part))).collect();
             // A part that panicked is read again whole, like one that failed.
             running
                 .into_iter()
@@ -144,36 +162,79 @@ pub fn from_str_listed<T: DeserializeOwned, I: DeserializeOwned + Send>(
                 .collect()
         })
     };
-    let mut items = Vec::with_capacity(split.items.len());
-    for part in parts {
-        let Some(part) = part else {
-            return whole();
-        };
-        items.extend(part);
+    match answers.into_iter().collect::<Option<Vec<Vec<R>>>>() {
+        Some(answers) => Ok((header, Some(answers.into_iter().flatten().collect()))),
+        None => whole(),
     }
-    Ok((header, Some(items)))
 }
 
 /// Lists of fewer batches than this are parsed on the calling thread: a thread
 /// would cost more than it saves.
 const PARALLEL_MIN_BATCHES: usize = 16;
 
-/// The items of consecutive batches, in order; `None` when one does not parse as
-/// exactly its items (the caller then reads the whole document for its error).
-fn parse_batches<I: DeserializeOwned>(text: &str, batches: &[&[Range<usize>]]) -> Option<Vec<I>> {
-    let mut items = Vec::with_capacity(batches.iter().map(|b| b.len()).sum());
+/// `then`'s answers for consecutive batches, each given its items as soon as they
+/// are parsed; `None` when one does not parse as exactly its items (the caller
+/// then reads the whole document for its error).
+fn parse_batches<I: DeserializeOwned, R>(
+    text: &str,
+    first: usize,
+    batches: &[&[Range<usize>]],
+    then: impl Fn(usize, Vec<I>) -> R,
+) -> Option<Vec<R>> {
+    let mut answers = Vec::with_capacity(batches.len());
+    let mut first = first;
     for batch in batches {
-        let (first, last) = (batch.first()?, batch.last()?);
-        let chunk = &text[first.start..last.end];
-        // One parse into a small tree (whose mappings refuse a duplicate key, as
-        // the walk in `from_str` does), then the items from it.
-        let tree = serde_yaml::from_str::<serde_yaml::Value>(chunk);
-        match tree.and_then(serde_yaml::from_value::<Vec<I>>) {
-            Ok(some) if some.len() == batch.len() => items.extend(some),
+        let (start, end) = (batch.first()?.start, batch.last()?.end);
+        // Straight into the items (a tree first, or `from_str`'s walk, cost a
+        // third of a load): `I` refuses repeated keys itself.
+        match serde_yaml::from_str::<Vec<I>>(&text[start..end]) {
+            Ok(items) if items.len() == batch.len() => answers.push(then(first, items)),
             _ => return None,
         }
+        first += batch.len();
     }
-    Some(items)
+    Some(answers)
+}
+
+/// Reads an optional map in which every key is written once (`deserialize_with`).
+///
+/// A typed map keeps the last of a repeated key silently, so a repeated header
+/// condition could hide the first; [`from_str`] refuses repeats before typing, and
+/// this makes a type refuse them wherever it is read from (see [`from_str_listed`]).
+pub fn unique_keys<'de, D, V>(de: D) -> Result<Option<BTreeMap<String, V>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    Option::<UniqueKeys<V>>::deserialize(de).map(|map| map.map(|m| m.0))
+}
+
+/// A map whose deserialising refuses a repeated key; see [`unique_keys`].
+struct UniqueKeys<V>(BTreeMap<String, V>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueKeys<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Keys<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Keys<V> {
+            type Value = UniqueKeys<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut keys = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    if keys.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate entry with key {key:?}"
+                        )));
+                    }
+                    keys.insert(key, value);
+                }
+                Ok(UniqueKeys(keys))
+            }
+        }
+        de.deserialize_map(Keys(std::marker::PhantomData))
+    }
 }
 
 /// Visits a whole document without keeping it; answers what kind of value it is.
@@ -420,17 +481,24 @@ mod tests {
     struct Listed {
         name: String,
         #[serde(default)]
-        items: Vec<BTreeMap<String, String>>,
+        items: Vec<Item>,
     }
+
+    /// A listed item: a map that refuses a repeated key, as `from_str_listed` needs.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Item(#[serde(deserialize_with = "unique_keys")] Option<BTreeMap<String, String>>);
 
     /// `from_str_listed`, its items put back, as text to compare with `from_str`.
     fn listed(text: &str) -> (String, bool) {
         let path = Path::new("f.yaml");
-        match from_str_listed::<Listed, BTreeMap<String, String>>(text, path, "items") {
-            Ok((mut doc, items)) => {
-                let split = items.is_some();
-                if let Some(items) = items {
-                    doc.items = items;
+        let then = |first, items: Vec<Item>| (first, items);
+        match from_str_listed::<Listed, Item, _>(text, path, "items", then) {
+            Ok((mut doc, parts)) => {
+                let split = parts.is_some();
+                for (first, items) in parts.into_iter().flatten() {
+                    // Each part is told where it starts in the list.
+                    assert_eq!(first, doc.items.len(), "{text:?}");
+                    doc.items.extend(items);
                 }
                 (format!("{doc:?}"), split)
             }
@@ -458,6 +526,7 @@ mod tests {
             ("name: n\nitems:\n", false),
             // Errors, where whole reading says where they are.
             ("name: n\nitems:\n- a: x\n  a: y\n", false),
+            ("name: n\nitems:\n- {a: x, b: y, a: z}\n", false),
             ("name: n\nitems:\n- a: x\n- nope\n", false),
             ("name: n\nitems:\n- a: [x\n", false),
             ("name: n\nitems:\n- a: *x\n", false),

@@ -202,21 +202,9 @@ pub(super) fn compile_sources(
     let mut service_files: HashMap<String, PathBuf> = HashMap::new();
     let mut rule_ids: HashMap<Arc<str>, Arc<Path>> = HashMap::new();
     for (file, text) in sources {
-        let spec: PolicySpec =
-            match yaml::from_str_listed::<PolicySpec, RuleSpec>(text, file, "rules") {
-                Ok((mut spec, rules)) => {
-                    if let Some(rules) = rules {
-                        spec.rules = rules;
-                    }
-                    spec
-                }
-                Err(err) => {
-                    errors.push(err.into());
-                    continue;
-                }
-            };
-        let mut cx = FileContext::new(file, text, &spec.rules, &spec.limits);
-        let policy = cx.policy(spec, &mut rule_ids);
+        let Some((mut cx, policy)) = compile_file(file, text, &mut rule_ids, &mut errors) else {
+            continue;
+        };
         if let Some(first) = service_files.get(&policy.service) {
             let at = yaml::find_value(text, "service", &policy.service, 0);
             let message = format!(
@@ -239,6 +227,63 @@ pub(super) fn compile_sources(
     } else {
         Err(errors)
     }
+}
+
+/// Compiles one file: its rules on every core when nothing in it is wrong (see
+/// `compile/parts.rs`), else one after another, to say where each error is.
+/// `None`: the file is not a policy (its error is in `errors`).
+fn compile_file<'a>(
+    file: &'a Path,
+    text: &'a str,
+    rule_ids: &mut HashMap<Arc<str>, Arc<Path>>,
+    errors: &mut Vec<PolicyError>,
+) -> Option<(FileContext<'a>, ServicePolicy)> {
+    let read =
+        yaml::from_str_listed::<PolicySpec, RuleSpec, _>(text, file, "rules", |first, specs| {
+            parts::compile(file, text, first, specs)
+        });
+    let spec = match read {
+        Ok((spec, None)) => spec,
+        Ok((spec, Some(parts))) => {
+            if let Some(done) = parts::assemble(file, text, spec, parts, rule_ids) {
+                return Some(done);
+            }
+            // Something is wrong: read again, for the rules one after another.
+            let again = yaml::from_str_listed::<PolicySpec, RuleSpec, _>(
+                text,
+                file,
+                "rules",
+                |_, specs| specs,
+            );
+            match again {
+                Ok((mut spec, parts)) => {
+                    if let Some(parts) = parts {
+                        spec.rules = parts.into_iter().flatten().collect();
+                    }
+                    spec
+                }
+                Err(err) => {
+                    errors.push(err.into());
+                    return None;
+                }
+            }
+        }
+        Err(err) => {
+            errors.push(err.into());
+            return None;
+        }
+    };
+    let mut cx = FileContext::new(file, text, &spec.rules, &spec.limits);
+    let policy = cx.policy(spec, rule_ids);
+    Some((cx, policy))
+}
+
+/// Rules compiled in file order, and the limits each names.
+#[derive(Default)]
+struct CompiledRules {
+    rules: Vec<Rule>,
+    /// `(rule index, id, effect, limit ids)` of each rule with `limits:`.
+    named_limits: Vec<(usize, String, Effect, Vec<String>)>,
 }
 
 /// One file being compiled: its text, for locating values, and its errors.
@@ -292,6 +337,18 @@ impl<'a> FileContext<'a> {
         }
     }
 
+    /// A context that only tells whether there is an error: no rule's place is
+    /// known, so error locations are not worth reading (see `compile/parts.rs`).
+    fn quick(file: &'a Path, text: &'a str) -> Self {
+        FileContext {
+            file,
+            text,
+            regions: Vec::new(),
+            errors: Vec::new(),
+            shared: shared::Shared::default(),
+        }
+    }
+
     fn error(&mut self, at: Option<usize>, message: String) {
         let location = match at {
             Some(offset) => Location::new(self.file, yaml::position(self.text, offset)),
@@ -329,12 +386,20 @@ impl<'a> FileContext<'a> {
         self.error(at, err.to_string());
     }
 
+    /// Compiles `spec`, one rule after another, each error in its place.
     fn policy(
         &mut self,
-        spec: PolicySpec,
+        mut spec: PolicySpec,
         rule_ids: &mut HashMap<Arc<str>, Arc<Path>>,
     ) -> ServicePolicy {
-        let file: Arc<Path> = Arc::from(self.file);
+        let audiences = self.header(&spec);
+        let specs = std::mem::take(&mut spec.rules);
+        let rules = self.rules(0, specs, Some(rule_ids));
+        self.assemble(spec, audiences, rules)
+    }
+
+    /// Checks the service name and audiences; answers the audiences.
+    fn header(&mut self, spec: &PolicySpec) -> Vec<String> {
         if !is_name(&spec.service, |b| {
             b.is_ascii_lowercase() || b.is_ascii_digit()
         }) {
@@ -345,7 +410,7 @@ impl<'a> FileContext<'a> {
             );
             self.error(at, message);
         }
-        let audiences = match spec.audiences {
+        match &spec.audiences {
             None => vec![spec.service.clone()],
             Some(list) => {
                 if list.is_empty() {
@@ -359,37 +424,60 @@ impl<'a> FileContext<'a> {
                     let at = yaml::find_key(self.text, "audiences", 0, self.text.len());
                     self.error(at, format!("empty audience {aud:?}"));
                 }
-                list
+                list.clone()
             }
+        }
+    }
+
+    /// Compiles `specs`, rules `first..` of the file. With `rule_ids`, each id is
+    /// checked against (and added to) the set's; without, the caller checks them.
+    fn rules(
+        &mut self,
+        first: usize,
+        specs: Vec<RuleSpec>,
+        mut rule_ids: Option<&mut HashMap<Arc<str>, Arc<Path>>>,
+    ) -> CompiledRules {
+        let file: Arc<Path> = Arc::from(self.file);
+        let mut out = CompiledRules {
+            rules: Vec::with_capacity(specs.len()),
+            named_limits: Vec::new(),
         };
-        // Exact sizes: a doubling list of 100,000 rules leaves a quarter unused.
-        let denies = spec
-            .rules
-            .iter()
-            .filter(|r| r.effect == Effect::Deny)
-            .count();
-        let mut deny = Vec::with_capacity(denies);
-        let mut allow = Vec::with_capacity(spec.rules.len() - denies);
-        let first_limit = spec.rules.len();
-        let mut named_limits = Vec::new();
-        let mut rule_index = Vec::new();
-        for (index, mut rule) in spec.rules.into_iter().enumerate() {
+        for (n, mut rule) in specs.into_iter().enumerate() {
+            let index = first + n;
             if let Some(names) = rule.limits.take() {
-                named_limits.push((index, rule.id.clone(), rule.effect, names));
+                out.named_limits
+                    .push((index, rule.id.clone(), rule.effect, names));
             }
-            let rule = self.rule(index, rule, rule_ids, &file);
+            let rule = self.rule(index, rule, rule_ids.as_deref_mut(), &file);
+            out.rules.push(rule);
+        }
+        out
+    }
+
+    /// The service's policy from its compiled rules: its limits, which of them
+    /// each rule counts against, and the index.
+    fn assemble(
+        &mut self,
+        spec: PolicySpec,
+        audiences: Vec<String>,
+        compiled: CompiledRules,
+    ) -> ServicePolicy {
+        let mut limits = self.limits(&spec.service, compiled.rules.len(), spec.limits);
+        let mut attached = self.attach(compiled.named_limits, &mut limits);
+        // Exact sizes: a doubling list of 100,000 rules leaves a quarter unused.
+        let rules = compiled.rules;
+        let denies = rules.iter().filter(|r| r.effect == Effect::Deny).count();
+        let mut deny = Vec::with_capacity(denies);
+        let mut allow = Vec::with_capacity(rules.len() - denies);
+        for (index, mut rule) in rules.into_iter().enumerate() {
             match rule.effect {
                 Effect::Deny => deny.push(rule),
                 Effect::Allow => {
-                    rule_index.push((index, allow.len()));
+                    if let Some(named) = attached.remove(&index) {
+                        rule.limits = named.into();
+                    }
                     allow.push(rule);
                 }
-            }
-        }
-        let mut limits = self.limits(&spec.service, first_limit, spec.limits);
-        for (index, attached) in self.attach(named_limits, &mut limits) {
-            if let Some(&(_, at)) = rule_index.iter().find(|(i, _)| *i == index) {
-                allow[at].limits = attached.into();
             }
         }
         let selectors = limits.iter().map(|l| &l.selector);
@@ -421,7 +509,7 @@ impl<'a> FileContext<'a> {
         &mut self,
         index: usize,
         spec: RuleSpec,
-        rule_ids: &mut HashMap<Arc<str>, Arc<Path>>,
+        rule_ids: Option<&mut HashMap<Arc<str>, Arc<Path>>>,
         file: &Arc<Path>,
     ) -> Rule {
         let at_id = Some(self.region(index).0);
@@ -433,14 +521,16 @@ impl<'a> FileContext<'a> {
             );
             self.error(at_id, message);
         }
-        if let Some(first) = rule_ids.get(&id) {
-            let message = format!(
-                "duplicate rule id {id:?} (first defined in {})",
-                first.display()
-            );
-            self.error(at_id, message);
-        } else {
-            rule_ids.insert(id.clone(), file.clone());
+        if let Some(rule_ids) = rule_ids {
+            if let Some(first) = rule_ids.get(&id) {
+                let message = format!(
+                    "duplicate rule id {id:?} (first defined in {})",
+                    first.display()
+                );
+                self.error(at_id, message);
+            } else {
+                rule_ids.insert(id.clone(), file.clone());
+            }
         }
         let deny = spec.effect == Effect::Deny;
         let from = self.from(index, &id, spec.from, deny);
@@ -715,6 +805,7 @@ fn top_level_key(text: &str, key: &str) -> Option<usize> {
 pub mod delegated;
 mod limits;
 mod overlap;
+mod parts;
 mod shared;
 
 pub use limits::Limit;

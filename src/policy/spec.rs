@@ -180,7 +180,7 @@ pub struct ActingForSpec {
 }
 
 /// One `to` clause: each named field must match.
-#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClauseSpec {
     /// HTTP methods, case-insensitive.
@@ -198,7 +198,9 @@ pub struct WhenSpec {
     /// `gateway` or `mesh`.
     pub hop: Option<Hop>,
     /// Header name to accepted values.
+    #[serde(default, deserialize_with = "crate::yaml::unique_keys")]
     pub headers: Option<BTreeMap<String, Vec<String>>>,
     /// Claim name to accepted values.
+    #[serde(default, deserialize_with = "crate::yaml::unique_keys")]
     pub claims: Option<BTreeMap<String, Vec<String>>>,
 }

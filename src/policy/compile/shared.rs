@@ -7,12 +7,14 @@ use super::{ActionClause, FileContext};
 use crate::policy::spec::ClauseSpec;
 
 /// What many rules of a file write alike, compiled once and shared: a shared
-/// platform API's thousands of per-caller rules differ in the caller alone.
+/// platform API's thousands of per-caller rules differ in the caller alone. (A
+/// long file's rules are compiled a batch at a time, each batch sharing within
+/// itself: see `compile/parts.rs`.)
 #[derive(Default)]
 pub(super) struct Shared {
     /// Compiled `to` lists by what was written (and whether for a deny rule); only
     /// lists that compiled without an error, so each bad one is still reported.
-    to: HashMap<String, Arc<[ActionClause]>>,
+    to: HashMap<(bool, Vec<ClauseSpec>), Arc<[ActionClause]>>,
     scopes: HashMap<Vec<String>, Arc<[String]>>,
 }
 
@@ -25,12 +27,12 @@ impl FileContext<'_> {
         clauses: Vec<ClauseSpec>,
         deny: bool,
     ) -> Arc<[ActionClause]> {
-        let key = format!("{deny} {clauses:?}");
+        let key = (deny, clauses);
         if let Some(to) = self.shared.to.get(&key) {
             return to.clone();
         }
         let errors = self.errors.len();
-        let to: Arc<[ActionClause]> = self.to(index, id, clauses, deny).into();
+        let to: Arc<[ActionClause]> = self.to(index, id, key.1.clone(), deny).into();
         if self.errors.len() == errors {
             self.shared.to.insert(key, to.clone());
         }

@@ -60,6 +60,7 @@ fn one_error_per_kind() {
         (&rule("    when: {headers: {x-a: []}}\n"), "a.yaml:4:22: rule \"r\": header \"x-a\" has no values (it would match nothing)"),
         (&rule("    when: {headers: {X-A: [1], x-a: [2]}}\n"), "a.yaml:4:32: rule \"r\": header \"x-a\" is named twice"),
         (&rule("    when: {headers: {x-a: [1], x-a: [2]}}\n"), "a.yaml:4:21: rules[0].when.headers: duplicate entry with key \"x-a\""),
+        (&rule("    when: {claims: {tier: [a], tier: [b]}}\n"), "a.yaml:4:20: rules[0].when.claims: duplicate entry with key \"tier\""),
         (&rule("    when: {claims: {env: []}}\n"), "a.yaml:4:21: rule \"r\": claim \"env\" has no values (it would match nothing)"),
         // rule structure
         (&rule("    effect: deny\n    to: [{paths: [/a]}]\n    scopes: [a.read]\n"), "a.yaml:6:5: rule \"r\": a deny rule cannot require scopes (it would stop applying to callers that lack them, which is almost always a mistake)"),
@@ -197,4 +198,78 @@ fn rules_alike_share_their_compiled_parts_and_each_reports_its_errors() {
         a2.to.as_ref().unwrap()
     ));
     assert!(std::sync::Arc::ptr_eq(&a1.scopes, &a2.scopes));
+}
+
+/// A policy for service `t` with `n` rules of three lines each (rule `i` starts on
+/// line `3 + 3 * i`), the `i`-th rule's middle line given by `line(i)`.
+fn long(n: usize, line: impl Fn(usize) -> String) -> String {
+    let mut text = String::from("service: t\nrules:\n");
+    for i in 0..n {
+        text += &format!(
+            "  - id: r{i}\n{}\n    to: [{{methods: [GET], paths: [/a]}}]\n",
+            line(i)
+        );
+    }
+    text
+}
+
+#[test]
+fn long_files_compile_in_parts_and_still_say_where_each_error_is() {
+    // Long enough to be parsed and compiled in parts on several threads (when there
+    // are several cores): each case has its one error late in the list.
+    const N: usize = 3000;
+    let caller = |i: usize| format!("    from: {{principals: ['spiffe://x/ns/a/sa/c{i}']}}");
+    let with =
+        |at: usize, odd: &str| long(N, |i| if i == at { odd.to_string() } else { caller(i) });
+    let line = |i: usize| 3 + 3 * i;
+    let limits = "limits:\n  - {id: l, rate: 5/s}\n";
+    let cases: Vec<(String, String)> = vec![
+        (with(2990, "    scopes: ['bad scope']"), format!("a.yaml:{}:15: rule \"r2990\": invalid scope \"bad scope\"", line(2990) + 1)),
+        (with(2991, "    from: {issuers: [' ']}"), format!("a.yaml:{}:12: rule \"r2991\": empty issuer \" \"", line(2991) + 1)),
+        (long(N, |i| if i == 2992 { "    when: {hop: mesh}\n  - id: r7".into() } else { caller(i) }), format!("a.yaml:{}:9: duplicate rule id \"r7\" (first defined in a.yaml)", line(2992) + 2)),
+        (format!("{limits}{}", with(2993, "    limits: [nope]")), format!("a.yaml:{}:14: rule \"r2993\": unknown limit \"nope\" (limits are defined under `limits:` in the same policy file)", line(2993) + 3)),
+        (long(N, caller).replace("service: t", "service: T"), "a.yaml:1:10: invalid service name \"T\": use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit".into()),
+        (format!("limits:\n  - {{id: l, rate: 0/s}}\n{}", long(N, caller)), "a.yaml:2:19: limit \"l\": invalid rate \"0/s\": the count must be at least 1 (a rate of 0 would refuse everything; use a deny rule)".into()),
+    ];
+    for (text, want) in &cases {
+        assert_eq!(errors(&[("a.yaml", text)]), [want.as_str()], "{want}");
+    }
+    // An id another file took is that file's: this one's error, and no other.
+    let first = "service: u\nrules:\n  - id: r2999\n";
+    assert_eq!(
+        errors(&[("a.yaml", first), ("b.yaml", &long(N, caller))]),
+        [format!(
+            "b.yaml:{}:9: duplicate rule id \"r2999\" (first defined in a.yaml)",
+            line(2999)
+        )]
+    );
+}
+
+#[test]
+fn long_files_compile_in_parts_to_what_one_rule_after_another_gives() {
+    use super::{FileContext, RuleSpec};
+    let text = long(3000, |i| match i % 4 {
+        0 => format!("    from: {{principals: ['spiffe://x/ns/a/sa/c{i}']}}\n    limits: [l]"),
+        1 => "    effect: deny\n    from: {peers: ['spiffe://x/ns/b/*']}".into(),
+        2 => format!("    when: {{headers: {{x-t{i}: [v]}}}}"),
+        _ => "    scopes: [s]".into(),
+    });
+    let text = format!("limits:\n  - {{id: l, rate: 5/s}}\n{text}");
+    let file = std::path::Path::new("a.yaml");
+    let set = PolicySet::from_sources(&[(PathBuf::from("a.yaml"), text.clone())]).unwrap();
+    let parts = set.get("t").unwrap();
+    let spec = crate::yaml::from_str(&text, file).unwrap();
+    let one_by_one = FileContext::new(file, &text, &[] as &[RuleSpec], &[])
+        .policy(spec, &mut Default::default());
+    let show = |p: &super::ServicePolicy| {
+        let mut named: Vec<_> = p.named_callers.iter().collect();
+        named.sort();
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {named:?}",
+            p.deny, p.allow, p.limits, p.header_inputs, p.audiences
+        )
+    };
+    assert_eq!(parts.allow.len(), 2250);
+    assert_eq!(parts.allow[0].limits.len(), 1);
+    assert_eq!(show(parts), show(&one_by_one));
 }
