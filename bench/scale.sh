@@ -3,12 +3,13 @@
 # service with 10 to 100,000 rules (the matching rule first and last; the index and,
 # via HOPWARDEN_DEV_PLAIN_SCAN, the plain scan it replaced, in the same run), load
 # time and memory, 1,000 and 10,000 services, and the reload of one changed file in
-# 1,000 services with the decision cache's hit rate after it. hopwarden alone, driven
+# 1,000 services with the decision cache's hit rate after it, and one caller with 10 to
+# 10,000 routes (rules the caller index cannot tell apart). hopwarden alone, driven
 # by the project's loadgen on 127.0.0.1; every run is bounded by a check count.
 #
 #   bench/scale.sh                       everything (about 5 minutes on 2 cores)
 #   RULES="10 1000" SERVICES=1000 CHECKS=1000 bench/scale.sh     a short run
-#   PARTS="reload" bench/scale.sh        only some parts (rules, services, reload)
+#   PARTS="reload" bench/scale.sh        only some parts (rules, services, reload, routes)
 #
 # Prints every figure with its target; writes bench/results/scale.{json,txt,svg}.
 set -euo pipefail
