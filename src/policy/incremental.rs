@@ -49,22 +49,13 @@ impl PolicySet {
         let mut files = HashMap::with_capacity(sources.len());
         let mut service_files: HashMap<String, &Path> = HashMap::new();
         let mut rule_ids: HashMap<Arc<str>, &Path> = HashMap::new();
-        for source in sources {
-            let (file, text) = source;
-            let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-            let known = previous.files.get(file).filter(|f| f.digest == digest);
-            let policy = match known.and_then(|f| previous.services.get(&f.service)) {
-                Some(policy) => policy.clone(),
-                None => {
-                    let one = std::slice::from_ref(source);
-                    let Ok(compiled) = compile::compile_sources(one) else {
-                        return full();
-                    };
-                    let Some((_, policy)) = compiled.into_iter().next() else {
-                        return full();
-                    };
-                    policy
-                }
+        // Files compile apart (an estate's first load is thousands of them); what
+        // spans files is checked below, in load order.
+        let compiled = map_on_cores(sources, |source| compile_one(source, previous));
+        for (source, (digest, policy)) in sources.iter().zip(compiled) {
+            let file = &source.0;
+            let Some(policy) = policy else {
+                return full();
             };
             // Across files: each service and each rule id once (a file alone was
             // checked when compiled, and 100,000 ids are not free to check again).
@@ -96,6 +87,53 @@ impl PolicySet {
             _ => false,
         }
     }
+}
+
+/// One source's digest and compiled policy (`previous`'s when its contents are
+/// unchanged); `None`: the file has errors (a full compile reports them).
+fn compile_one(
+    source: &(PathBuf, String),
+    previous: &PolicySet,
+) -> ([u8; 32], Option<Arc<ServicePolicy>>) {
+    let (file, text) = source;
+    let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    let known = previous.files.get(file).filter(|f| f.digest == digest);
+    if let Some(policy) = known.and_then(|f| previous.services.get(&f.service)) {
+        return (digest, Some(policy.clone()));
+    }
+    let compiled = compile::compile_sources(std::slice::from_ref(source)).ok();
+    (digest, compiled.and_then(|c| c.into_values().next()))
+}
+
+/// Files per thread below which [`map_on_cores`] stays on the calling thread.
+const FILES_PER_THREAD: usize = 32;
+
+/// `f` of each item, in order: on every core when there are many items, each
+/// thread taking a contiguous share.
+fn map_on_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len() / FILES_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items
+            .chunks(items.len().div_ceil(threads))
+            .map(|share| scope.spawn(move || share.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for share in running {
+            // A panic is the caller's, as it would be on one thread.
+            match share.join() {
+                Ok(results) => out.extend(results),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 impl ServicePolicy {
@@ -156,5 +194,53 @@ mod tests {
         let moved = source("z.yaml", &a.1);
         let fourth = PolicySet::compile_reusing(&[moved], &second).unwrap();
         assert!(!fourth.shares_policy(&second, "a"));
+    }
+
+    #[test]
+    fn many_files_compile_on_every_core_with_the_same_result() {
+        // Enough files to be compiled on several threads (when there are several
+        // cores), in load order for what spans files.
+        let estate = |changed: usize, text: &dyn Fn(usize) -> String| -> Vec<(PathBuf, String)> {
+            (0..200)
+                .map(|i| {
+                    let body = if i == changed {
+                        text(i)
+                    } else {
+                        format!("service: s{i}\nrules:\n  - {{id: r{i}}}\n")
+                    };
+                    source(&format!("s{i:03}.yaml"), &body)
+                })
+                .collect()
+        };
+        let plain = estate(usize::MAX, &|_| String::new());
+        let first = PolicySet::compile_reusing(&plain, &PolicySet::empty()).unwrap();
+        assert_eq!(first.len(), 200);
+        let edited = estate(150, &|i| {
+            format!("service: s{i}\nrules:\n  - {{id: r{i}-new}}\n")
+        });
+        let second = PolicySet::compile_reusing(&edited, &first).unwrap();
+        for i in 0..200 {
+            assert_eq!(
+                second.shares_policy(&first, &format!("s{i}")),
+                i != 150,
+                "s{i}"
+            );
+        }
+        // Errors late in the estate, in files compiled on another thread than the
+        // files they clash with: exactly the full load's.
+        let clashes = [
+            estate(190, &|_| {
+                "service: s190\nrules:\n  - {id: r3}\n".to_string()
+            }),
+            estate(190, &|_| "service: s4\n".to_string()),
+            estate(190, &|_| {
+                "service: s190\nrules:\n  - {id: r190, bogus: 1}\n".to_string()
+            }),
+        ];
+        for sources in clashes {
+            let err = PolicySet::compile_reusing(&sources, &second).unwrap_err();
+            assert_eq!(err, PolicySet::from_sources(&sources).unwrap_err());
+            assert!(err.to_string().contains("s190.yaml"), "{err}");
+        }
     }
 }
