@@ -876,9 +876,11 @@ async fn jwks_url_is_fetched_and_rotation_is_picked_up() {
     let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
     let path = d.path().join("hopwarden.yaml");
     let text = format!(
-        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n    leeway: 0s\n",
+        "listen: 127.0.0.1:0\npolicies: policies\nlog: {{format: text, level: warn}}\nissuers:\n  - issuer: {ISSUER}\n    jwks_uri: \"{}\"\n    refetch_min_interval: 1s\n    unknown_kid_wait: 10s\n    leeway: 0s\n",
         jwks_server.url()
     );
+    // unknown_kid_wait: the default 100 ms is shorter than a fetch can take on a
+    // loaded CI machine, and this test is about whether the refetch happens.
     std::fs::write(&path, text).unwrap();
     let s = TestServer::start(hopwarden::config::Config::load(&path).unwrap()).await;
     assert!(jwks_server.hits() >= 1);
