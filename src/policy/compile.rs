@@ -294,6 +294,8 @@ struct FileContext<'a> {
     regions: Vec<(usize, usize)>,
     errors: Vec<PolicyError>,
     shared: shared::Shared,
+    /// Only whether there is an error matters (see [`FileContext::quick`]).
+    quick: bool,
 }
 
 impl<'a> FileContext<'a> {
@@ -334,11 +336,13 @@ impl<'a> FileContext<'a> {
             regions,
             errors: Vec::new(),
             shared: shared::Shared::default(),
+            quick: false,
         }
     }
 
     /// A context that only tells whether there is an error: no rule's place is
-    /// known, so error locations are not worth reading (see `compile/parts.rs`).
+    /// known (so locating an error searches the whole file), and compiling stops
+    /// at the first error (see `compile/parts.rs`).
     fn quick(file: &'a Path, text: &'a str) -> Self {
         FileContext {
             file,
@@ -346,6 +350,7 @@ impl<'a> FileContext<'a> {
             regions: Vec::new(),
             errors: Vec::new(),
             shared: shared::Shared::default(),
+            quick: true,
         }
     }
 
@@ -450,6 +455,9 @@ impl<'a> FileContext<'a> {
             }
             let rule = self.rule(index, rule, rule_ids.as_deref_mut(), &file);
             out.rules.push(rule);
+            if self.quick && !self.errors.is_empty() {
+                break;
+            }
         }
         out
     }

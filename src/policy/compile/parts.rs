@@ -25,23 +25,8 @@ pub(super) fn compile(
     specs: Vec<RuleSpec>,
 ) -> Option<CompiledRules> {
     let mut cx = FileContext::quick(file, text);
-    let mut out = CompiledRules {
-        rules: Vec::with_capacity(specs.len()),
-        named_limits: Vec::new(),
-    };
-    let shared_file: Arc<Path> = Arc::from(file);
-    for (n, mut spec) in specs.into_iter().enumerate() {
-        let index = first + n;
-        if let Some(names) = spec.limits.take() {
-            out.named_limits
-                .push((index, spec.id.clone(), spec.effect, names));
-        }
-        out.rules.push(cx.rule(index, spec, None, &shared_file));
-        if !cx.errors.is_empty() {
-            return None;
-        }
-    }
-    Some(out)
+    let compiled = cx.rules(first, specs, None);
+    cx.errors.is_empty().then_some(compiled)
 }
 
 /// The file's policy from its compiled parts, with its rule ids added to
