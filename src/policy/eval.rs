@@ -125,13 +125,18 @@ impl ServicePolicy {
         let Some(index) = self.index.as_ref().filter(|_| !delegated) else {
             return self.run(input, enforcement, &mut ());
         };
+        // The caller's rules, less those for another first path segment.
+        let path = &input.action.path;
+        let (deny_path, allow_path) = (index.deny.path_key(path), index.allow.path_key(path));
         let deny = index
             .deny
             .candidates(input.principal)
+            .filter(|&at| index.deny.admits(at, deny_path))
             .filter_map(|at| self.deny.get(at));
         let allow = index
             .allow
             .candidates(input.principal)
+            .filter(|&at| index.allow.admits(at, allow_path))
             .filter_map(|at| self.allow.get(at));
         self.run_over(deny, allow, input, enforcement, &mut ())
     }

@@ -13,12 +13,15 @@
 //! only makes a rule a candidate more often, never less. Candidates come back in file
 //! order, so the evaluation order (deny rules, then allow rules, first match decides)
 //! is the plain scan's; the property test in `index/tests.rs` holds it to that.
+//! Among one caller's candidates, rules for another first path segment are skipped
+//! with one comparison each (`index/segment.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::compile::{Callers, FromClause, Rule};
 use crate::principal::{Principal, PrincipalKind};
+use segment::SegmentKey;
 
 /// Position of a rule in its list (deny or allow), in file order.
 type Position = u32;
@@ -42,9 +45,10 @@ impl PolicyIndex {
         if *PLAIN_SCAN.get_or_init(|| std::env::var_os(PLAIN_SCAN_ENV).is_some()) {
             return None;
         }
+        // Deny rules' paths compare ignoring ASCII case, allow rules' exactly.
         Some(PolicyIndex {
-            deny: RuleIndex::build(deny),
-            allow: RuleIndex::build(allow),
+            deny: RuleIndex::build(deny, true),
+            allow: RuleIndex::build(allow, false),
         })
     }
 }
@@ -67,6 +71,10 @@ pub(super) struct RuleIndex {
     /// Everything else (no `from`, or a `from` shape the index does not know): read
     /// for every request.
     always: Vec<Position>,
+    /// Each rule's key of the first path segment it requires (see `segment.rs`).
+    segments: Box<[SegmentKey]>,
+    /// Whether the list's paths compare ignoring ASCII case.
+    fold: bool,
 }
 
 /// The most lists one lookup merges: principal, peer, kind, issuer, authenticated,
@@ -74,9 +82,14 @@ pub(super) struct RuleIndex {
 const MAX_LISTS: usize = 6;
 
 impl RuleIndex {
-    /// Indexes `rules` (one list, in file order).
-    pub(super) fn build(rules: &[Rule]) -> RuleIndex {
-        let mut index = RuleIndex::default();
+    /// Indexes `rules` (one list, in file order); `fold`: their paths compare
+    /// ignoring ASCII case.
+    pub(super) fn build(rules: &[Rule], fold: bool) -> RuleIndex {
+        let mut index = RuleIndex {
+            segments: rules.iter().map(|r| segment::rule_key(r, fold)).collect(),
+            fold,
+            ..RuleIndex::default()
+        };
         for (at, rule) in rules.iter().enumerate() {
             // More than u32::MAX rules cannot be loaded in memory anyway; saturate
             // rather than wrap so a position never points at an earlier rule.
@@ -119,6 +132,19 @@ impl RuleIndex {
         } else {
             self.authenticated.push(at);
         }
+    }
+
+    /// The key [`RuleIndex::admits`] compares rules against, for a request's path.
+    pub(super) fn path_key(&self, path: &str) -> Option<SegmentKey> {
+        segment::request_key(path, self.fold)
+    }
+
+    /// Whether the rule at `at` may match a request whose path has `key` (a rule
+    /// for other paths' first segment cannot).
+    pub(super) fn admits(&self, at: usize, key: Option<SegmentKey>) -> bool {
+        self.segments
+            .get(at)
+            .is_none_or(|&rule| segment::admits(rule, key))
     }
 
     /// The positions of the rules that may match `principal`, in file order, each once.
@@ -220,5 +246,6 @@ impl Iterator for Candidates<'_> {
     }
 }
 
+mod segment;
 #[cfg(test)]
 mod tests;

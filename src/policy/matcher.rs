@@ -109,6 +109,23 @@ impl PathPattern {
         })
     }
 
+    /// What the pattern requires of a path's first segment: `Some(None)`, no
+    /// segment (the pattern is `/`); `Some(Some(literal))`, that literal (compared
+    /// ignoring ASCII case when [`PathPattern::ignores_case`]); `None`, nothing
+    /// certain (a `*`, `**` or `{param}`).
+    pub fn first_literal(&self) -> Option<Option<&str>> {
+        match self.segments.first() {
+            None => Some(None),
+            Some(Segment::Literal(literal)) => Some(Some(literal)),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether literal segments are compared ignoring ASCII case (deny rules).
+    pub fn ignores_case(&self) -> bool {
+        self.ignore_case
+    }
+
     /// The same pattern, with literal segments compared ignoring ASCII case.
     ///
     /// Deny rules use this: some upstream routers (Express by default, ASP.NET) treat

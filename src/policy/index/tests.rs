@@ -296,8 +296,14 @@ const PEER_PATTERNS: &[&str] = &[
 const KINDS: &[&str] = &["service", "user"];
 const ISSUERS: &[&str] = &["https://i1", "https://i2"];
 const SCOPES: &[&str] = &["s1", "s2"];
-const PATHS: &[&str] = &["/a", "/a/**", "/b", "/*", "/**"];
-const REQUEST_PATHS: &[&str] = &["/a", "/a/x", "/b", "/c"];
+// Literal first segments (in two cases: deny rules ignore case), wildcards,
+// parameters and `/` itself, for the caller index and the first-segment prefilter.
+const PATHS: &[&str] = &[
+    "/a", "/a/**", "/A/x", "/b", "/b/{id}", "/*", "/**", "/{id}/x", "/",
+];
+const REQUEST_PATHS: &[&str] = &["/a", "/a/x", "/A/x", "/b", "/b/1", "/c", "/c/x", "/"];
+const GRPC: &[&str] = &["a/M", "pkg.S/*"];
+const REQUEST_GRPC: &[&str] = &["a/M", "pkg.S/Get"];
 
 fn list(items: &[&str]) -> String {
     let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
@@ -339,11 +345,21 @@ fn random_policy(rng: &mut Rng) -> String {
             fields.push(format!("from: {{{}}}", from.join(", ")));
         }
         if rng.chance(70) {
-            let mut clause = vec![format!("paths: {}", list(&rng.some(PATHS, 2)))];
-            if rng.chance(40) {
-                clause.push(format!("methods: {}", list(&rng.some(&["GET", "POST"], 2))));
+            let mut clauses = Vec::new();
+            for _ in 0..1 + usize::from(rng.chance(20)) {
+                let mut clause = Vec::new();
+                if rng.chance(90) {
+                    clause.push(format!("paths: {}", list(&rng.some(PATHS, 2))));
+                }
+                if rng.chance(10) || clause.is_empty() {
+                    clause.push(format!("grpc: {}", list(&rng.some(GRPC, 1))));
+                }
+                if rng.chance(40) {
+                    clause.push(format!("methods: {}", list(&rng.some(&["GET", "POST"], 2))));
+                }
+                clauses.push(format!("{{{}}}", clause.join(", ")));
             }
-            fields.push(format!("to: [{{{}}}]", clause.join(", ")));
+            fields.push(format!("to: [{}]", clauses.join(", ")));
         }
         if !deny && !anonymous && rng.chance(30) {
             fields.push(format!("scopes: {}", list(&rng.some(SCOPES, 2))));
@@ -400,7 +416,11 @@ fn indexed_evaluation_equals_the_plain_scan() {
             } else {
                 Hop::Gateway
             };
-            let action = http(rng.pick(&["GET", "POST", "HEAD"]), rng.pick(REQUEST_PATHS));
+            let action = if rng.chance(10) {
+                super::super::tests::grpc(rng.pick(REQUEST_GRPC))
+            } else {
+                http(rng.pick(&["GET", "POST", "HEAD"]), rng.pick(REQUEST_PATHS))
+            };
             let headers = HashMap::new();
             let input = EvalInput {
                 principal: who.as_ref(),
@@ -422,4 +442,80 @@ fn indexed_evaluation_equals_the_plain_scan() {
     }
     // The generator must produce real decisions, not only default denials.
     assert!(decided > checks / 5, "{decided} of {checks} decided");
+}
+
+/// Ids of the rules of `list` the index offers `who` for `path` and the
+/// first-segment prefilter lets through, in order.
+fn admitted<'a>(
+    p: &'a ServicePolicy,
+    deny: bool,
+    who: Option<&Principal>,
+    path: &str,
+) -> Vec<&'a str> {
+    let index = p.index.as_ref().expect("policies are indexed in tests");
+    let (list, rules) = if deny {
+        (&index.deny, &p.deny)
+    } else {
+        (&index.allow, &p.allow)
+    };
+    let key = list.path_key(path);
+    list.candidates(who)
+        .filter(|&at| list.admits(at, key))
+        .map(|at| rules[at].id())
+        .collect()
+}
+
+#[test]
+fn rules_for_another_first_path_segment_are_skipped() {
+    let p = policy(
+        "service: t
+rules:
+  - {id: deny-admin, effect: deny, to: [{paths: [/Admin/**]}]}
+  - {id: deny-any, effect: deny, to: [{paths: ['/*/secret']}]}
+  - {id: orders, to: [{paths: [/orders, '/orders/{id}']}]}
+  - {id: users, to: [{methods: [GET], paths: [/users/**]}]}
+  - {id: two-roots, to: [{paths: [/orders]}, {paths: [/users]}]}
+  - {id: wild, to: [{paths: ['/{tenant}/orders']}]}
+  - {id: grpc-too, to: [{paths: [/orders], grpc: [pkg.S/Get]}]}
+  - {id: no-to, scopes: [s1]}
+  - {id: root, to: [{paths: [/]}]}
+",
+    );
+    let who = token("a", &[]);
+    let who = Some(&who);
+    let always = ["two-roots", "wild", "grpc-too", "no-to"];
+    let with = |first: &[&'static str]| -> Vec<&'static str> {
+        let mut ids: Vec<&str> = first.to_vec();
+        ids.extend(always);
+        ids.sort_by_key(|id| p.allow.iter().position(|r| r.id() == *id));
+        ids
+    };
+    assert_eq!(admitted(&p, false, who, "/orders/7"), with(&["orders"]));
+    assert_eq!(admitted(&p, false, who, "/users"), with(&["users"]));
+    assert_eq!(admitted(&p, false, who, "/Users"), with(&[]));
+    assert_eq!(admitted(&p, false, who, "/"), with(&["root"]));
+    assert_eq!(admitted(&p, false, who, "/other"), with(&[]));
+    // Deny rules compare ignoring case: `/admin` and `/ADMIN` are both offered it.
+    for path in ["/admin/x", "/ADMIN", "/Admin/y"] {
+        assert_eq!(
+            admitted(&p, true, who, path),
+            ["deny-admin", "deny-any"],
+            "{path}"
+        );
+    }
+    assert_eq!(admitted(&p, true, who, "/orders/secret"), ["deny-any"]);
+    // And the answers are the plain scan's.
+    assert_eq!(
+        both(&p, who, Hop::Mesh, &http("GET", "/ADMIN/x")),
+        deny("deny-admin")
+    );
+    assert_eq!(
+        both(&p, who, Hop::Mesh, &http("GET", "/users/1")),
+        allow("users")
+    );
+    assert_eq!(both(&p, who, Hop::Mesh, &http("GET", "/")), allow("root"));
+    assert_eq!(
+        both(&p, who, Hop::Mesh, &http("POST", "/acme/orders")),
+        allow("wild")
+    );
 }
