@@ -160,6 +160,18 @@ mod tests {
     }
 
     #[test]
+    fn a_set_knows_its_size() {
+        let empty = KeySet::default();
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        let key = NewKey::with_id("k1".into()).unwrap();
+        let one = KeySet::new(HashMap::from([("k1".into(), Arc::new(entry(&key, None, None)))]));
+        assert!(!one.is_empty());
+        assert_eq!(one.len(), 1);
+        assert_eq!(one.entries().len(), 1);
+    }
+
+    #[test]
     fn verify_finds_the_entry_and_checks_the_secret() {
         let (a, b) = (NewKey::generate().unwrap(), NewKey::generate().unwrap());
         let expired = NewKey::generate().unwrap();
