@@ -132,11 +132,6 @@ impl Digest {
         aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
     }
 
-    /// The raw bytes (for the decision cache key: a digest, never the secret).
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// Reads `sha256:<base64url>` as written in a key file.
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let bad = || FormatError::Digest(s.chars().take(60).collect());
@@ -317,6 +312,21 @@ mod tests {
             NewKey::with_id("Bad".into()).unwrap_err(),
             FormatError::Id("Bad".into())
         );
+    }
+
+    #[test]
+    fn debug_output_names_the_key_and_never_shows_the_secret() {
+        let key = NewKey::generate().unwrap();
+        let revealed = key.reveal();
+        let presented = PresentedKey::parse(&revealed).unwrap();
+        let secret = presented.secret;
+        for shown in [format!("{key:?}"), format!("{presented:?}")] {
+            assert!(shown.contains(&key.id) && shown.contains("<redacted>"), "{shown}");
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let digest = key.digest();
+        assert_eq!(format!("{digest:?}"), format!("Digest({digest})"));
+        assert!(format!("{digest:?}").starts_with("Digest(sha256:"));
     }
 
     #[test]
