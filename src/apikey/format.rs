@@ -321,7 +321,10 @@ mod tests {
         let presented = PresentedKey::parse(&revealed).unwrap();
         let secret = presented.secret;
         for shown in [format!("{key:?}"), format!("{presented:?}")] {
-            assert!(shown.contains(&key.id) && shown.contains("<redacted>"), "{shown}");
+            assert!(
+                shown.contains(&key.id) && shown.contains("<redacted>"),
+                "{shown}"
+            );
             assert!(!shown.contains(secret), "{shown}");
         }
         let digest = key.digest();

@@ -165,7 +165,10 @@ mod tests {
         assert!(empty.is_empty());
         assert_eq!(empty.len(), 0);
         let key = NewKey::with_id("k1".into()).unwrap();
-        let one = KeySet::new(HashMap::from([("k1".into(), Arc::new(entry(&key, None, None)))]));
+        let one = KeySet::new(HashMap::from([(
+            "k1".into(),
+            Arc::new(entry(&key, None, None)),
+        )]));
         assert!(!one.is_empty());
         assert_eq!(one.len(), 1);
         assert_eq!(one.entries().len(), 1);

@@ -55,6 +55,7 @@ rules:
   - {{id: mixed, from: {{principals: [a, '{TD}/*/sa/z']}}, to: [{{paths: [/mixed]}}]}}
   - {{id: open, to: [{{paths: [/open]}}]}}
   - {{id: for-a-again, from: {{principals: [a, a]}}, to: [{{paths: [/again]}}]}}
+  - {{id: for-e-twice, from: {{principals: [e, e]}}}}
 "
     ));
     let a = token("a", &[]);
@@ -70,6 +71,12 @@ rules:
         ["for-b-c", "wildcard", "star", "mixed", "open"]
     );
     assert_eq!(offered(&p, Some(&d)), ["wildcard", "star", "mixed", "open"]);
+    // An id named twice in the only rule for it: still offered once.
+    let e = token("e", &[]);
+    assert_eq!(
+        offered(&p, Some(&e)),
+        ["wildcard", "star", "mixed", "open", "for-e-twice"]
+    );
     let mesh = Hop::Mesh;
     assert_eq!(both(&p, Some(&a), mesh, &http("GET", "/a")), allow("for-a"));
     assert_eq!(
