@@ -636,4 +636,65 @@ mod tests {
         keys.refresh().await.unwrap();
         assert!(keys.is_loaded());
     }
+    #[test]
+    fn ec_and_ed25519_keys_verify_only_their_own_algorithm() {
+        use crate::authn::test_issuer::{ec_jwk, ed25519_jwk};
+        let mut p256_as_es384 = ec_jwk("P-256", "p256-es384");
+        p256_as_es384["alg"] = "ES384".into();
+        let mut okp_on_p256 = ed25519_jwk("okp-p256");
+        okp_on_p256["crv"] = "P-256".into();
+        let keys = [
+            ec_jwk("P-256", "p256"),
+            ec_jwk("P-384", "p384"),
+            ed25519_jwk("ed"),
+            // Skipped: a curve we do not verify, an `alg` outside the curve's
+            // family, an octet key pair on a curve that is not Ed25519.
+            ec_jwk("P-521", "p521"),
+            p256_as_es384,
+            okp_on_p256,
+        ];
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        let set = KeySet::from_jwks(doc.as_bytes()).unwrap();
+        assert_eq!(set.len(), 3);
+        assert!(!set.is_empty());
+        for (kid, alg) in [
+            ("p256", Algorithm::ES256),
+            ("p384", Algorithm::ES384),
+            ("ed", Algorithm::EdDSA),
+        ] {
+            let key = set.find(Some(kid), alg).unwrap();
+            assert_eq!(key.algorithms, vec![alg], "{kid}");
+        }
+        for kid in ["p521", "p256-es384", "okp-p256"] {
+            assert!(set.find(Some(kid), Algorithm::ES256).is_none(), "{kid}");
+        }
+        // Without a kid, each algorithm has exactly one key.
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+            assert_eq!(set.find(None, alg).unwrap().algorithms, vec![alg]);
+        }
+        assert!(set.find(None, Algorithm::RS256).is_none());
+    }
+
+    #[test]
+    fn a_set_without_kids_serves_a_token_naming_any_kid_by_its_algorithm() {
+        // No key has a kid: the token's kid cannot be looked up, so the one key
+        // usable for its algorithm is it (as with no kid at all).
+        let key = format!(r#"{{"kty":"RSA","n":"{RSA_N}","e":"AQAB"}}"#);
+        let set = KeySet::from_jwks(&jwks(&key)).unwrap();
+        assert!(set.find(Some("whatever"), Algorithm::RS256).is_some());
+        assert!(set.find(None, Algorithm::RS256).is_some());
+        assert!(set.find(Some("whatever"), Algorithm::ES256).is_none());
+    }
+
+    #[test]
+    fn len_counts_the_usable_keys_and_an_empty_set_is_empty() {
+        let a = format!(r#"{{"kty":"RSA","kid":"a","n":"{RSA_N}","e":"AQAB"}}"#);
+        let b = format!(r#"{{"kty":"RSA","kid":"b","n":"{RSA_N}","e":"AQAB"}}"#);
+        let set = KeySet::from_jwks(&jwks(&format!("{a},{b}"))).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(!set.is_empty());
+        let empty = KeySet::default();
+        assert_eq!(empty.len(), 0);
+        assert!(empty.is_empty());
+    }
 }
