@@ -697,4 +697,105 @@ mod tests {
         assert_eq!(empty.len(), 0);
         assert!(empty.is_empty());
     }
+    /// Keys of `issuer` from `source`, refetched at most every second.
+    fn store(source: KeySource) -> Arc<IssuerKeys> {
+        Arc::new(IssuerKeys::new(
+            "https://issuer",
+            source,
+            RefetchPolicy {
+                min_interval: Duration::from_secs(1),
+                unknown_kid_wait: Duration::from_millis(500),
+            },
+            http_client().unwrap(),
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    /// The JWKS with `n` P-256 keys (kids k0, k1, ...), padded with spaces to `len`.
+    fn ec_jwks(n: usize, len: usize) -> Vec<u8> {
+        let keys: Vec<_> = (0..n)
+            .map(|i| crate::authn::test_issuer::ec_jwk("P-256", &format!("k{i}")))
+            .collect();
+        let mut doc = crate::authn::test_issuer::jwks(&keys);
+        doc.resize(len.max(doc.len()), b' ');
+        doc
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_is_fetched_bounded_and_its_failures_name_it_redacted() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        // Credentials in the URL never reach an error or a log.
+        let url = format!("http://u:s3cret@{}/keys?token=s3cret", &server.url[7..]);
+        let keys = store(KeySource::Url(url));
+        let served = "/keys?token=s3cret";
+        let fetch_error = |result: Result<usize, JwksError>| match result {
+            Err(JwksError::Fetch { url, message }) => {
+                let host = &server.url[7..];
+                assert_eq!(url, format!("http://redacted@{host}/keys?redacted"));
+                assert!(!message.contains("s3cret"), "{message}");
+                message
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fetch_error(keys.refresh().await), "status 404 Not Found");
+        assert!(!keys.is_loaded());
+
+        server.serve(served, 200, ec_jwks(2, MAX_JWKS_BYTES));
+        assert_eq!(keys.refresh().await.unwrap(), 2);
+        assert!(keys.is_loaded());
+        assert_eq!(keys.removals(), 0);
+
+        for len in [MAX_JWKS_BYTES + 1, 3 * MAX_JWKS_BYTES + 7] {
+            server.serve(served, 200, ec_jwks(1, len));
+            let message = fetch_error(keys.refresh().await);
+            assert_eq!(message, "document larger than 1 MiB");
+        }
+        server.serve(served, 503, ec_jwks(1, 0));
+        assert_eq!(
+            fetch_error(keys.refresh().await),
+            "status 503 Service Unavailable"
+        );
+        // The last good keys stay through every failure.
+        let key = keys.key_for(Some("k1"), Algorithm::ES256).await;
+        assert_eq!(key.unwrap().algorithms, vec![Algorithm::ES256]);
+
+        // Nothing listening: the error says why, with its causes.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = format!("http://{}/keys", closed.local_addr().unwrap());
+        drop(closed);
+        let result = store(KeySource::Url(nobody.clone())).refresh().await;
+        let Err(JwksError::Fetch { url, message }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(url, nobody);
+        assert!(message.contains("Connection refused"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn key_files_and_secret_files_are_read_up_to_1_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let keys = store(KeySource::File(path.clone()));
+        std::fs::write(&path, ec_jwks(3, MAX_JWKS_BYTES)).unwrap();
+        assert_eq!(keys.refresh().await.unwrap(), 3);
+        std::fs::write(&path, ec_jwks(3, MAX_JWKS_BYTES + 1)).unwrap();
+        let Err(JwksError::Read { message, .. }) = keys.refresh().await else {
+            panic!("a file over 1 MiB was read");
+        };
+        assert_eq!(message, "file larger than 1 MiB");
+
+        // A secret of 32 bytes, with or without the newline an editor adds; 31 is
+        // too short either way.
+        let path = dir.path().join("secret");
+        let keys = store(KeySource::Secret(path.clone()));
+        for (secret, ok) in [
+            (vec![7u8; 32], true),
+            ([vec![7u8; 32], b"\n".to_vec()].concat(), true),
+            ([vec![7u8; 31], b"\n".to_vec()].concat(), false),
+            (vec![7u8; 31], false),
+        ] {
+            std::fs::write(&path, &secret).unwrap();
+            assert_eq!(keys.refresh().await.is_ok(), ok, "{} bytes", secret.len());
+        }
+    }
 }
