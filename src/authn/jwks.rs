@@ -798,4 +798,60 @@ mod tests {
             assert_eq!(keys.refresh().await.is_ok(), ok, "{} bytes", secret.len());
         }
     }
+    #[tokio::test]
+    async fn a_jwks_url_that_redirects_is_refused_not_followed() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        server.serve("/elsewhere", 200, ec_jwks(1, 0));
+        server.redirect("/keys", &format!("{}/elsewhere", server.url));
+        let keys = store(KeySource::Url(format!("{}/keys", server.url)));
+        let result = keys.refresh().await;
+        let Err(JwksError::Fetch { message, .. }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(message, "status 302 Found");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_the_keys_at_most_once_per_min_interval() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        let keys = Arc::new(IssuerKeys::new(
+            "https://issuer",
+            KeySource::Url(format!("{}/keys", server.url)),
+            RefetchPolicy {
+                min_interval: Duration::from_millis(400),
+                unknown_kid_wait: Duration::from_secs(2),
+            },
+            http_client().unwrap(),
+            Arc::new(Metrics::new()),
+        ));
+        // Never loaded: a server fault, not the caller's, even after a refetch fails.
+        assert_eq!(
+            keys.key_for(Some("k0"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::Unavailable)
+        );
+        let one = crate::authn::test_issuer::ec_jwk("P-256", "k0");
+        let two = crate::authn::test_issuer::ec_jwk("P-256", "k1");
+        server.serve(
+            "/keys",
+            200,
+            crate::authn::test_issuer::jwks(&[one.clone()]),
+        );
+        // The first lookup's refetch was just now: within the interval, none starts.
+        assert_eq!(
+            keys.key_for(Some("k0"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::Unavailable)
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // Due again: the lookup starts a fetch and waits for it.
+        assert!(keys.key_for(Some("k0"), Algorithm::ES256).await.is_ok());
+        server.serve("/keys", 200, crate::authn::test_issuer::jwks(&[one, two]));
+        assert_eq!(
+            keys.key_for(Some("k1"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::UnknownKey)
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(keys.key_for(Some("k1"), Algorithm::ES256).await.is_ok());
+        // A forced refresh is never held back by the interval.
+        assert_eq!(keys.refresh().await.unwrap(), 2);
+    }
 }

@@ -17,15 +17,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Issuer {
     /// `http://127.0.0.1:PORT`, no trailing `/`.
     pub url: String,
-    routes: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
 }
+
+/// What a path answers: status, an optional `location` header, body.
+type Route = (u16, Option<String>, Vec<u8>);
 
 impl Issuer {
     /// Starts serving on a free port of 127.0.0.1 (for the test's runtime's lifetime).
     pub async fn start() -> Issuer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let routes: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>> = Arc::default();
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let served = routes.clone();
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
@@ -41,14 +44,15 @@ impl Issuer {
                     }
                     let head = String::from_utf8_lossy(&got);
                     let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                    let (status, body) = routes
+                    let (status, location, body) = routes
                         .lock()
                         .unwrap()
                         .get(&path)
                         .cloned()
-                        .unwrap_or((404, Vec::new()));
+                        .unwrap_or((404, None, Vec::new()));
+                    let location = location.map_or(String::new(), |l| format!("location: {l}\r\n"));
                     let head = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        "HTTP/1.1 {status} X\r\n{location}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
                     );
                     let _ = sock.write_all(head.as_bytes()).await;
@@ -65,7 +69,15 @@ impl Issuer {
         self.routes
             .lock()
             .unwrap()
-            .insert(path.to_string(), (status, body.into()));
+            .insert(path.to_string(), (status, None, body.into()));
+    }
+
+    /// Answers `path` with a 302 to `to` from now on.
+    pub fn redirect(&self, path: &str, to: &str) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (302, Some(to.to_string()), Vec::new()));
     }
 }
 
