@@ -834,7 +834,7 @@ mod tests {
         server.serve(
             "/keys",
             200,
-            crate::authn::test_issuer::jwks(&[one.clone()]),
+            crate::authn::test_issuer::jwks(std::slice::from_ref(&one)),
         );
         // The first lookup's refetch was just now: within the interval, none starts.
         assert_eq!(
