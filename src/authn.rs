@@ -11,6 +11,8 @@ pub mod discovery;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
+#[cfg(test)]
+mod test_issuer;
 
 use std::sync::Arc;
 

@@ -707,4 +707,35 @@ mod tests {
             assert_eq!(carried(&to_decision(evaluation, None)), None);
         }
     }
+    #[test]
+    fn the_log_lists_a_delegated_callers_actors_outermost_first() {
+        use crate::principal::actor::Actor;
+        let actor = |sub: &str| Actor {
+            sub: sub.into(),
+            iss: Some("https://sts".into()),
+        };
+        let chain = Delegation::new(vec![actor("customer-bff"), actor("web-gateway")]).unwrap();
+        let want: Vec<Cow<'_, str>> = vec!["customer-bff".into(), "web-gateway".into()];
+        assert_eq!(actor_chain(Some(&chain)), Some(want));
+        assert_eq!(actor_chain(None), None);
+    }
+
+    #[test]
+    fn the_log_writes_the_scopes_a_decision_carried_and_whether_they_were_cut() {
+        let few: Vec<String> = vec!["ledger.read".into(), "ledger.write".into()];
+        let carried = CarriedScopes::new(&few);
+        assert_eq!(
+            scopes_logged(Some(&carried)),
+            (Some(Cow::Borrowed(&few[..])), false)
+        );
+        let many: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let carried = CarriedScopes::new(&many);
+        let (logged, truncated) = scopes_logged(Some(&carried));
+        assert_eq!(
+            logged.as_deref(),
+            Some(&many[..crate::decision::MAX_SCOPES])
+        );
+        assert!(truncated);
+        assert_eq!(scopes_logged(None), (None, false));
+    }
 }

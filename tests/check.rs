@@ -1233,3 +1233,60 @@ async fn a_principal_with_a_control_character_is_an_invalid_token() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
 }
+
+#[tokio::test]
+async fn an_anonymous_caller_refused_by_a_limit_is_logged_without_a_principal() {
+    let policy = "service: ledger
+rules:
+  - {id: open-health, from: {anonymous: true}, to: [{paths: [/health]}]}
+limits:
+  - {id: health, rate: 1/m}
+";
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let health = || Check::new("ledger", "GET", "/health");
+    assert_eq!(s.check(health()).await.status, 200);
+    let a = s.check(health()).await;
+    assert_eq!(a.status, 429, "{a:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 2
+        })
+        .await
+    );
+    let limited = &d.decisions()[1];
+    assert_eq!(limited["reason"], "rate_limited", "{limited}");
+    assert_eq!(limited["rule"], "open-health", "{limited}");
+    // No credential, so no principal: not an empty one.
+    assert!(limited["principal"].is_null(), "{limited}");
+}
+
+#[tokio::test]
+async fn flushing_the_traces_exports_the_spans_queued_so_far() {
+    // Nothing listens there: an export fails at once, and counts its spans dropped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let d = Deployment::new(&[("ledger.yaml", LEDGER_POLICY)]);
+    // An interval far longer than the test: only the flush exports.
+    let config = format!(
+        "tracing:\n  otlp:\n    endpoint: \"http://{addr}\"\n    interval: 1h\n    timeout: 5s\n"
+    );
+    let s = TestServer::start(d.config("", &config)).await;
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let check = read_tx()
+        .bearer(&token(PAYMENTS, "ledger", "ledger.read"))
+        .header("traceparent", sampled);
+    assert_eq!(s.check(check).await.status, 200);
+    let engine = &s.handle.engine;
+    let failed = || {
+        let page = engine.metrics().encode();
+        let series = "hopwarden_trace_spans_dropped_total{why=\"export_failed\"} ";
+        page.lines()
+            .find_map(|l| l.strip_prefix(series).map(|n| n.trim().to_string()))
+            .unwrap_or_default()
+    };
+    assert_eq!(failed(), "", "exported before the flush");
+    engine.flush_traces().await;
+    assert_eq!(failed(), "1");
+}

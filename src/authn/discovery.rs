@@ -218,4 +218,119 @@ mod tests {
         );
         assert_eq!(redacted_str("not a url"), "<unparsable URL>");
     }
+    use crate::authn::test_issuer::{ec_jwk, jwks, Issuer};
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+
+    /// An issuer on 127.0.0.1 whose discovery document names itself and `/keys`.
+    async fn issuer_with_keys(keys: Vec<u8>) -> Issuer {
+        let issuer = Issuer::start().await;
+        let doc = json!({"issuer": issuer.url, "jwks_uri": format!("{}/keys", issuer.url)});
+        issuer.serve(WELL_KNOWN, 200, doc.to_string());
+        issuer.serve("/keys", 200, keys);
+        issuer
+    }
+
+    fn fetch_error(result: Result<KeySet, JwksError>) -> (String, String) {
+        match result {
+            Err(JwksError::Fetch { url, message }) => (url, message),
+            Err(e) => panic!("not a fetch error: {e}"),
+            Ok(set) => panic!("fetched {} keys", set.len()),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_the_jwks_the_discovery_document_names() {
+        let issuer = issuer_with_keys(jwks(&[ec_jwk("P-256", "k1")])).await;
+        let http = reqwest::Client::new();
+        let set = fetch_keys(&http, &issuer.url).await.unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.find(Some("k1"), Algorithm::ES256).is_some());
+        // A configured issuer ending in `/` finds the same document, but the document
+        // must then name the issuer exactly as configured.
+        let (url, message) = fetch_error(fetch_keys(&http, &format!("{}/", issuer.url)).await);
+        assert_eq!(url, format!("{}{WELL_KNOWN}", issuer.url));
+        assert!(message.contains("names issuer"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_document_naming_another_issuer_is_refused() {
+        let issuer = issuer_with_keys(jwks(&[ec_jwk("P-256", "k1")])).await;
+        let doc = json!({"issuer": "https://u:s3cret@other.example/?q=1",
+                         "jwks_uri": format!("{}/keys", issuer.url)});
+        issuer.serve(WELL_KNOWN, 200, doc.to_string());
+        let (_, message) = fetch_error(fetch_keys(&reqwest::Client::new(), &issuer.url).await);
+        assert!(
+            message.contains("names issuer \"https://other.example/\""),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_of_either_document_is_an_error_naming_its_url_and_status() {
+        let http = reqwest::Client::new();
+        let issuer = issuer_with_keys(jwks(&[ec_jwk("P-256", "k1")])).await;
+        issuer.serve("/keys", 500, jwks(&[ec_jwk("P-256", "k1")]));
+        let (url, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+        assert_eq!(url, format!("{}/keys", issuer.url));
+        assert!(message.contains("status 500"), "{message}");
+
+        issuer.serve(WELL_KNOWN, 404, "{}");
+        let (url, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+        assert_eq!(url, format!("{}{WELL_KNOWN}", issuer.url));
+        assert!(message.contains("status 404"), "{message}");
+
+        // Nothing listening at all (a port just bound and let go).
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let (url, _) = fetch_error(fetch_keys(&http, &nobody).await);
+        assert_eq!(url, format!("{nobody}{WELL_KNOWN}"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_document_or_jwks_uri_is_refused() {
+        let http = reqwest::Client::new();
+        let issuer = issuer_with_keys(jwks(&[ec_jwk("P-256", "k1")])).await;
+        issuer.serve(WELL_KNOWN, 200, "not json");
+        let (_, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+        assert!(message.contains("invalid discovery document"), "{message}");
+
+        let doc = json!({"issuer": issuer.url, "jwks_uri": "http://keys.example/jwks"});
+        issuer.serve(WELL_KNOWN, 200, doc.to_string());
+        let (url, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+        assert_eq!(url, format!("{}{WELL_KNOWN}", issuer.url));
+        assert!(message.contains("only allowed on loopback"), "{message}");
+    }
+
+    /// A JWKS of exactly `len` bytes (one key, then spaces).
+    fn jwks_of_len(len: usize) -> Vec<u8> {
+        let mut doc = jwks(&[ec_jwk("P-256", "k1")]);
+        doc.resize(len, b' ');
+        doc
+    }
+
+    #[tokio::test]
+    async fn documents_up_to_1_mib_are_read_and_larger_ones_refused() {
+        let http = reqwest::Client::new();
+        let issuer = issuer_with_keys(jwks_of_len(MAX_BYTES)).await;
+        assert_eq!(fetch_keys(&http, &issuer.url).await.unwrap().len(), 1);
+
+        for len in [MAX_BYTES + 1, 3 * MAX_BYTES + 7] {
+            issuer.serve("/keys", 200, jwks_of_len(len));
+            let (url, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+            assert_eq!(url, format!("{}/keys", issuer.url));
+            assert_eq!(message, "document larger than 1 MiB");
+        }
+        // The discovery document is bounded the same way.
+        let mut doc = json!({"issuer": issuer.url, "jwks_uri": format!("{}/keys", issuer.url)})
+            .to_string()
+            .into_bytes();
+        doc.resize(MAX_BYTES + 1, b' ');
+        issuer.serve(WELL_KNOWN, 200, doc);
+        let (url, message) = fetch_error(fetch_keys(&http, &issuer.url).await);
+        assert_eq!(url, format!("{}{WELL_KNOWN}", issuer.url));
+        assert_eq!(message, "document larger than 1 MiB");
+    }
 }

@@ -636,4 +636,222 @@ mod tests {
         keys.refresh().await.unwrap();
         assert!(keys.is_loaded());
     }
+    #[test]
+    fn ec_and_ed25519_keys_verify_only_their_own_algorithm() {
+        use crate::authn::test_issuer::{ec_jwk, ed25519_jwk};
+        let mut p256_as_es384 = ec_jwk("P-256", "p256-es384");
+        p256_as_es384["alg"] = "ES384".into();
+        let mut okp_on_p256 = ed25519_jwk("okp-p256");
+        okp_on_p256["crv"] = "P-256".into();
+        let keys = [
+            ec_jwk("P-256", "p256"),
+            ec_jwk("P-384", "p384"),
+            ed25519_jwk("ed"),
+            // Skipped: a curve we do not verify, an `alg` outside the curve's
+            // family, an octet key pair on a curve that is not Ed25519.
+            ec_jwk("P-521", "p521"),
+            p256_as_es384,
+            okp_on_p256,
+        ];
+        let doc = serde_json::json!({ "keys": keys }).to_string();
+        let set = KeySet::from_jwks(doc.as_bytes()).unwrap();
+        assert_eq!(set.len(), 3);
+        assert!(!set.is_empty());
+        for (kid, alg) in [
+            ("p256", Algorithm::ES256),
+            ("p384", Algorithm::ES384),
+            ("ed", Algorithm::EdDSA),
+        ] {
+            let key = set.find(Some(kid), alg).unwrap();
+            assert_eq!(key.algorithms, vec![alg], "{kid}");
+        }
+        for kid in ["p521", "p256-es384", "okp-p256"] {
+            assert!(set.find(Some(kid), Algorithm::ES256).is_none(), "{kid}");
+        }
+        // Without a kid, each algorithm has exactly one key.
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+            assert_eq!(set.find(None, alg).unwrap().algorithms, vec![alg]);
+        }
+        assert!(set.find(None, Algorithm::RS256).is_none());
+    }
+
+    #[test]
+    fn a_set_without_kids_serves_a_token_naming_any_kid_by_its_algorithm() {
+        // No key has a kid: the token's kid cannot be looked up, so the one key
+        // usable for its algorithm is it (as with no kid at all).
+        let key = format!(r#"{{"kty":"RSA","n":"{RSA_N}","e":"AQAB"}}"#);
+        let set = KeySet::from_jwks(&jwks(&key)).unwrap();
+        assert!(set.find(Some("whatever"), Algorithm::RS256).is_some());
+        assert!(set.find(None, Algorithm::RS256).is_some());
+        assert!(set.find(Some("whatever"), Algorithm::ES256).is_none());
+    }
+
+    #[test]
+    fn len_counts_the_usable_keys_and_an_empty_set_is_empty() {
+        let a = format!(r#"{{"kty":"RSA","kid":"a","n":"{RSA_N}","e":"AQAB"}}"#);
+        let b = format!(r#"{{"kty":"RSA","kid":"b","n":"{RSA_N}","e":"AQAB"}}"#);
+        let set = KeySet::from_jwks(&jwks(&format!("{a},{b}"))).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(!set.is_empty());
+        let empty = KeySet::default();
+        assert_eq!(empty.len(), 0);
+        assert!(empty.is_empty());
+    }
+    /// Keys of `issuer` from `source`, refetched at most every second.
+    fn store(source: KeySource) -> Arc<IssuerKeys> {
+        Arc::new(IssuerKeys::new(
+            "https://issuer",
+            source,
+            RefetchPolicy {
+                min_interval: Duration::from_secs(1),
+                unknown_kid_wait: Duration::from_millis(500),
+            },
+            http_client().unwrap(),
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    /// The JWKS with `n` P-256 keys (kids k0, k1, ...), padded with spaces to `len`.
+    fn ec_jwks(n: usize, len: usize) -> Vec<u8> {
+        let keys: Vec<_> = (0..n)
+            .map(|i| crate::authn::test_issuer::ec_jwk("P-256", &format!("k{i}")))
+            .collect();
+        let mut doc = crate::authn::test_issuer::jwks(&keys);
+        doc.resize(len.max(doc.len()), b' ');
+        doc
+    }
+
+    #[tokio::test]
+    async fn a_jwks_url_is_fetched_bounded_and_its_failures_name_it_redacted() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        // Credentials in the URL never reach an error or a log.
+        let url = format!("http://u:s3cret@{}/keys?token=s3cret", &server.url[7..]);
+        let keys = store(KeySource::Url(url));
+        let served = "/keys?token=s3cret";
+        let fetch_error = |result: Result<usize, JwksError>| match result {
+            Err(JwksError::Fetch { url, message }) => {
+                let host = &server.url[7..];
+                assert_eq!(url, format!("http://redacted@{host}/keys?redacted"));
+                assert!(!message.contains("s3cret"), "{message}");
+                message
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(fetch_error(keys.refresh().await), "status 404 Not Found");
+        assert!(!keys.is_loaded());
+
+        server.serve(served, 200, ec_jwks(2, MAX_JWKS_BYTES));
+        assert_eq!(keys.refresh().await.unwrap(), 2);
+        assert!(keys.is_loaded());
+        assert_eq!(keys.removals(), 0);
+
+        for len in [MAX_JWKS_BYTES + 1, 3 * MAX_JWKS_BYTES + 7] {
+            server.serve(served, 200, ec_jwks(1, len));
+            let message = fetch_error(keys.refresh().await);
+            assert_eq!(message, "document larger than 1 MiB");
+        }
+        server.serve(served, 503, ec_jwks(1, 0));
+        assert_eq!(
+            fetch_error(keys.refresh().await),
+            "status 503 Service Unavailable"
+        );
+        // The last good keys stay through every failure.
+        let key = keys.key_for(Some("k1"), Algorithm::ES256).await;
+        assert_eq!(key.unwrap().algorithms, vec![Algorithm::ES256]);
+
+        // Nothing listening: the error says why, with its causes.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = format!("http://{}/keys", closed.local_addr().unwrap());
+        drop(closed);
+        let result = store(KeySource::Url(nobody.clone())).refresh().await;
+        let Err(JwksError::Fetch { url, message }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(url, nobody);
+        assert!(message.contains("Connection refused"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn key_files_and_secret_files_are_read_up_to_1_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let keys = store(KeySource::File(path.clone()));
+        std::fs::write(&path, ec_jwks(3, MAX_JWKS_BYTES)).unwrap();
+        assert_eq!(keys.refresh().await.unwrap(), 3);
+        std::fs::write(&path, ec_jwks(3, MAX_JWKS_BYTES + 1)).unwrap();
+        let Err(JwksError::Read { message, .. }) = keys.refresh().await else {
+            panic!("a file over 1 MiB was read");
+        };
+        assert_eq!(message, "file larger than 1 MiB");
+
+        // A secret of 32 bytes, with or without the newline an editor adds; 31 is
+        // too short either way.
+        let path = dir.path().join("secret");
+        let keys = store(KeySource::Secret(path.clone()));
+        for (secret, ok) in [
+            (vec![7u8; 32], true),
+            ([vec![7u8; 32], b"\n".to_vec()].concat(), true),
+            ([vec![7u8; 31], b"\n".to_vec()].concat(), false),
+            (vec![7u8; 31], false),
+        ] {
+            std::fs::write(&path, &secret).unwrap();
+            assert_eq!(keys.refresh().await.is_ok(), ok, "{} bytes", secret.len());
+        }
+    }
+    #[tokio::test]
+    async fn a_jwks_url_that_redirects_is_refused_not_followed() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        server.serve("/elsewhere", 200, ec_jwks(1, 0));
+        server.redirect("/keys", &format!("{}/elsewhere", server.url));
+        let keys = store(KeySource::Url(format!("{}/keys", server.url)));
+        let result = keys.refresh().await;
+        let Err(JwksError::Fetch { message, .. }) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(message, "status 302 Found");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_the_keys_at_most_once_per_min_interval() {
+        let server = crate::authn::test_issuer::Issuer::start().await;
+        let keys = Arc::new(IssuerKeys::new(
+            "https://issuer",
+            KeySource::Url(format!("{}/keys", server.url)),
+            RefetchPolicy {
+                min_interval: Duration::from_millis(400),
+                unknown_kid_wait: Duration::from_secs(2),
+            },
+            http_client().unwrap(),
+            Arc::new(Metrics::new()),
+        ));
+        // Never loaded: a server fault, not the caller's, even after a refetch fails.
+        assert_eq!(
+            keys.key_for(Some("k0"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::Unavailable)
+        );
+        let one = crate::authn::test_issuer::ec_jwk("P-256", "k0");
+        let two = crate::authn::test_issuer::ec_jwk("P-256", "k1");
+        server.serve(
+            "/keys",
+            200,
+            crate::authn::test_issuer::jwks(std::slice::from_ref(&one)),
+        );
+        // The first lookup's refetch was just now: within the interval, none starts.
+        assert_eq!(
+            keys.key_for(Some("k0"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::Unavailable)
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        // Due again: the lookup starts a fetch and waits for it.
+        assert!(keys.key_for(Some("k0"), Algorithm::ES256).await.is_ok());
+        server.serve("/keys", 200, crate::authn::test_issuer::jwks(&[one, two]));
+        assert_eq!(
+            keys.key_for(Some("k1"), Algorithm::ES256).await.err(),
+            Some(KeyLookupError::UnknownKey)
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(keys.key_for(Some("k1"), Algorithm::ES256).await.is_ok());
+        // A forced refresh is never held back by the interval.
+        assert_eq!(keys.refresh().await.unwrap(), 2);
+    }
 }

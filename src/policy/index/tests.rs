@@ -526,3 +526,18 @@ rules:
         allow("wild")
     );
 }
+
+#[test]
+fn a_key_filed_once_holds_its_rule_inline_and_never_twice() {
+    let mut positions = Positions::default();
+    assert_eq!(positions.as_slice(), &[] as &[Position]);
+    positions.push_once(3);
+    // One rule (most keys of a large estate): inline, no list of its own.
+    assert!(matches!(positions, Positions::One(3)), "{positions:?}");
+    // A repeat (`principals: [a, a]`) is filed once.
+    positions.push_once(3);
+    assert!(matches!(positions, Positions::One(3)), "{positions:?}");
+    positions.push_once(5);
+    positions.push_once(5);
+    assert_eq!(positions.as_slice(), &[3, 5]);
+}
