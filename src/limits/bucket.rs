@@ -198,15 +198,10 @@ impl Buckets {
     /// refused request costs nothing. An allowed request learns what its tightest
     /// bucket has left (`None` with no hits).
     pub fn spend_all(&self, hits: &[LimitHit], now: u64) -> Result<Option<Tightest>, RateLimited> {
-        let mut spent: Vec<(usize, Gcra)> = Vec::new();
         let mut tightest: Option<Tightest> = None;
         for (i, hit) in hits.iter().enumerate() {
             match self.spend(hit, now) {
-                (Spent::Allowed { remaining, full_in }, before) => {
-                    // The last one never needs a refund: one limit allocates nothing.
-                    if i + 1 < hits.len() {
-                        spent.push((i, before));
-                    }
+                Spent::Allowed { remaining, full_in } => {
                     if tightest.is_none_or(|t| remaining < t.remaining) {
                         tightest = Some(Tightest {
                             hit: i,
@@ -215,9 +210,9 @@ impl Buckets {
                         });
                     }
                 }
-                (Spent::Refused { wait_nanos }, _) => {
-                    for (j, before) in spent {
-                        self.restore(&hits[j], before);
+                Spent::Refused { wait_nanos } => {
+                    for earlier in &hits[..i] {
+                        self.refund(earlier, now);
                     }
                     return Err(RateLimited {
                         limit: hit.limit.clone(),
@@ -230,8 +225,9 @@ impl Buckets {
         Ok(tightest)
     }
 
-    /// Spends one request from `hit`'s bucket; also returns the state before.
-    pub fn spend(&self, hit: &LimitHit, now: u64) -> (Spent, Gcra) {
+    /// Spends one request from `hit`'s bucket, or from its limit's shared `others`
+    /// bucket when the caller's shard is full of busy buckets.
+    pub fn spend(&self, hit: &LimitHit, now: u64) -> Spent {
         let interval = hit.rate.interval_nanos();
         let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
@@ -249,7 +245,7 @@ impl Buckets {
             }
         }
         let Shard { map, listed } = &mut *shard;
-        let (spent, before, list) = match map.get_mut(&key) {
+        let (spent, list) = match map.get_mut(&key) {
             Some(slot) => self.spend_slot(slot, now, interval, hit.burst),
             None => {
                 let mut slot = Slot {
@@ -257,37 +253,30 @@ impl Buckets {
                     pending: 0,
                     listed: false,
                 };
-                let (spent, before, list) = self.spend_slot(&mut slot, now, interval, hit.burst);
+                let (spent, list) = self.spend_slot(&mut slot, now, interval, hit.burst);
                 if list {
                     listed.push(key.clone());
                 }
                 map.insert(key, slot);
-                return (spent, before);
+                return spent;
             }
         };
         if list {
             listed.push(key);
         }
-        (spent, before)
+        spent
     }
 
     /// Spends from one slot; with a shared store also counts the allowed request, and
     /// says whether the key must join the shard's list.
-    fn spend_slot(
-        &self,
-        slot: &mut Slot,
-        now: u64,
-        interval: u64,
-        burst: u64,
-    ) -> (Spent, Gcra, bool) {
-        let before = slot.gcra;
+    fn spend_slot(&self, slot: &mut Slot, now: u64, interval: u64, burst: u64) -> (Spent, bool) {
         let spent = slot.gcra.spend(now, interval, burst);
         let mut list = false;
         if self.shared && matches!(spent, Spent::Allowed { .. }) {
             slot.pending += 1;
             list = !std::mem::replace(&mut slot.listed, true);
         }
-        (spent, before, list)
+        (spent, list)
     }
 
     /// Takes every bucket's count of allowed requests since the last call (and resets
@@ -329,14 +318,22 @@ impl Buckets {
         }
     }
 
-    /// Puts a bucket back as it was before a spend (a later limit refused).
-    fn restore(&self, hit: &LimitHit, before: Gcra) {
-        let key = Key::of(hit);
+    /// Gives back the request `hit` spent at `now` (a later limit refused it): from
+    /// the caller's own bucket, or from the shared `others` one [`Buckets::spend`]
+    /// moved it to. Only buckets that refuse change nothing, so the one spent is there.
+    fn refund(&self, hit: &LimitHit, now: u64) {
+        let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
+        if !shard.map.contains_key(&key) {
+            drop(shard);
+            key.caller = Caller::Others;
+            shard = self.shard(&key);
+        }
         if let Some(slot) = shard.map.get_mut(&key) {
-            // Undo our one interval, not anyone else's spend since.
+            // Undo our one interval, not anyone else's spend since; a bucket that was
+            // full before the spend is full again at `now`.
             let interval = hit.rate.interval_nanos();
-            slot.gcra.tat = slot.gcra.tat.saturating_sub(interval).max(before.tat);
+            slot.gcra.tat = slot.gcra.tat.saturating_sub(interval).max(now);
             slot.pending = slot.pending.saturating_sub(1);
         }
     }
@@ -545,7 +542,7 @@ mod tests {
         let later = 2 * S;
         let mut allowed = 0;
         for c in &callers {
-            if matches!(t.spend(c, later).0, Spent::Allowed { .. }) {
+            if matches!(t.spend(c, later), Spent::Allowed { .. }) {
                 allowed += 1;
             }
         }
@@ -554,7 +551,7 @@ mod tests {
         assert!(allowed >= SHARDS, "{allowed}");
         assert!(t.len() <= 2 * SHARDS, "{}", t.len());
         let fresh = hit("reads", named("fresh"), "1/s", 1);
-        let (spent, _) = t.spend(&fresh, 10 * S);
+        let spent = t.spend(&fresh, 10 * S);
         assert_eq!(
             spent,
             Spent::Allowed {
@@ -590,6 +587,95 @@ mod tests {
         );
         // Bounded: the fill, plus at most one `others` bucket for the limit.
         assert!(t.len() <= SHARDS + 1, "{}", t.len());
+    }
+
+    /// The named callers holding a bucket in `key`'s shard, sorted (the shared
+    /// `others` bucket may hash to any shard, so it is left out).
+    fn callers_beside(t: &Buckets, key: &Key) -> Vec<String> {
+        let mut callers: Vec<String> = t
+            .shard(key)
+            .map
+            .keys()
+            .filter(|k| k.caller != Caller::Others)
+            .map(|k| k.caller.as_str().to_string())
+            .collect();
+        callers.sort();
+        callers
+    }
+
+    /// A new caller whose bucket would go to `of`'s shard.
+    fn in_the_shard_of(t: &Buckets, of: &LimitHit, prefix: &str) -> LimitHit {
+        let shard = |h: &LimitHit| t.hasher.hash_one(Key::of(h)) % SHARDS as u64;
+        (0..100_000)
+            .map(|i| hit(&of.limit, named(&format!("{prefix}{i}")), "1/s", 2))
+            .find(|h| shard(h) == shard(of))
+            .expect("some name hashes to every shard")
+    }
+
+    #[test]
+    fn a_full_shard_evicts_only_idle_buckets_and_keeps_its_callers_own() {
+        // One bucket per shard. a: one a second, burst 3.
+        let t = Buckets::new(1);
+        let a = hit("reads", named("a"), "1/s", 3);
+        let a_key = Key::of(&a);
+        let left = |spent: Spent| match spent {
+            Spent::Allowed { remaining, .. } => remaining,
+            Spent::Refused { .. } => panic!("refused"),
+        };
+        assert_eq!(left(t.spend(&a, 0)), 2);
+        // a's own bucket, in its full shard, is still a's: not the shared one.
+        assert_eq!(left(t.spend(&a, 0)), 1);
+        assert_eq!(callers_beside(&t, &a_key), ["a"]);
+        // A new caller in that shard while a is busy shares `others` (somewhere else).
+        let b = in_the_shard_of(&t, &a, "b");
+        assert_eq!(left(t.spend(&b, S / 2)), 1);
+        assert_eq!(callers_beside(&t, &a_key), ["a"]);
+        assert_eq!(t.len(), 2, "a and the limit's others bucket");
+        // Once a's bucket is full again (2 s after its two requests) it is evicted,
+        // and the next new caller has a bucket of its own.
+        let c = in_the_shard_of(&t, &a, "c");
+        assert_eq!(left(t.spend(&c, 2 * S)), 1);
+        assert_eq!(callers_beside(&t, &a_key), [c.caller.as_str()]);
+    }
+
+    #[test]
+    fn a_refusal_refunds_the_shared_bucket_a_full_table_sent_the_caller_to() {
+        let t = Buckets::new(1);
+        // n has spent its one request an hour of `tight`, in a bucket of its own.
+        let tight = hit("tight", named("n"), "1/h", 1);
+        assert!(t.spend_all(std::slice::from_ref(&tight), 0).is_ok());
+        // Then every shard fills with busy buckets.
+        let full = |t: &Buckets| t.shards.iter().all(|s| !s.lock().unwrap().map.is_empty());
+        for i in 0.. {
+            if full(&t) {
+                break;
+            }
+            assert!(i < 100_000);
+            let _ = t.spend(&hit("fill", named(&format!("fill{i}")), "1/h", 1), 0);
+        }
+        // n's `roomy` bucket would be new in a full shard: it spends from roomy's
+        // `others` bucket, and `tight` refuses, so that spend is given back.
+        let roomy = |caller: &str| hit("roomy", named(caller), "10/s", 5);
+        let refused = t.spend_all(&[roomy("n"), tight.clone()], 0).unwrap_err();
+        assert_eq!(&*refused.limit, "tight");
+        // The next new caller finds the shared bucket as it was: 4 left after it.
+        let next = t.spend_all(&[roomy("m")], 0).unwrap().unwrap();
+        assert_eq!(next.remaining, 4, "the refused request was not refunded");
+    }
+
+    #[test]
+    fn the_clock_moves_and_an_empty_table_says_so() {
+        let t = Buckets::new(100);
+        assert!(t.is_empty());
+        let before = t.now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let after = t.now();
+        assert!(after >= before + 5_000_000, "{before} then {after}");
+        assert!(t
+            .spend_all(&[hit("reads", named("a"), "1/s", 1)], after)
+            .is_ok());
+        assert!(!t.is_empty());
+        assert_eq!(t.len(), 1);
     }
 
     #[test]
