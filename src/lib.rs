@@ -19,6 +19,7 @@ pub mod authn;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod cores;
 pub mod decision;
 pub mod decision_log;
 pub mod dev;

@@ -139,30 +139,15 @@ where
     // A few items at a time (a parser costs some allocations of its own), and a
     // long list in contiguous parts on every core: parsing is most of a load.
     let batches: Vec<&[Range<usize>]> = split.items.chunks(BATCH).collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(batches.len() / PARALLEL_MIN_BATCHES)
-        .max(1);
-    let per_thread = batches.len().div_ceil(threads);
-    let parts = batches.chunks(per_thread).enumerate().map(|(n, part)| {
-        // Every batch before this part is full.
-        (n * per_thread * BATCH, part)
-    });
     let then = &then;
-    let read = move |(first, part)| parse_batches(text, first, part, then);
-    let answers: Vec<Option<Vec<R>>> = if threads == 1 {
-        parts.map(read).collect()
-    } else {
-        std::thread::scope(|scope| {
-            let running: Vec<_> = parts.map(|part| scope.spawn(move || read(part))).collect();
-            // A part that panicked is read again whole, like one that failed.
-            running
-                .into_iter()
-                .map(|part| part.join().ok().flatten())
-                .collect()
-        })
-    };
-    match answers.into_iter().collect::<Option<Vec<Vec<R>>>>() {
+    let answers = crate::cores::map_shares(&batches, PARALLEL_MIN_BATCHES, |first, part| {
+        // Every batch before this part is full.
+        parse_batches(text, first * BATCH, part, then)
+    })
+    .into_iter()
+    // A part that panicked is read again whole, like one that failed.
+    .map(|part| part.ok().flatten());
+    match answers.collect::<Option<Vec<Vec<R>>>>() {
         Some(answers) => Ok((header, Some(answers.into_iter().flatten().collect()))),
         None => whole(),
     }

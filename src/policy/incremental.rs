@@ -111,29 +111,18 @@ const FILES_PER_THREAD: usize = 32;
 /// `f` of each item, in order: on every core when there are many items, each
 /// thread taking a contiguous share.
 fn map_on_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len() / FILES_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return items.iter().map(f).collect();
-    }
-    let f = &f;
-    std::thread::scope(|scope| {
-        let running: Vec<_> = items
-            .chunks(items.len().div_ceil(threads))
-            .map(|share| scope.spawn(move || share.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for share in running {
-            // A panic is the caller's, as it would be on one thread.
-            match share.join() {
-                Ok(results) => out.extend(results),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+    let shares = crate::cores::map_shares(items, FILES_PER_THREAD, |_, share| {
+        share.iter().map(&f).collect::<Vec<R>>()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for share in shares {
+        // A panic is the caller's, as it would be on one thread.
+        match share {
+            Ok(results) => out.extend(results),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-        out
-    })
+    }
+    out
 }
 
 impl ServicePolicy {
