@@ -471,7 +471,10 @@ fn segments_overlap(a: &[&str], b: &[&str]) -> bool {
     match (a.first(), b.first()) {
         (Some(&"**"), _) | (_, Some(&"**")) => true,
         (None, None) => true,
-        (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => {
+        // A `*` is one non-empty segment: it shares no id with an empty one.
+        (Some(x), Some(y))
+            if x == y || (*x == "*" && !y.is_empty()) || (*y == "*" && !x.is_empty()) =>
+        {
             segments_overlap(&a[1..], &b[1..])
         }
         _ => false,
@@ -765,6 +768,10 @@ mod tests {
             ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/**", false, true),
             ("spiffe://td/ns/a/**", "spiffe://td/ns/b/**", false, false),
             ("team/*", "team/**", false, true),
+            // `*` is one non-empty segment: `team/` is not among its ids.
+            ("team/*", "team/", false, false),
+            ("team/", "team/*", false, false),
+            ("team/*", "team/*", true, true),
             ("spiffe://td/ns/*/sa/x", "spiffe://td/ns/n/sa/x", true, true),
             (
                 "spiffe://td/ns/*/sa/x",
