@@ -425,6 +425,9 @@ async fn redis_down_falls_back_to_local_limits_and_recovers() {
         );
         let again = "rate limit store reachable again";
         assert_eq!(r.log().matches(again).count(), 1, "{}", r.log());
+        // What it allowed C2 while Redis was down stays spent: the store, which never
+        // heard of those requests, does not hand C2's budget out again.
+        assert_eq!(reads(r, C2, 1).await, [429], "{name}");
     }
     assert_eq!(reads(&a, C3, 2).await, [200, 200]);
     settle(&[&a]).await;

@@ -161,6 +161,15 @@ pub struct Tightest {
     pub full_in: u64,
 }
 
+/// Which bucket a spend came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    /// The hit's own: its caller's, its service's or its `others`.
+    Own,
+    /// Its limit's `others` bucket, for a named caller the full table had no room for.
+    Others,
+}
+
 /// Every bucket of the process, bounded.
 pub struct Buckets {
     shards: Vec<Mutex<Shard>>,
@@ -199,8 +208,15 @@ impl Buckets {
     /// bucket has left (`None` with no hits).
     pub fn spend_all(&self, hits: &[LimitHit], now: u64) -> Result<Option<Tightest>, RateLimited> {
         let mut tightest: Option<Tightest> = None;
+        // The hits spent from their limit's `others` bucket (a full table), to refund
+        // that one: rare, so the common check allocates nothing.
+        let mut from_others: Vec<usize> = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
-            match self.spend(hit, now) {
+            let (spent, bucket) = self.spend_from(hit, now);
+            if bucket == Bucket::Others {
+                from_others.push(i);
+            }
+            match spent {
                 Spent::Allowed { remaining, full_in } => {
                     if tightest.is_none_or(|t| remaining < t.remaining) {
                         tightest = Some(Tightest {
@@ -211,8 +227,13 @@ impl Buckets {
                     }
                 }
                 Spent::Refused { wait_nanos } => {
-                    for earlier in &hits[..i] {
-                        self.refund(earlier, now);
+                    for (j, earlier) in hits[..i].iter().enumerate() {
+                        let bucket = if from_others.contains(&j) {
+                            Bucket::Others
+                        } else {
+                            Bucket::Own
+                        };
+                        self.refund(earlier, bucket, now);
                     }
                     return Err(RateLimited {
                         limit: hit.limit.clone(),
@@ -226,8 +247,13 @@ impl Buckets {
     }
 
     /// Spends one request from `hit`'s bucket, or from its limit's shared `others`
-    /// bucket when the caller's shard is full of busy buckets.
+    /// bucket when a named caller's shard is full of busy buckets.
     pub fn spend(&self, hit: &LimitHit, now: u64) -> Spent {
+        self.spend_from(hit, now).0
+    }
+
+    /// [`Buckets::spend`], saying which bucket paid.
+    fn spend_from(&self, hit: &LimitHit, now: u64) -> (Spent, Bucket) {
         let interval = hit.rate.interval_nanos();
         let mut key = Key::of(hit);
         let mut shard = self.shard(&key);
@@ -237,13 +263,19 @@ impl Buckets {
             // Evicted keys leave the list too (a key comes back with a fresh slot).
             let Shard { map, listed } = &mut *shard;
             listed.retain(|k| map.contains_key(k));
-            if shard.map.len() >= self.per_shard && key.caller != Caller::Others {
-                // Full of busy buckets: share the limit's bucket for everyone else.
+            // Full of busy buckets: a named caller shares the limit's bucket for everyone
+            // else. A limit's `service` and `others` buckets are always kept (they are
+            // bounded by the policies): moving one would make it a second budget.
+            if shard.map.len() >= self.per_shard && matches!(key.caller, Caller::Named(_)) {
                 drop(shard);
                 key.caller = Caller::Others;
                 shard = self.shard(&key);
             }
         }
+        let bucket = match key.caller {
+            Caller::Others if hit.caller != Caller::Others => Bucket::Others,
+            _ => Bucket::Own,
+        };
         let Shard { map, listed } = &mut *shard;
         let (spent, list) = match map.get_mut(&key) {
             Some(slot) => self.spend_slot(slot, now, interval, hit.burst),
@@ -258,13 +290,13 @@ impl Buckets {
                     listed.push(key.clone());
                 }
                 map.insert(key, slot);
-                return spent;
+                return (spent, bucket);
             }
         };
         if list {
             listed.push(key);
         }
-        spent
+        (spent, bucket)
     }
 
     /// Spends from one slot; with a shared store also counts the allowed request, and
@@ -308,27 +340,29 @@ impl Buckets {
     /// Moves a bucket to the cluster-wide state: the shared bucket is full again
     /// `ahead_nanos` after `now` (the store's answer to the last flush), and the
     /// requests allowed here since that flush come on top.
+    ///
+    /// The answer only ever adds to what this replica spent: a store that never
+    /// counted some of its requests (flushes lost while it was unreachable, or a
+    /// store that restarted empty) must not hand that budget out a second time.
     pub fn adopt(&self, key: &Key, ahead_nanos: u64, now: u64) {
         let mut shard = self.shard(key);
         if let Some(slot) = shard.map.get_mut(key) {
             let interval = key.rate.interval_nanos();
-            slot.gcra.tat = now
+            let shared = now
                 .saturating_add(ahead_nanos)
                 .saturating_add(slot.pending.saturating_mul(interval));
+            slot.gcra.tat = slot.gcra.tat.max(shared);
         }
     }
 
-    /// Gives back the request `hit` spent at `now` (a later limit refused it): from
-    /// the caller's own bucket, or from the shared `others` one [`Buckets::spend`]
-    /// moved it to. Only buckets that refuse change nothing, so the one spent is there.
-    fn refund(&self, hit: &LimitHit, now: u64) {
+    /// Gives back the request `hit` spent from `bucket` at `now` (a later limit
+    /// refused it).
+    fn refund(&self, hit: &LimitHit, bucket: Bucket, now: u64) {
         let mut key = Key::of(hit);
-        let mut shard = self.shard(&key);
-        if !shard.map.contains_key(&key) {
-            drop(shard);
+        if bucket == Bucket::Others {
             key.caller = Caller::Others;
-            shard = self.shard(&key);
         }
+        let mut shard = self.shard(&key);
         if let Some(slot) = shard.map.get_mut(&key) {
             // Undo our one interval, not anyone else's spend since; a bucket that was
             // full before the spend is full again at `now`.
@@ -645,14 +679,7 @@ mod tests {
         let tight = hit("tight", named("n"), "1/h", 1);
         assert!(t.spend_all(std::slice::from_ref(&tight), 0).is_ok());
         // Then every shard fills with busy buckets.
-        let full = |t: &Buckets| t.shards.iter().all(|s| !s.lock().unwrap().map.is_empty());
-        for i in 0.. {
-            if full(&t) {
-                break;
-            }
-            assert!(i < 100_000);
-            let _ = t.spend(&hit("fill", named(&format!("fill{i}")), "1/h", 1), 0);
-        }
+        fill_every_shard(&t);
         // n's `roomy` bucket would be new in a full shard: it spends from roomy's
         // `others` bucket, and `tight` refuses, so that spend is given back.
         let roomy = |caller: &str| hit("roomy", named(caller), "10/s", 5);
@@ -661,6 +688,79 @@ mod tests {
         // The next new caller finds the shared bucket as it was: 4 left after it.
         let next = t.spend_all(&[roomy("m")], 0).unwrap().unwrap();
         assert_eq!(next.remaining, 4, "the refused request was not refunded");
+    }
+
+    /// Whether the table holds a bucket for `key`.
+    fn holds(t: &Buckets, key: &Key) -> bool {
+        t.shard(key).map.contains_key(key)
+    }
+
+    /// Fills every shard of `t` with a busy bucket (of another limit).
+    fn fill_every_shard(t: &Buckets) {
+        let full = |t: &Buckets| t.shards.iter().all(|s| !s.lock().unwrap().map.is_empty());
+        for i in 0.. {
+            if full(t) {
+                return;
+            }
+            assert!(i < 100_000);
+            let _ = t.spend(&hit("fill", named(&format!("fill{i}")), "1/h", 1), 0);
+        }
+    }
+
+    #[test]
+    fn a_full_table_keeps_service_and_others_buckets_where_they_are() {
+        let t = Buckets::new(1);
+        fill_every_shard(&t);
+        // One budget for the service: a full table does not give it a second one
+        // under `others`.
+        let service = hit("imports", Caller::Service, "10/m", 2);
+        assert!(t.spend_all(std::slice::from_ref(&service), 0).is_ok());
+        assert!(holds(&t, &Key::of(&service)));
+        let others = Key {
+            caller: Caller::Others,
+            ..Key::of(&service)
+        };
+        assert!(!holds(&t, &others));
+        assert!(t.spend_all(std::slice::from_ref(&service), 0).is_ok());
+        assert!(t.spend_all(std::slice::from_ref(&service), 0).is_err());
+        // A named caller with no room does move to `others`.
+        let named_hit = hit("imports", named("n"), "10/m", 2);
+        assert!(t.spend_all(std::slice::from_ref(&named_hit), 0).is_ok());
+        assert!(!holds(&t, &Key::of(&named_hit)));
+        assert!(holds(&t, &others));
+    }
+
+    #[test]
+    fn a_refund_goes_to_the_bucket_that_paid() {
+        let t = Buckets::new(1);
+        fill_every_shard(&t);
+        let others = Key {
+            caller: Caller::Others,
+            ..Key::of(&hit("roomy", named("n"), "10/s", 5))
+        };
+        // A caller whose bucket goes to another shard than `others`.
+        let shard = |key: &Key| t.hasher.hash_one(key) % SHARDS as u64;
+        let n = (0..1000)
+            .map(|i| hit("roomy", named(&format!("n{i}")), "10/s", 5))
+            .find(|n| shard(&Key::of(n)) != shard(&others))
+            .unwrap();
+        let left = |spent: Spent| match spent {
+            Spent::Allowed { remaining, .. } => remaining,
+            Spent::Refused { .. } => panic!("refused"),
+        };
+        // n has no room just before the fill's buckets go idle: `others` pays.
+        let first = 3600 * S - 1;
+        let (spent, bucket) = t.spend_from(&n, first);
+        assert_eq!((left(spent), bucket), (4, Bucket::Others));
+        // Meanwhile (another check of n's) the fill went idle and n got a bucket of its
+        // own; `others` is still busy and stays.
+        let (spent, bucket) = t.spend_from(&n, 3600 * S);
+        assert_eq!((left(spent), bucket), (4, Bucket::Own));
+        // The first check is refused by another limit: its refund goes to `others`,
+        // and n's own bucket keeps the second check's spend.
+        t.refund(&n, Bucket::Others, first);
+        assert_eq!(t.shard(&others).map[&others].gcra.tat, first, "refunded");
+        assert_eq!(left(t.spend(&n, 3600 * S)), 3);
     }
 
     #[test]
@@ -716,12 +816,16 @@ mod tests {
             ("a".into(), 1),
             "a refused request is never sent"
         );
-        // The store says the bucket is full: local state follows it.
+        // The store says the bucket is full (it restarted empty, or lost flushes while
+        // unreachable): what this replica spent stays spent.
         t.adopt(&a_key, 0, 0);
-        for _ in 0..5 {
-            assert!(t.spend_all(std::slice::from_ref(&a), 0).is_ok());
-        }
         assert!(t.spend_all(std::slice::from_ref(&a), 0).is_err());
+        // Once a's bucket is full here too, it has the whole burst again.
+        t.adopt(&a_key, 0, S);
+        for _ in 0..5 {
+            assert!(t.spend_all(std::slice::from_ref(&a), S).is_ok());
+        }
+        assert!(t.spend_all(std::slice::from_ref(&a), S).is_err());
         // Once every bucket is full again and nothing is pending, the list empties.
         assert!(!t.take_pending(10 * S).is_empty(), "a's five are pending");
         assert!(t.take_pending(10 * S).is_empty());

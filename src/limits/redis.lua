@@ -20,8 +20,10 @@ for i, key in ipairs(KEYS) do
   end
   tat = tat + count * interval
   local ahead = tat - now
-  if ahead > 0 then
-    -- A bucket that is full again is the same as none: let Redis forget it then.
+  if count > 0 and ahead > 0 then
+    -- Only a flush that adds requests writes (a read-back leaves the key and its
+    -- expiry as they are). A bucket that is full again is the same as none: let Redis
+    -- forget it then.
     redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(ahead / 1000) + 1000)
   end
   out[i] = math.floor(ahead)

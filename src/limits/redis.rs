@@ -13,7 +13,8 @@
 //! password: each replica keeps limiting on its own (the local limit still applies,
 //! never more), logs it once, shows it in `hopwarden_rate_limit_store_fallback`, and
 //! logs once more when the store answers again. Requests counted during the outage are
-//! not replayed: they were already limited locally.
+//! not replayed: they were already limited locally, and stay spent locally
+//! ([`Buckets::adopt`] never lowers a bucket).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
