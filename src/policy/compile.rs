@@ -33,6 +33,9 @@ pub struct ServicePolicy {
     /// Principal and peer ids the rules and limits name literally: the callers with
     /// buckets of their own.
     pub(super) named_callers: HashSet<Arc<str>>,
+    /// The allow rules that name limits, by id (index in `allow`): an allowed
+    /// request finds its rule's limits without a scan of every rule.
+    pub(super) naming_limits: HashMap<Arc<str>, usize>,
     /// The rules by caller, to evaluate without scanning them all (`None`: scan).
     pub(super) index: Option<super::index::PolicyIndex>,
     /// Unique per compiled policy; see [`ServicePolicy::revision`].
@@ -488,6 +491,12 @@ impl<'a> FileContext<'a> {
                 }
             }
         }
+        let naming_limits = allow
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| !rule.limits.is_empty())
+            .map(|(i, rule)| (rule.id.clone(), i))
+            .collect();
         let selectors = limits.iter().map(|l| &l.selector);
         let named_callers = limits::named_callers(deny.iter().chain(allow.iter()).chain(selectors));
         let mut header_inputs: Vec<String> = deny
@@ -510,6 +519,7 @@ impl<'a> FileContext<'a> {
             revision: super::incremental::next_revision(),
             limits,
             named_callers,
+            naming_limits,
         }
     }
 

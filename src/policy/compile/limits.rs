@@ -91,10 +91,9 @@ impl ServicePolicy {
             return Vec::new();
         }
         let named_by_rule: &[usize] = self
-            .allow
-            .iter()
-            .find(|r| &*r.id == rule)
-            .map_or(&[], |r| &r.limits);
+            .naming_limits
+            .get(rule)
+            .map_or(&[], |&i| &self.allow[i].limits);
         self.limits
             .iter()
             .enumerate()
