@@ -308,6 +308,31 @@ mod tests {
     }
 
     #[test]
+    fn a_hit_describes_its_limit_and_bucket() {
+        let hit = |caller| LimitHit {
+            service: "ledger".into(),
+            limit: "payments-reads".into(),
+            caller,
+            rate: Rate::parse("200/s").unwrap(),
+            burst: 400,
+        };
+        let table = [
+            (Caller::Service, "payments-reads: 200/s, burst 400 (one budget for the service)"),
+            (
+                Caller::Named("spiffe://td/ns/p/sa/p".into()),
+                "payments-reads: 200/s, burst 400 (own budget of spiffe://td/ns/p/sa/p)",
+            ),
+            (
+                Caller::Others,
+                "payments-reads: 200/s, burst 400 (shared budget of callers the policy does not name)",
+            ),
+        ];
+        for (caller, want) in table {
+            assert_eq!(hit(caller).describe(), want);
+        }
+    }
+
+    #[test]
     fn header_fields() {
         let limited = RateLimited {
             limit: "payments-reads".into(),
