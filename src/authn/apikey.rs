@@ -50,7 +50,7 @@ impl ApiKeySourceSpec {
         }
         let why = header_taken(h)?;
         Some(format!(
-            "api_keys: header {h:?} cannot carry API keys: {why}; name another header such as x-api-key"
+            "api_keys: header {h:?} {why}; name another header such as x-api-key"
         ))
     }
 }
@@ -61,15 +61,15 @@ impl ApiKeySourceSpec {
 fn header_taken(name: &str) -> Option<&'static str> {
     const TRACE: &[&str] = &["traceparent", "tracestate", "baggage", "b3"];
     if ["authorization", "cookie", "host", "proxy-authorization"].contains(&name) {
-        Some("it is reserved (keys in `authorization` use the ApiKey scheme)")
+        Some("is reserved (keys in `authorization` use the ApiKey scheme)")
     } else if name == "x-request-id" {
-        Some("its value is logged verbatim as the decision log's request_id")
+        Some("cannot carry API keys: its value is logged verbatim as the decision log's request_id")
     } else if TRACE.contains(&name) || name.starts_with("x-b3-") {
-        Some("it is trace context, which goes into traces and to every upstream")
+        Some("cannot carry API keys: it is trace context, which goes into traces and to every upstream")
     } else if name.starts_with("x-envoy-") {
-        Some("Envoy sets, reads or removes x-envoy- headers itself")
+        Some("cannot carry API keys: Envoy sets, reads or removes x-envoy- headers itself")
     } else if name.starts_with(crate::request::OWN_HEADER_PREFIX) {
-        Some("hopwarden writes x-hopwarden- headers for the upstream")
+        Some("cannot carry API keys: hopwarden writes x-hopwarden- headers for the upstream")
     } else {
         None
     }
@@ -397,11 +397,11 @@ mod tests {
             ("x-b3-sampled", Some("trace context")),
             (
                 "x-envoy-original-path",
-                Some("Envoy sets, reads or removes"),
+                Some("cannot carry API keys: Envoy sets, reads or removes"),
             ),
             (
                 "x-envoy-peer-metadata",
-                Some("Envoy sets, reads or removes"),
+                Some("cannot carry API keys: Envoy sets, reads or removes"),
             ),
             ("x-hopwarden-key", Some("hopwarden writes")),
             ("x-hopwarden-principal", Some("hopwarden writes")),
