@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
+pub mod subject;
 #[cfg(test)]
 mod test_issuer;
 

@@ -542,7 +542,7 @@ impl Config {
         spec.listeners.resolve(base);
         for source in &mut spec.api_keys {
             source.file = base.join(&source.file);
-            if let Some(message) = source.problem() {
+            if let Some(message) = source.problem(spec.http_peer_header.as_deref()) {
                 let needle = source.header.clone().unwrap_or_default();
                 errors.push(invalid(&needle, message));
             }
@@ -981,6 +981,35 @@ mod tests {
             assert!(err.contains(want), "{text:?}: got {err:?}");
             assert!(err.starts_with("/etc/hw/hopwarden.yaml:"), "{err}");
         }
+    }
+
+    #[test]
+    fn api_key_headers_that_something_else_reads_are_rejected() {
+        let peer = "http_peer_header: x-peer-uri\n";
+        for (header, extra, why) in [
+            ("authorization", "", "is reserved"),
+            ("cookie", "", "is reserved"),
+            ("x-request-id", "", "logged verbatim"),
+            ("traceparent", "", "trace context"),
+            ("tracestate", "", "trace context"),
+            ("baggage", "", "trace context"),
+            ("b3", "", "trace context"),
+            ("x-b3-traceid", "", "trace context"),
+            ("x-b3-parentspanid", "", "trace context"),
+            ("x-envoy-original-path", "", "Envoy sets"),
+            ("x-hopwarden-principal", "", "hopwarden writes"),
+            ("x-peer-uri", peer, "is the http_peer_header"),
+        ] {
+            let text = format!("api_keys:\n  - {{file: k.yaml, header: {header}}}\n{extra}");
+            let err = load(&text).expect_err(&text);
+            let want = "/etc/hw/hopwarden.yaml:2:";
+            assert!(err.starts_with(want), "{text:?}: got {err:?}");
+            assert!(
+                err.contains(&format!("header {header:?}")) && err.contains(why),
+                "{text:?}: got {err:?}"
+            );
+        }
+        assert!(load("api_keys:\n  - {file: k.yaml, header: x-api-key}\n").is_ok());
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub const OWN_INPUT_HEADERS: [&str; 3] = ["authorization", "content-type", "x-re
 /// can remove them.
 pub const OWN_HEADER_PREFIX: &str = "x-hopwarden-";
 
-/// Headers whose values are credentials: never printed, even in debug output.
+/// Headers whose values are credentials: never printed, even in debug output. API
+/// keys arrive in headers the config names, which a request does not carry, so any
+/// value that looks like a key (`hwk_…`) is hidden too, whatever its header.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 impl fmt::Debug for AuthzRequest {
@@ -107,11 +109,9 @@ impl fmt::Debug for AuthzRequest {
             .headers
             .iter()
             .map(|(k, v)| {
-                let shown = if SECRET_HEADERS.contains(&k.as_str()) {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                };
+                let secret = SECRET_HEADERS.contains(&k.as_str())
+                    || crate::apikey::format::looks_like_key(v);
+                let shown = if secret { "<redacted>" } else { v.as_str() };
                 (k.as_str(), shown)
             })
             .collect();
@@ -370,8 +370,15 @@ mod tests {
             .insert("authorization".into(), "Bearer secret-token".into());
         req.headers.insert("cookie".into(), "session=secret".into());
         req.headers.insert("x-tenant".into(), "acme".into());
+        // An API key in whatever header the config named for it.
+        req.headers
+            .insert("x-partner-key".into(), "hwk_abc_secretsecret".into());
         let shown = format!("{req:?}");
         assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("\"x-partner-key\": \"<redacted>\""),
+            "{shown}"
+        );
         assert!(shown.contains("acme"));
     }
 

@@ -725,6 +725,51 @@ rules:
     assert_eq!((a.status, a.reason()), (403, Some("no_matching_rule")));
 }
 
+/// A signed `sub` that looks like a SPIFFE ID must be one: `payments/../ledger` would
+/// match `payments/**` segment by segment, so the token is refused as invalid (401).
+#[tokio::test]
+async fn a_token_subject_that_is_not_a_valid_spiffe_id_is_401() {
+    let policy = r#"
+service: ledger
+rules:
+  - id: payments-namespace-reads
+    from: { principals: ["spiffe://hopwarden.local/ns/payments/**"] }
+    to: [{ methods: [GET], paths: ["/transactions/{id}"] }]
+"#;
+    let d = Deployment::new(&[("ledger.yaml", policy)]);
+    let s = TestServer::start(d.config("", "")).await;
+    let a = s
+        .check(read_tx().bearer(&token(PAYMENTS, "ledger", "")))
+        .await;
+    assert_eq!(
+        (a.status, a.rule()),
+        (200, Some("payments-namespace-reads"))
+    );
+    let dotted = "spiffe://hopwarden.local/ns/payments/../ledger/sa/ledger";
+    let a = s
+        .check(read_tx().bearer(&token(dotted, "ledger", "")))
+        .await;
+    assert_eq!(
+        (a.status, a.reason()),
+        (401, Some("invalid_token")),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    assert!(a.header("x-hopwarden-principal").is_none(), "{a:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.decisions().len() == 2
+        })
+        .await
+    );
+    let refused = &d.decisions()[1];
+    assert_eq!(refused["decision"], "deny", "{refused}");
+    assert_eq!(refused["detail"], "principal_not_spiffe_id", "{refused}");
+}
+
 #[tokio::test]
 async fn header_conditions_are_part_of_the_cache_key() {
     let policy = r#"

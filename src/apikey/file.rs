@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::format::{valid_id, Digest, MAX_ID_CHARS};
+use super::format::{looks_like_key, valid_id, Digest, MAX_ID_CHARS};
 use super::store::KeySet;
 use crate::principal::PrincipalKind;
 use crate::yaml::{self, Location};
@@ -121,7 +121,7 @@ pub fn parse(text: &str, path: &Path) -> Result<KeySet, KeyFileErrors> {
     let mut errors = Vec::new();
     let mut entries: HashMap<Box<str>, Arc<KeyEntry>> = HashMap::with_capacity(spec.keys.len());
     let mut from = 0;
-    for entry in spec.keys {
+    for (index, entry) in spec.keys.into_iter().enumerate() {
         // Each entry's errors point into its own part of the file.
         let start = yaml::find_value(text, "id", &entry.id, from).unwrap_or(from);
         from = start + 1;
@@ -133,23 +133,37 @@ pub fn parse(text: &str, path: &Path) -> Result<KeySet, KeyFileErrors> {
             });
         };
         let id = entry.id.clone();
-        if !valid_id(&id) {
+        // An invalid id is never repeated (nor a digest, see format.rs): `apikey new`
+        // prints the key just above the entry, and a key pasted into `id:` would
+        // otherwise reach the logs on every reload. The entry is named by position.
+        let name = if valid_id(&id) {
+            format!("key {id:?}")
+        } else {
+            format!("keys[{index}]")
+        };
+        if looks_like_key(&id) {
             error(
                 "id",
                 &id,
-                format!("invalid key id {id:?} (1 to {MAX_ID_CHARS} characters of a-z, 0-9 and -)"),
+                format!("{name}: this is an API key, not a key id (the key is not shown): the id is the part between hwk_ and the next _; if this file was committed or shared, revoke the key and issue a new one"),
+            );
+        } else if !valid_id(&id) {
+            error(
+                "id",
+                &id,
+                format!("{name}: invalid key id (1 to {MAX_ID_CHARS} characters of a-z, 0-9 and -; the value is not shown)"),
             );
         } else if entries.contains_key(id.as_str()) {
             error("id", &id, format!("duplicate key id {id:?}"));
         }
         let digest = Digest::parse(&entry.digest)
-            .map_err(|e| error("digest", &entry.digest, format!("key {id:?}: {e}")))
+            .map_err(|e| error("digest", &entry.digest, format!("{name}: {e}")))
             .ok();
         if entry.principal.trim().is_empty() {
             error(
                 "principal",
                 &entry.principal,
-                format!("key {id:?}: empty principal"),
+                format!("{name}: empty principal"),
             );
         }
         let scopes = entry.scopes.unwrap_or_default();
@@ -157,7 +171,7 @@ pub fn parse(text: &str, path: &Path) -> Result<KeySet, KeyFileErrors> {
             .iter()
             .filter(|s| s.trim().is_empty() || s.contains(' '))
         {
-            error("scopes", s, format!("key {id:?}: invalid scope {s:?}"));
+            error("scopes", s, format!("{name}: invalid scope {s:?}"));
         }
         let mut time = |field: &str, value: &Option<String>| -> Option<Duration> {
             let value = value.as_deref()?;
@@ -165,7 +179,7 @@ pub fn parse(text: &str, path: &Path) -> Result<KeySet, KeyFileErrors> {
                 Ok(t) => Some(t),
                 Err(()) => {
                     let message = format!(
-                        "key {id:?}: invalid {field} {value:?} (want an RFC 3339 UTC time such as 2026-01-31T00:00:00Z)"
+                        "{name}: invalid {field} {value:?} (want an RFC 3339 UTC time such as 2026-01-31T00:00:00Z)"
                     );
                     error(field, value, message);
                     None
@@ -180,7 +194,7 @@ pub fn parse(text: &str, path: &Path) -> Result<KeySet, KeyFileErrors> {
                 error(
                     "expires",
                     value,
-                    format!("key {id:?}: expires is not after not_before"),
+                    format!("{name}: expires is not after not_before"),
                 );
             }
         }
@@ -309,11 +323,11 @@ mod tests {
             ),
             (
                 "keys:\n  - id: A1\n    digest: sha256:x\n    principal: p\n".to_string(),
-                "k.yaml:2:9: invalid key id \"A1\"",
+                "k.yaml:2:9: keys[0]: invalid key id (1 to 32",
             ),
             (
                 "keys:\n  - id: a1\n    digest: sha256:x\n    principal: p\n".to_string(),
-                "k.yaml:3:13: key \"a1\": invalid digest \"sha256:x\"",
+                "k.yaml:3:13: key \"a1\": invalid digest (want sha256:",
             ),
             (
                 format!(
@@ -334,6 +348,66 @@ mod tests {
         for (text, want) in cases {
             let err = parse(&text, Path::new("k.yaml")).unwrap_err().to_string();
             assert!(err.contains(want), "{text}\n got: {err}\nwant: {want}");
+        }
+    }
+
+    /// Whether `shown` holds any 8 characters of `secret` in a row (any case).
+    fn leaks(shown: &str, secret: &str) -> bool {
+        let shown = shown.to_lowercase();
+        secret
+            .as_bytes()
+            .windows(8)
+            .any(|w| shown.contains(std::str::from_utf8(w).unwrap()))
+    }
+
+    #[test]
+    fn a_whole_key_in_id_or_digest_is_named_and_never_shown() {
+        let key = NewKey::with_id("k7x2mq9a4z".into()).unwrap();
+        let revealed = key.reveal();
+        let secret = revealed.rsplit('_').next().unwrap().to_string();
+        let good = entry_text("a1", "");
+        let cases = [
+            // The key pasted into `digest:` (the entry is named by its valid id).
+            (
+                format!(
+                    "keys:\n{good}  - id: k7x2mq9a4z\n    digest: {revealed}\n    principal: p\n"
+                ),
+                "k.yaml:6:13: key \"k7x2mq9a4z\": this is an API key, not a digest",
+            ),
+            // The key pasted into `id:` (named by position), with a good digest.
+            (
+                format!(
+                    "keys:\n{good}  - id: {revealed}\n    digest: {}\n    principal: p\n",
+                    key.digest()
+                ),
+                "k.yaml:5:9: keys[1]: this is an API key, not a key id",
+            ),
+            // Into both: two errors, neither shows it.
+            (
+                format!("keys:\n  - id: {revealed}\n    digest: {revealed}\n    principal: p\n"),
+                "keys[0]: this is an API key, not a digest",
+            ),
+            // Quoted, upper case: still recognised.
+            (
+                format!(
+                    "keys:\n  - id: \"{}\"\n    digest: sha256:x\n    principal: p\n",
+                    revealed.to_uppercase()
+                ),
+                "keys[0]: this is an API key, not a key id",
+            ),
+            // A secret alone is not a valid id or digest, and is not shown either.
+            (
+                format!("keys:\n  - id: {secret}\n    digest: {secret}\n    principal: p\n"),
+                "k.yaml:2:9: keys[0]: invalid key id",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text, Path::new("k.yaml")).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}\n got: {err}\nwant: {want}");
+            assert!(!leaks(&err, &secret), "{err}");
+            if want.contains("API key") {
+                assert!(err.contains("revoke the key"), "{err}");
+            }
         }
     }
 }

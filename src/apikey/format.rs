@@ -53,12 +53,25 @@ pub enum FormatError {
     /// The secret is not 52 base32 characters. The value is never shown.
     #[error("the API key's secret is not {SECRET_CHARS} base32 characters")]
     Secret,
-    /// A digest is not `sha256:` and 43 base64url characters.
-    #[error("invalid digest {0:?} (want sha256: and 43 base64url characters)")]
-    Digest(String),
+    /// A digest is not `sha256:` and 43 base64url characters. The value is never
+    /// shown: it may be a whole key pasted in by mistake, and these errors are logged.
+    #[error("invalid digest (want sha256: and 43 base64url characters; the value is not shown)")]
+    Digest,
+    /// A whole key (`hwk_…`) where its digest belongs. The value is never shown.
+    #[error("this is an API key, not a digest (the key is not shown): store the sha256: digest `hopwarden apikey new` printed; if this file was committed or shared, revoke the key and issue a new one")]
+    DigestIsKey,
     /// The system RNG failed.
     #[error("the system random number generator failed")]
     Random,
+}
+
+/// Whether `value` looks like a whole key: it starts with `hwk_` (any case, after
+/// blanks). Key files say so instead of repeating such a value in an error.
+pub fn looks_like_key(value: &str) -> bool {
+    value
+        .trim_start()
+        .get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 /// Whether `id` is a valid key id.
@@ -134,7 +147,13 @@ impl Digest {
 
     /// Reads `sha256:<base64url>` as written in a key file.
     pub fn parse(s: &str) -> Result<Self, FormatError> {
-        let bad = || FormatError::Digest(s.chars().take(60).collect());
+        let bad = || {
+            if looks_like_key(s) {
+                FormatError::DigestIsKey
+            } else {
+                FormatError::Digest
+            }
+        };
         let b64 = s.strip_prefix(DIGEST_SCHEME).ok_or_else(bad)?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(b64)
@@ -356,6 +375,35 @@ mod tests {
         ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn digest_errors_never_repeat_the_value() {
+        let key = NewKey::generate().unwrap().reveal();
+        let secret = key.rsplit('_').next().unwrap();
+        let cases = [
+            (key.clone(), FormatError::DigestIsKey),
+            (
+                format!("  {}", key.to_uppercase()),
+                FormatError::DigestIsKey,
+            ),
+            (format!("sha256:{secret}"), FormatError::Digest),
+            (secret.to_string(), FormatError::Digest),
+        ];
+        for (input, want) in cases {
+            let err = Digest::parse(&input).unwrap_err();
+            assert_eq!(err, want, "{input}");
+            let shown = err.to_string();
+            for window in secret.as_bytes().windows(8) {
+                let window = std::str::from_utf8(window).unwrap();
+                assert!(!shown.to_lowercase().contains(window), "{shown}");
+            }
+        }
+        let shown = FormatError::DigestIsKey.to_string();
+        assert!(
+            shown.contains("this is an API key, not a digest") && shown.contains("revoke"),
+            "{shown}"
+        );
     }
 
     #[test]

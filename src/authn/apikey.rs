@@ -33,8 +33,9 @@ pub struct ApiKeySourceSpec {
 }
 
 impl ApiKeySourceSpec {
-    /// What is wrong with the header name, if anything.
-    pub fn problem(&self) -> Option<String> {
+    /// What is wrong with the header name, if anything. `peer_header` is the config's
+    /// `http_peer_header`, if it names one.
+    pub fn problem(&self, peer_header: Option<&str>) -> Option<String> {
         let h = self.header.as_deref()?;
         let token = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
         if h.is_empty() || !h.bytes().all(token) {
@@ -42,12 +43,34 @@ impl ApiKeySourceSpec {
                 "api_keys: header {h:?} must be a lowercase header name (a-z, 0-9, -)"
             ));
         }
-        let reserved = ["authorization", "cookie", "host", "proxy-authorization"];
-        if reserved.contains(&h) || h.starts_with(crate::request::OWN_HEADER_PREFIX) {
+        if peer_header == Some(h) {
             return Some(format!(
-                "api_keys: header {h:?} is reserved (keys in `authorization` use the ApiKey scheme)"
+                "api_keys: header {h:?} is the http_peer_header, where Envoy puts the mTLS peer; name another header"
             ));
         }
+        let why = header_taken(h)?;
+        Some(format!(
+            "api_keys: header {h:?} {why}; name another header such as x-api-key"
+        ))
+    }
+}
+
+/// Why `name` may not carry API keys: a header whose value something else reads,
+/// logs or passes on. A key in `x-request-id` would be written verbatim into every
+/// decision log line, one in trace context into every trace.
+fn header_taken(name: &str) -> Option<&'static str> {
+    const TRACE: &[&str] = &["traceparent", "tracestate", "baggage", "b3"];
+    if ["authorization", "cookie", "host", "proxy-authorization"].contains(&name) {
+        Some("is reserved (keys in `authorization` use the ApiKey scheme)")
+    } else if name == "x-request-id" {
+        Some("cannot carry API keys: its value is logged verbatim as the decision log's request_id")
+    } else if TRACE.contains(&name) || name.starts_with("x-b3-") {
+        Some("cannot carry API keys: it is trace context, which goes into traces and to every upstream")
+    } else if name.starts_with("x-envoy-") {
+        Some("cannot carry API keys: Envoy sets, reads or removes x-envoy- headers itself")
+    } else if name.starts_with(crate::request::OWN_HEADER_PREFIX) {
+        Some("cannot carry API keys: hopwarden writes x-hopwarden- headers for the upstream")
+    } else {
         None
     }
 }
@@ -349,17 +372,54 @@ mod tests {
             file: "k".into(),
             header: Some(h.into()),
         };
-        for (h, ok) in [
-            ("x-api-key", true),
-            ("X-Api-Key", false),
-            ("authorization", false),
-            ("cookie", false),
-            ("x-hopwarden-key", false),
-            ("", false),
-            ("x api", false),
+        let peer = Some("x-peer-uri");
+        for (h, want) in [
+            ("x-api-key", None),
+            ("x-partner-key", None),
+            ("x-b3", None),
+            ("X-Api-Key", Some("must be a lowercase header name")),
+            ("", Some("must be a lowercase header name")),
+            ("x api", Some("must be a lowercase header name")),
+            ("authorization", Some("is reserved")),
+            ("proxy-authorization", Some("is reserved")),
+            ("cookie", Some("is reserved")),
+            ("host", Some("is reserved")),
+            (
+                "x-request-id",
+                Some("logged verbatim as the decision log's request_id"),
+            ),
+            ("traceparent", Some("trace context")),
+            ("tracestate", Some("trace context")),
+            ("baggage", Some("trace context")),
+            ("b3", Some("trace context")),
+            ("x-b3-traceid", Some("trace context")),
+            ("x-b3-spanid", Some("trace context")),
+            ("x-b3-sampled", Some("trace context")),
+            (
+                "x-envoy-original-path",
+                Some("cannot carry API keys: Envoy sets, reads or removes"),
+            ),
+            (
+                "x-envoy-peer-metadata",
+                Some("cannot carry API keys: Envoy sets, reads or removes"),
+            ),
+            ("x-hopwarden-key", Some("hopwarden writes")),
+            ("x-hopwarden-principal", Some("hopwarden writes")),
+            ("x-peer-uri", Some("is the http_peer_header")),
         ] {
-            assert_eq!(spec(h).problem().is_none(), ok, "{h}");
+            let got = spec(h).problem(peer);
+            match (want, &got) {
+                (None, None) => {}
+                (Some(want), Some(got)) => {
+                    assert!(
+                        got.contains(want) && got.contains(&format!("{h:?}")),
+                        "{h}: {got}"
+                    );
+                }
+                _ => panic!("{h}: got {got:?}, want {want:?}"),
+            }
         }
+        assert_eq!(spec("x-peer-uri").problem(None), None);
     }
 
     #[test]

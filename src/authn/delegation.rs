@@ -15,6 +15,8 @@
 
 use serde_json::{Map, Value};
 
+use super::subject::{self, SubjectError};
+
 pub use crate::principal::actor::{Actor, Delegation};
 
 /// The deepest chain an issuer may be configured to accept: a bound on the work and
@@ -31,6 +33,12 @@ pub enum DelegationError {
     /// control character (it could not be passed on as a header).
     #[error("act claim at depth {0} has no usable sub")]
     NoSubject(usize),
+    /// An actor's `sub` starts with `spiffe://` but is not a valid SPIFFE ID (see
+    /// `subject.rs`): rules match the actor as they match the subject.
+    #[error(
+        "act claim at depth {0} has a sub that starts with spiffe:// but is not a valid SPIFFE ID"
+    )]
+    SubjectNotSpiffeId(usize),
     /// An actor's `iss` is not a string.
     #[error("act claim at depth {0} has an iss that is not a string")]
     BadIssuer(usize),
@@ -54,6 +62,7 @@ impl DelegationError {
         match self {
             DelegationError::NotAnObject(_) => "act_not_an_object",
             DelegationError::NoSubject(_) => "act_without_sub",
+            DelegationError::SubjectNotSpiffeId(_) => "act_sub_not_spiffe_id",
             DelegationError::BadIssuer(_) => "act_bad_iss",
             DelegationError::TooDeep { .. } => "delegation_too_deep",
             DelegationError::MalformedMayAct => "may_act_malformed",
@@ -79,7 +88,10 @@ pub fn parse(
         let Value::Object(act) = act else {
             return Err(DelegationError::NotAnObject(depth));
         };
-        let sub = usable_sub(act).ok_or(DelegationError::NoSubject(depth))?;
+        let sub = subject::usable(act.get("sub")).map_err(|e| match e {
+            SubjectError::Unusable => DelegationError::NoSubject(depth),
+            SubjectError::NotSpiffeId => DelegationError::SubjectNotSpiffeId(depth),
+        })?;
         let iss = match act.get("iss") {
             None => None,
             Some(Value::String(s)) => Some(s.clone()),
@@ -109,20 +121,12 @@ fn check_may_act(
     let Value::Object(may_act) = may_act else {
         return Err(DelegationError::MalformedMayAct);
     };
-    let allowed = usable_sub(may_act).ok_or(DelegationError::MalformedMayAct)?;
+    let allowed =
+        subject::usable(may_act.get("sub")).map_err(|_| DelegationError::MalformedMayAct)?;
     match delegation {
         Some(d) if d.actor().sub != allowed => Err(DelegationError::ActorNotPermitted),
         _ => Ok(()),
     }
-}
-
-/// `sub` as a non-empty string without control characters, as the token's own
-/// principal claim must be.
-fn usable_sub(object: &Map<String, Value>) -> Option<&str> {
-    object
-        .get("sub")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -285,6 +289,10 @@ mod tests {
         let names = [
             (DelegationError::NotAnObject(2), "act_not_an_object"),
             (DelegationError::NoSubject(1), "act_without_sub"),
+            (
+                DelegationError::SubjectNotSpiffeId(1),
+                "act_sub_not_spiffe_id",
+            ),
             (DelegationError::BadIssuer(1), "act_bad_iss"),
             (DelegationError::TooDeep { max: 3 }, "delegation_too_deep"),
             (DelegationError::MalformedMayAct, "may_act_malformed"),
@@ -293,5 +301,33 @@ mod tests {
         for (e, name) in names {
             assert_eq!(e.as_str(), name, "{e}");
         }
+    }
+
+    #[test]
+    fn an_actor_sub_that_looks_like_a_spiffe_id_must_be_one() {
+        let good = "spiffe://hopwarden.local/ns/gw/sa/gw";
+        for (sub, want) in crate::authn::subject::tests::CASES {
+            let (at_1, at_2) = match want {
+                Ok(()) => (Ok(vec![*sub]), Ok(vec![good, *sub])),
+                Err(SubjectError::Unusable) => (
+                    Err(DelegationError::NoSubject(1)),
+                    Err(DelegationError::NoSubject(2)),
+                ),
+                Err(SubjectError::NotSpiffeId) => (
+                    Err(DelegationError::SubjectNotSpiffeId(1)),
+                    Err(DelegationError::SubjectNotSpiffeId(2)),
+                ),
+            };
+            let outer = claims(json!({"sub": "u", "act": {"sub": sub}}));
+            let got = parse(&outer, 2).map(|d| subs(&d.unwrap()).join(" "));
+            assert_eq!(got, at_1.map(|v| v.join(" ")), "{sub:?}");
+            let nested = claims(json!({"sub": "u", "act": {"sub": good, "act": {"sub": sub}}}));
+            let got = parse(&nested, 2).map(|d| subs(&d.unwrap()).join(" "));
+            assert_eq!(got, at_2.map(|v| v.join(" ")), "{sub:?}");
+        }
+        // may_act names its party as strictly.
+        let bad = "spiffe://hopwarden.local/ns/gw/../sa/gw";
+        let may_act = claims(json!({"act": {"sub": good}, "may_act": {"sub": bad}}));
+        assert_eq!(parse(&may_act, 1), Err(DelegationError::MalformedMayAct));
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::delegation::{self, Delegation, DelegationError};
 use super::jwks::{IssuerKeys, KeyLookupError};
+use super::subject::{self, SubjectError};
 use crate::config::Issuer;
 use crate::principal::{Claims, Principal, PrincipalKind, SpiffeId};
 
@@ -67,6 +68,11 @@ pub enum TokenError {
     /// character (it could not be passed on as an identity header).
     #[error("token has no usable principal claim")]
     MissingPrincipal,
+    /// The principal claim starts with `spiffe://` but is not a valid SPIFFE ID
+    /// (a `..` or empty segment, an upper-case trust domain, `%` escapes): it
+    /// could slip past rules that match SPIFFE IDs segment by segment.
+    #[error("token principal claim starts with spiffe:// but is not a valid SPIFFE ID")]
+    PrincipalNotSpiffeId,
     /// The issuer's keys were never loaded.
     #[error("keys for the issuer are not loaded")]
     KeysUnavailable,
@@ -92,6 +98,7 @@ impl TokenError {
             TokenError::IssuedInFuture => "issued_in_future",
             TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::MissingPrincipal => "missing_principal",
+            TokenError::PrincipalNotSpiffeId => "principal_not_spiffe_id",
             TokenError::KeysUnavailable => "keys_unavailable",
             TokenError::Delegation(e) => e.as_str(),
         }
@@ -250,11 +257,11 @@ impl JwtVerifier {
         }
         let exp = check_times(&claims, &trusted.config, now)?;
         let spec = &trusted.config.spec;
-        let subject = claims
-            .get(&spec.principal_claim)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
-            .ok_or(TokenError::MissingPrincipal)?
+        let subject = subject::usable(claims.get(&spec.principal_claim))
+            .map_err(|e| match e {
+                SubjectError::Unusable => TokenError::MissingPrincipal,
+                SubjectError::NotSpiffeId => TokenError::PrincipalNotSpiffeId,
+            })?
             .to_string();
         let delegation = delegation::parse(&claims, spec.max_delegation_depth)?.map(Arc::new);
         Ok(VerifiedToken {
@@ -731,6 +738,7 @@ mod tests {
             (TokenError::IssuedInFuture, "issued_in_future"),
             (TokenError::LifetimeTooLong, "lifetime_too_long"),
             (TokenError::MissingPrincipal, "missing_principal"),
+            (TokenError::PrincipalNotSpiffeId, "principal_not_spiffe_id"),
             (TokenError::KeysUnavailable, "keys_unavailable"),
             (
                 TokenError::Delegation(DelegationError::ActorNotPermitted),
@@ -779,6 +787,28 @@ mod tests {
         ] {
             let token = sign(&json!({"iss": "i", "sub": sub, "exp": exp}));
             let got = verifier.verify(&token, now).await;
+            assert_eq!(
+                got.as_ref().map(|t| t.subject.as_str()),
+                want.as_ref().copied(),
+                "{sub}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_principal_claim_that_looks_like_a_spiffe_id_must_be_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (verifier, sign) = hs256_verifier(dir.path()).await;
+        let now = unix_now();
+        let exp = now.as_secs() + 60;
+        for (sub, want) in subject::tests::CASES {
+            let token = sign(&json!({"iss": "i", "sub": sub, "exp": exp}));
+            let got = verifier.verify(&token, now).await;
+            let want = match want {
+                Ok(()) => Ok(*sub),
+                Err(SubjectError::Unusable) => Err(TokenError::MissingPrincipal),
+                Err(SubjectError::NotSpiffeId) => Err(TokenError::PrincipalNotSpiffeId),
+            };
             assert_eq!(
                 got.as_ref().map(|t| t.subject.as_str()),
                 want.as_ref().copied(),
