@@ -258,6 +258,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credential_types_are_named_as_policies_write_them() {
+        let table = [
+            (CredentialType::Jwt, "jwt"),
+            (CredentialType::ApiKey, "api_key"),
+            (CredentialType::Mtls, "mtls"),
+        ];
+        for (credential, name) in table {
+            // explain prints as_str; `from.credentials` reads the serde name.
+            assert_eq!(credential.as_str(), name);
+            assert_eq!(serde_json::to_value(credential).unwrap(), name);
+        }
+    }
+
+    #[test]
     fn spiffe_ids() {
         let cases: &[(&str, bool)] = &[
             ("spiffe://hopwarden.local/ns/payments/sa/payments", true),
