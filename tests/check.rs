@@ -482,13 +482,7 @@ async fn an_unmapped_destination_is_denied_whatever_the_host() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.rule(), Some("payments-read-transactions"));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 4
-        })
-        .await
-    );
-    let log = d.decisions();
+    let log = d.decisions_when(4).await;
     let unmapped = &log[0];
     assert_eq!(unmapped["reason"], "unknown_service", "{unmapped}");
     assert!(
@@ -541,13 +535,12 @@ rules:
         (403, Some("no_matching_rule")),
         "{a:?}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 5
-        })
+    let hops: Vec<_> = d
+        .decisions_when(5)
         .await
-    );
-    let hops: Vec<_> = d.decisions().iter().map(|l| l["hop"].clone()).collect();
+        .iter()
+        .map(|l| l["hop"].clone())
+        .collect();
     assert_eq!(hops, ["gateway", "gateway", "gateway", "gateway", "mesh"]);
 }
 
@@ -759,13 +752,7 @@ rules:
         Some(r#"Bearer error="invalid_token""#)
     );
     assert!(a.header("x-hopwarden-principal").is_none(), "{a:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 2
-        })
-        .await
-    );
-    let refused = &d.decisions()[1];
+    let refused = &d.decisions_when(2).await[1];
     assert_eq!(refused["decision"], "deny", "{refused}");
     assert_eq!(refused["detail"], "principal_not_spiffe_id", "{refused}");
 }
@@ -1232,12 +1219,7 @@ async fn http_service_answers_over_http1_and_http2() {
     // The decision log records the HTTP checks like any other: 5 per client (a
     // request without the prefix is refused before the engine, as an unreadable gRPC
     // check is, and not logged).
-    let all_written = eventually(Duration::from_secs(5), || async {
-        d.decisions().len() == 10
-    })
-    .await;
-    let decisions = d.decisions();
-    assert!(all_written, "{decisions:?}");
+    let decisions = d.decisions_when(10).await;
     let allowed: Vec<_> = decisions
         .iter()
         .filter(|r| r["decision"] == "allow")
@@ -1293,13 +1275,7 @@ limits:
     assert_eq!(s.check(health()).await.status, 200);
     let a = s.check(health()).await;
     assert_eq!(a.status, 429, "{a:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 2
-        })
-        .await
-    );
-    let limited = &d.decisions()[1];
+    let limited = &d.decisions_when(2).await[1];
     assert_eq!(limited["reason"], "rate_limited", "{limited}");
     assert_eq!(limited["rule"], "open-health", "{limited}");
     // No credential, so no principal: not an empty one.

@@ -113,12 +113,7 @@ async fn over_its_limit_a_principal_gets_429_and_others_are_unaffected() {
     );
 
     // The decision log: cached allows were counted, and the 429 names its limit.
-    let ok = eventually(Duration::from_secs(5), || async {
-        d.decisions().len() == 8
-    })
-    .await;
-    let log = d.decisions();
-    assert!(ok, "{log:?}");
+    let log = d.decisions_when(8).await;
     let cached: Vec<bool> = log[..3].iter().map(|r| r["cached"] == true).collect();
     assert_eq!(cached, [false, true, true], "{log:?}");
     assert_eq!(log[3]["status"], 429);

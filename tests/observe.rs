@@ -254,15 +254,7 @@ async fn decision_log_lines_field_by_field() {
         400
     );
 
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 3
-        })
-        .await,
-        "{:?}",
-        d.decisions()
-    );
-    let lines = d.decisions();
+    let lines = d.decisions_when(3).await;
     let a = &lines[0];
     assert!(a["timestamp"].as_str().unwrap().ends_with('Z'));
     assert_eq!(a["request_id"], "req-1");
@@ -326,15 +318,7 @@ async fn decision_log_records_the_scopes_a_caller_carried_bounded() {
     let t = token(PAYMENTS, "ledger", &many.join(" "));
     let check = Check::new("ledger", "GET", "/transactions/42").bearer(&t);
     assert_eq!(s.check(check).await.status, 200);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 3
-        })
-        .await,
-        "{:?}",
-        d.decisions()
-    );
-    let lines = d.decisions();
+    let lines = d.decisions_when(3).await;
     assert_eq!(lines[0]["reason"], "insufficient_scope");
     assert_eq!(lines[0]["scopes"], json!(["ledger.write", "audit.read"]));
     assert_eq!(lines[1]["scopes"], serde_json::Value::Null);
@@ -437,13 +421,7 @@ rules:
         403
     );
 
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            d.decisions().len() == 5
-        })
-        .await
-    );
-    let lines = d.decisions();
+    let lines = d.decisions_when(5).await;
     assert_eq!(lines[0]["decision"], "allow");
     assert_eq!(
         lines[0]["dry_run"],

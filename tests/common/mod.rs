@@ -241,6 +241,18 @@ impl Deployment {
             .collect()
     }
 
+    /// The decision log once it has exactly `n` lines (it is flushed in the
+    /// background); panics with what it has after 5 s.
+    pub async fn decisions_when(&self, n: usize) -> Vec<serde_json::Value> {
+        let written = eventually(Duration::from_secs(5), || async {
+            self.decisions().len() == n
+        })
+        .await;
+        let lines = self.decisions();
+        assert!(written, "expected {n} decision log lines, have {lines:#?}");
+        lines
+    }
+
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.path().join("policies")
     }
