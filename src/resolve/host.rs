@@ -160,6 +160,10 @@ mod tests {
             ("email.mail", "email"),
             ("email.mail2.svc", "email2"),
             ("media", "media"),
+            // Not Kubernetes names (an empty label, an IPv6 literal): matched exactly.
+            (".ledger", "dotted"),
+            ("[::1]", "v6"),
+            ("[::2", "unclosed"),
         ])
         .unwrap();
         use HostMiss::*;
@@ -187,8 +191,15 @@ mod tests {
             ("media:80", Ok("media")),
             ("media.media", Err(Unknown)),
             ("", Err(Unknown)),
-            ("[::1]:80", Err(Unknown)),
+            ("[::1]:80", Ok("v6")),
+            ("[::1]", Ok("v6")),
+            ("[::2]:80", Err(Unknown)),
+            ("[::3]:80", Err(Unknown)),
             ("a..b", Err(Unknown)),
+            (".ledger", Ok("dotted")),
+            ("ledger.", Err(Ambiguous)),
+            // A port is digits; anything else after a colon is part of the host.
+            ("api.example.com:https", Err(Unknown)),
         ];
         for (host, want) in cases {
             assert_eq!(t.service(host), *want, "{host:?}");

@@ -222,6 +222,9 @@ mod tests {
                 "whole path segment",
             ),
             ("spiffe://cluster.local/sa/x{service}", "whole path segment"),
+            // An opening brace alone is not a placeholder of another name.
+            ("spiffe://cluster.local/sa/{service", "whole path segment"),
+            ("spiffe://cluster.local/sa/service}", "whole path segment"),
             (
                 "spiffe://cluster.local/sa/{{service}}",
                 "whole path segment",
@@ -240,6 +243,8 @@ mod tests {
             ("spiffe://cluster.local/../{service}", "not a SPIFFE ID"),
             ("", "not a SPIFFE ID"),
         ];
+        // Errors and explanations show a pattern as written.
+        assert_eq!(SpiffePattern::parse(ISTIO).unwrap().to_string(), ISTIO);
         for (pattern, want) in cases {
             let err = SpiffePattern::parse(pattern)
                 .expect_err(pattern)
