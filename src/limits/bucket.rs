@@ -256,6 +256,7 @@ impl Buckets {
     fn spend_from(&self, hit: &LimitHit, now: u64) -> (Spent, Bucket) {
         let interval = hit.rate.interval_nanos();
         let mut key = Key::of(hit);
+        let mut bucket = Bucket::Own;
         let mut shard = self.shard(&key);
         if !shard.map.contains_key(&key) && shard.map.len() >= self.per_shard {
             // A bucket with requests the store has not seen yet is kept until flushed.
@@ -269,13 +270,10 @@ impl Buckets {
             if shard.map.len() >= self.per_shard && matches!(key.caller, Caller::Named(_)) {
                 drop(shard);
                 key.caller = Caller::Others;
+                bucket = Bucket::Others;
                 shard = self.shard(&key);
             }
         }
-        let bucket = match key.caller {
-            Caller::Others if hit.caller != Caller::Others => Bucket::Others,
-            _ => Bucket::Own,
-        };
         let Shard { map, listed } = &mut *shard;
         let (spent, list) = match map.get_mut(&key) {
             Some(slot) => self.spend_slot(slot, now, interval, hit.burst),
