@@ -221,7 +221,16 @@ impl Stack {
     /// Generates certificates, renders configs and starts everything; returns once
     /// every Envoy is ready and hopwarden is healthy as Envoy's health check sees it.
     pub fn start(spec: &StackSpec) -> Result<Stack, String> {
-        let ports = Ports::plan(spec.fixed_ports);
+        let mut ports = Ports::plan(spec.fixed_ports);
+        // Chosen ports were free a moment ago, but another process (a test binary's
+        // stack still shutting down) may have bound one since: choose again, a few
+        // times, rather than fail. Fixed ports are the user's: never changed.
+        for _ in 0..3 {
+            if spec.fixed_ports || ports.check_free().is_ok() {
+                break;
+            }
+            ports = Ports::plan(false);
+        }
         // Before anything is written or started: a stale Envoy on a documented port
         // would answer the readiness checks and pass for the new stack.
         ports.check_free()?;
