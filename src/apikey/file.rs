@@ -269,6 +269,7 @@ pub fn now() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apikey::format::tests::leaks;
     use crate::apikey::NewKey;
 
     fn entry_text(id: &str, extra: &str) -> String {
@@ -349,15 +350,6 @@ mod tests {
             let err = parse(&text, Path::new("k.yaml")).unwrap_err().to_string();
             assert!(err.contains(want), "{text}\n got: {err}\nwant: {want}");
         }
-    }
-
-    /// Whether `shown` holds any 8 characters of `secret` in a row (any case).
-    fn leaks(shown: &str, secret: &str) -> bool {
-        let shown = shown.to_lowercase();
-        secret
-            .as_bytes()
-            .windows(8)
-            .any(|w| shown.contains(std::str::from_utf8(w).unwrap()))
     }
 
     #[test]

@@ -383,8 +383,13 @@ impl Buckets {
         self.len() == 0
     }
 
+    /// Which shard holds `key`'s bucket.
+    fn shard_index(&self, key: &Key) -> usize {
+        usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
+    }
+
     fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Shard> {
-        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+        let index = self.shard_index(key);
         // A panic while holding a shard cannot leave a bucket half-written (a
         // `Gcra` is one integer), so a poisoned lock is still good to use.
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
@@ -637,7 +642,7 @@ mod tests {
 
     /// A new caller whose bucket would go to `of`'s shard.
     fn in_the_shard_of(t: &Buckets, of: &LimitHit, prefix: &str) -> LimitHit {
-        let shard = |h: &LimitHit| t.hasher.hash_one(Key::of(h)) % SHARDS as u64;
+        let shard = |h: &LimitHit| t.shard_index(&Key::of(h));
         (0..100_000)
             .map(|i| hit(&of.limit, named(&format!("{prefix}{i}")), "1/s", 2))
             .find(|h| shard(h) == shard(of))
@@ -737,7 +742,7 @@ mod tests {
             ..Key::of(&hit("roomy", named("n"), "10/s", 5))
         };
         // A caller whose bucket goes to another shard than `others`.
-        let shard = |key: &Key| t.hasher.hash_one(key) % SHARDS as u64;
+        let shard = |key: &Key| t.shard_index(key);
         let n = (0..1000)
             .map(|i| hit("roomy", named(&format!("n{i}")), "10/s", 5))
             .find(|n| shard(&Key::of(n)) != shard(&others))
